@@ -1,0 +1,30 @@
+/**
+ * Enumerations and defaults shared by the schema, the cross-field rules and the runtime.
+ *
+ * @module
+ */
+
+/** Listener protocols, as in tailvoy. */
+export const PROTOCOLS = ["http", "https", "grpc", "tls", "tcp", "udp"] as const;
+
+/** Protocols terminated by Envoy, where paths, hostnames and headers are visible. */
+export const L7_PROTOCOLS: readonly string[] = ["http", "https", "grpc"];
+
+/**
+ * How tailnet traffic reaches a listener:
+ * `serve` asks tailscaled to forward a Tailscale Service (VIP) port to us with PROXY protocol;
+ * `direct` listens on the node's own Tailscale address.
+ */
+export const INGRESS_MODES = ["serve", "direct"] as const;
+
+/** Envoy cluster health policies for discovery mode, as in tailvoy. */
+export const HEALTH_POLICIES = ["any", "all"] as const;
+
+/** Default tailscaled LocalAPI socket on Linux. */
+export const DEFAULT_LOCALAPI_SOCKET = "/var/run/tailscale/tailscaled.sock";
+
+/** Default peer capability carrying tailvoy rules, as in tailvoy. */
+export const DEFAULT_CAPABILITY = "rajsingh.info/cap/tailvoy";
+
+/** Default admin (health, metrics) listen address. */
+export const DEFAULT_ADMIN_ADDRESS = "127.0.0.1:9002";

@@ -1,0 +1,266 @@
+/**
+ * Checks for the string formats used in the configuration. Each check returns a
+ * {@linkcode Problem} (what is wrong and what to do) or undefined when the value is fine,
+ * so the schema, the cross-field rules and the runtime can share them.
+ *
+ * @module
+ */
+
+/** What is wrong with a value, and what to do about it. */
+export interface Problem {
+  /** Sentence-case description quoting the value. */
+  message: string;
+  /** Advice for fixing it. */
+  hint?: string;
+}
+
+const quote = (value: string) => JSON.stringify(value);
+
+const DNS_LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
+const IPV4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
+function isHostName(host: string): boolean {
+  // Docker and Kubernetes service names may contain underscores, so labels allow them.
+  return host.length <= 253 && host.split(".").every((label) => DNS_LABEL.test(label));
+}
+
+function isIPv6(host: string): boolean {
+  try {
+    new URL(`http://[${host}]/`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Options for {@linkcode checkHostPort}. */
+export interface HostPortOptions {
+  /** Allow `:port` (all interfaces), for addresses we listen on rather than dial. */
+  allowEmptyHost?: boolean;
+}
+
+/**
+ * Checks a `host:port` address such as `127.0.0.1:8080`, `db:5432` or `[::1]:80`.
+ * tailvoy only checked for a colon; we also check the host and the port.
+ */
+export function checkHostPort(value: string, options: HostPortOptions = {}): Problem | undefined {
+  const example = "e.g. 127.0.0.1:8080, or [::1]:8080 for IPv6";
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
+    return { message: `expected host:port, got URL ${quote(value)}`, hint: `drop the scheme, ${example}` };
+  }
+  let host: string;
+  let port: string;
+  const bracketed = /^\[([^\]]*)\]:(.*)$/.exec(value);
+  if (bracketed) {
+    [, host, port] = bracketed;
+    if (!isIPv6(host)) {
+      return { message: `invalid IPv6 address in ${quote(value)}`, hint: "brackets are only for IPv6 addresses" };
+    }
+  } else {
+    const colon = value.lastIndexOf(":");
+    if (colon < 0) {
+      return { message: `expected host:port, got ${quote(value)}`, hint: `add the port, ${example}` };
+    }
+    host = value.slice(0, colon);
+    port = value.slice(colon + 1);
+    if (host.includes(":")) {
+      return {
+        message: `expected host:port, got ${quote(value)}`,
+        hint: `put IPv6 addresses in brackets, e.g. [${host}]:${port || "80"}`,
+      };
+    }
+    if (host === "" && !options.allowEmptyHost) {
+      return { message: `missing host in ${quote(value)}`, hint: `add a host name or IP address, ${example}` };
+    }
+    if (host !== "" && !IPV4.test(host) && !isHostName(host)) {
+      return { message: `invalid host ${quote(host)} in ${quote(value)}`, hint: `use a DNS name or IP address, ${example}` };
+    }
+  }
+  if (!/^\d{1,5}$/.test(port) || Number(port) < 1 || Number(port) > 65535) {
+    return { message: `invalid port ${quote(port)} in ${quote(value)}`, hint: "use a port number from 1 to 65535" };
+  }
+  return undefined;
+}
+
+/**
+ * Checks a route path pattern: an exact path (`/health`, `/`), a prefix ending in `/*` (`/api/*`), or `/*`.
+ */
+export function checkPathPattern(value: string): Problem | undefined {
+  if (!value.startsWith("/")) {
+    return { message: `path ${quote(value)} must start with /`, hint: `write it as ${quote(`/${value}`)}` };
+  }
+  if (/\s/.test(value)) {
+    return { message: `path ${quote(value)} contains whitespace`, hint: "percent-encode it (%20)" };
+  }
+  const star = value.indexOf("*");
+  if (star >= 0 && (star !== value.length - 1 || !value.endsWith("/*"))) {
+    const base = value.slice(0, star).replace(/\/?$/, "/");
+    return {
+      message: `path ${quote(value)} has a wildcard that is not a final /*`,
+      hint: `use ${quote(`${base}*`)} to match everything under ${quote(base)}`,
+    };
+  }
+  return undefined;
+}
+
+/** Checks a route hostname: a DNS name, optionally with a leading `*.` wildcard. */
+export function checkHostname(value: string): Problem | undefined {
+  if (value === "*" || value === "") {
+    return { message: `hostname ${quote(value)} matches nothing specific`, hint: "omit hostname for a catch-all route" };
+  }
+  if (value.endsWith(".")) {
+    return { message: `hostname ${quote(value)} ends with a dot`, hint: `write ${quote(value.slice(0, -1))}` };
+  }
+  const name = value.startsWith("*.") ? value.slice(2) : value;
+  if (name.includes("*") || !isHostName(name) || name.includes("_")) {
+    return {
+      message: `invalid hostname ${quote(value)}`,
+      hint: "use a DNS name such as app.example.com, or *.example.com for subdomains",
+    };
+  }
+  return undefined;
+}
+
+/** Checks an ACL tag such as `tag:gw`. */
+export function checkTag(value: string): Problem | undefined {
+  if (!value.startsWith("tag:")) {
+    return { message: `tag ${quote(value)} must start with "tag:"`, hint: `write ${quote(`tag:${value}`)}` };
+  }
+  if (!/^tag:[A-Za-z][A-Za-z0-9-]*$/.test(value)) {
+    return { message: `invalid tag ${quote(value)}`, hint: "tag names start with a letter and use letters, digits and dashes" };
+  }
+  return undefined;
+}
+
+/** Checks a Tailscale Service name as written in `serviceMappings` (without the `svc:` prefix). */
+export function checkServiceName(value: string): Problem | undefined {
+  if (value.startsWith("svc:")) {
+    return { message: `service name ${quote(value)} includes the svc: prefix`, hint: `write ${quote(value.slice(4))}` };
+  }
+  if (!/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(value)) {
+    const lower = value.toLowerCase();
+    return {
+      message: `invalid service name ${quote(value)}`,
+      hint: lower !== value && !checkServiceName(lower)
+        ? `service names are lowercase: ${quote(lower)}`
+        : "use a DNS label: lowercase letters, digits and dashes, at most 63 characters",
+    };
+  }
+  return undefined;
+}
+
+/** Checks a listener name (the key under `listeners`, used in ACL cap rules and Envoy names). */
+export function checkListenerName(value: string): Problem | undefined {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(value)) {
+    return {
+      message: `invalid listener name ${quote(value)}`,
+      hint: "use letters, digits, dots, dashes and underscores, starting with a letter or digit",
+    };
+  }
+  return undefined;
+}
+
+/** Checks a peer capability name such as `rajsingh.info/cap/tailvoy`. */
+export function checkCapabilityName(value: string): Problem | undefined {
+  if (!/^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\/\S+$/.test(value)) {
+    return {
+      message: `invalid capability name ${quote(value)}`,
+      hint: "use a domain followed by a path, e.g. rajsingh.info/cap/tailvoy",
+    };
+  }
+  return undefined;
+}
+
+const DURATION_UNITS_MS: Record<string, number> = {
+  ns: 1e-6,
+  us: 1e-3,
+  "µs": 1e-3,
+  "μs": 1e-3,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+};
+const DURATION_PART = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
+
+/**
+ * Parses a Go-style duration (`"500ms"`, `"1s"`, `"2m"`, `"1h30m"`, `"1.5s"`, `"0"`) to milliseconds,
+ * or returns undefined if it is not one. Go syntax because tailvoy's `pollInterval` used `time.ParseDuration`.
+ */
+export function parseDuration(value: string): number | undefined {
+  if (value === "0") return 0;
+  if (value === "") return undefined;
+  DURATION_PART.lastIndex = 0;
+  let total = 0;
+  while (DURATION_PART.lastIndex < value.length) {
+    const match = DURATION_PART.exec(value);
+    if (!match) return undefined;
+    total += Number(match[1]) * DURATION_UNITS_MS[match[2]];
+  }
+  return total;
+}
+
+/** Checks a duration string; see {@linkcode parseDuration}. */
+export function checkDuration(value: string): Problem | undefined {
+  if (parseDuration(value) !== undefined) return undefined;
+  const hint = /^\d+(\.\d+)?$/.test(value)
+    ? `add a unit, e.g. "${value}s" or "${value}ms"`
+    : 'use a number with a unit (ms, s, m, h), e.g. "500ms", "1s", "2m" or "1h30m"';
+  return { message: `invalid duration ${quote(value)}`, hint };
+}
+
+/**
+ * Compiles a tailvoy regex (Go RE2 syntax) to a JavaScript RegExp. A leading inline flag group
+ * such as `(?i)` becomes a RegExp flag, since JavaScript rejects it. Throws SyntaxError if invalid.
+ */
+export function compilePattern(pattern: string): RegExp {
+  const inline = /^\(\?([ims]+)\)/.exec(pattern);
+  if (!inline) return new RegExp(pattern);
+  return new RegExp(pattern.slice(inline[0].length), [...new Set(inline[1])].join(""));
+}
+
+/** Checks that a string compiles with {@linkcode compilePattern}. */
+export function checkPattern(value: string): Problem | undefined {
+  try {
+    compilePattern(value);
+    return undefined;
+  } catch (error) {
+    const reason = error instanceof Error ? error.message.replace(/^Invalid regular expression: /, "") : String(error);
+    return { message: `invalid regex ${quote(value)}: ${reason}`, hint: "fix the pattern, or escape special characters with \\" };
+  }
+}
+
+/** Checks a bare host (DNS name, IPv4 or IPv6 address) with no port. */
+export function checkHost(value: string): Problem | undefined {
+  if (value.includes(":") && isIPv6(value.replace(/^\[(.*)\]$/, "$1"))) return undefined;
+  if (IPV4.test(value) || isHostName(value)) return undefined;
+  return {
+    message: `invalid host ${quote(value)}`,
+    hint: value.includes(":") ? "give the host without a port, e.g. 127.0.0.1" : "use a DNS name or IP address",
+  };
+}
+
+/** Checks an http(s) URL such as tailvoy's `discovery.envoyAdmin`. */
+export function checkHttpUrl(value: string): Problem | undefined {
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    // Reported below.
+  }
+  if (!url || (url.protocol !== "http:" && url.protocol !== "https:")) {
+    return { message: `expected an http(s) URL, got ${quote(value)}`, hint: 'e.g. "http://127.0.0.1:19000"' };
+  }
+  return undefined;
+}
+
+/** Checks a tailnet node hostname (a single DNS label). */
+export function checkNodeName(value: string): Problem | undefined {
+  if (!/^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(value)) {
+    return {
+      message: `invalid node hostname ${quote(value)}`,
+      hint: "use one DNS label: letters, digits and dashes, at most 63 characters",
+    };
+  }
+  return undefined;
+}

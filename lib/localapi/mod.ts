@@ -1,0 +1,251 @@
+/**
+ * The LocalAPI client: the only code that speaks to tailscaled. HTTP over tailscaled's unix socket
+ * (`Host: local-tailscaled.sock`, no Origin or Referer, which tailscaled refuses), a timeout on every
+ * call, and typed errors that say what to do.
+ *
+ * @module
+ */
+
+import { z } from "zod";
+
+/** Default tailscaled socket on Linux. */
+export const DEFAULT_SOCKET = "/var/run/tailscale/tailscaled.sock";
+
+/** Default timeout of one LocalAPI call, in milliseconds. */
+export const DEFAULT_TIMEOUT_MS = 1000;
+
+/** Why a LocalAPI call failed; callers branch on this, never on message text. */
+export type LocalApiErrorKind =
+  | "socket-missing"
+  | "connection-refused"
+  | "permission-denied"
+  | "needs-login"
+  | "not-found"
+  | "timeout"
+  | "http"
+  | "bad-response";
+
+/** A failed LocalAPI call. The message names the socket or request and what to do about it. */
+export class LocalApiError extends Error {
+  override name = "LocalApiError";
+  /** The failure class. */
+  readonly kind: LocalApiErrorKind;
+  /** HTTP status, when tailscaled answered. */
+  readonly status?: number;
+  /** Creates an error of `kind`. */
+  constructor(kind: LocalApiErrorKind, message: string, options: { status?: number; cause?: unknown } = {}) {
+    super(message, { cause: options.cause });
+    this.kind = kind;
+    this.status = options.status;
+  }
+}
+
+// Go's JSON: a nil map or slice is `null`; accept it wherever an empty value would do.
+const nullableArray = <T extends z.ZodType>(item: T) =>
+  z.array(item).nullish().transform((v) => v ?? []);
+
+/** The part of tailcfg.Node that tailvoy reads (keys are Go field names). */
+export const WhoIsNodeSchema = z.looseObject({
+  ID: z.number().optional(),
+  StableID: z.string(),
+  Name: z.string(),
+  User: z.number().optional(),
+  Addresses: nullableArray(z.string()),
+  Tags: nullableArray(z.string()),
+  ComputedName: z.string().optional(),
+});
+
+/** The part of tailcfg.UserProfile that tailvoy reads. */
+export const UserProfileSchema = z.looseObject({
+  ID: z.number().optional(),
+  LoginName: z.string().default(""),
+  DisplayName: z.string().default(""),
+});
+
+/** A WhoIs answer: the peer node, its user, and the app capabilities it holds towards this node. */
+export const WhoIsResponseSchema = z.looseObject({
+  Node: WhoIsNodeSchema,
+  UserProfile: UserProfileSchema.nullish(),
+  CapMap: z.record(z.string(), nullableArray(z.unknown())).nullish().transform((v) => v ?? {}),
+});
+
+/** A parsed WhoIs response. */
+export type WhoIsResponse = z.infer<typeof WhoIsResponseSchema>;
+
+/** The part of ipnstate.Status that tailvoy reads. */
+export const StatusSchema = z.looseObject({
+  Version: z.string().default(""),
+  TUN: z.boolean().default(false),
+  BackendState: z.string(),
+  TailscaleIPs: nullableArray(z.string()),
+  Self: z.looseObject({
+    ID: z.string().optional(),
+    HostName: z.string().default(""),
+    DNSName: z.string().default(""),
+    TailscaleIPs: nullableArray(z.string()),
+    Tags: nullableArray(z.string()),
+    Online: z.boolean().optional(),
+  }).nullish(),
+  Peer: z.record(z.string(), z.looseObject({ TailscaleIPs: nullableArray(z.string()), Online: z.boolean() }))
+    .nullish().transform((v) => v ?? {}),
+  CurrentTailnet: z.looseObject({ MagicDNSSuffix: z.string().default("") }).nullish(),
+});
+
+/** A parsed status response. */
+export type Status = z.infer<typeof StatusSchema>;
+
+/** Options of a WhoIs lookup. */
+export interface WhoIsOptions {
+  /** `tcp` or `udp`: which proxy mapping a `127.0.0.1:port` address is looked up in. */
+  proto?: "tcp" | "udp";
+  /** A Tailscale Service (`svc:name`): scopes the returned caps to grants whose `dst` is that service. */
+  svcName?: string;
+  /** Per-call timeout in milliseconds (default: the client's). */
+  timeoutMs?: number;
+}
+
+/** A client of one tailscaled's LocalAPI. Close it when done. */
+export class LocalApiClient {
+  /** The socket path this client talks to. */
+  readonly socket: string;
+  readonly #timeoutMs: number;
+  #http: Deno.HttpClient;
+
+  /** Creates a client of the tailscaled listening on `socket`. No connection is made yet. */
+  constructor(socket: string = DEFAULT_SOCKET, options: { timeoutMs?: number } = {}) {
+    this.socket = socket;
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.#http = Deno.createHttpClient({ proxy: { transport: "unix", path: socket } });
+  }
+
+  /**
+   * Who is at `addr` (an IP, `IP:port`, or the `127.0.0.1:port` end of a connection tailscaled
+   * forwarded). A 404 becomes a `not-found` error.
+   */
+  async whois(addr: string, options: WhoIsOptions = {}): Promise<WhoIsResponse> {
+    const params = new URLSearchParams({ addr });
+    if (options.proto) params.set("proto", options.proto);
+    if (options.svcName) params.set("svc_name", options.svcName);
+    const body = await this.#request("GET", `whois?${params}`, { timeoutMs: options.timeoutMs });
+    return parse(WhoIsResponseSchema, body, `whois ${addr}`);
+  }
+
+  /** This node's status, without the peer list unless `peers` is set. */
+  async status(options: { peers?: boolean; timeoutMs?: number } = {}): Promise<Status> {
+    const body = await this.#request("GET", `status?peers=${options.peers ? "true" : "false"}`, options);
+    return parse(StatusSchema, body, "status");
+  }
+
+  /** Releases the HTTP client. */
+  close(): void {
+    this.#http.close();
+  }
+
+  /** Closes the client (for `using`). */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  async #request(method: string, path: string, options: { timeoutMs?: number }): Promise<unknown> {
+    const what = `${method} /localapi/v0/${path.split("?")[0]}`;
+    const timeoutMs = options.timeoutMs ?? this.#timeoutMs;
+    let res: Response;
+    let text: string;
+    try {
+      res = await fetch(`http://local-tailscaled.sock/localapi/v0/${path}`, {
+        method,
+        client: this.#http,
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+      text = await res.text();
+    } catch (err) {
+      throw await this.#transportError(err, what, timeoutMs);
+    }
+    if (res.ok) {
+      try {
+        return JSON.parse(text);
+      } catch (err) {
+        throw new LocalApiError("bad-response", `${what}: tailscaled answered with invalid JSON: ${text.slice(0, 200)}`, {
+          cause: err,
+        });
+      }
+    }
+    const detail = text.trim().slice(0, 300);
+    if (res.status === 404 && path.startsWith("whois")) {
+      throw new LocalApiError("not-found", `${what}: tailscaled knows no peer at that address (${detail})`, {
+        status: 404,
+      });
+    }
+    if (res.status === 403) {
+      throw new LocalApiError(
+        "permission-denied",
+        `${what}: tailscaled refused access (${detail}); run as root, as tailscaled's user, or set \`tailscale set --operator=$USER\``,
+        { status: 403 },
+      );
+    }
+    if (/not logged in|NeedsLogin|no netmap|netMap is nil/i.test(detail)) {
+      throw new LocalApiError(
+        "needs-login",
+        `${what}: tailscaled is not logged in (${detail}); run \`tailscale up\` or set TS_AUTHKEY`,
+        { status: res.status },
+      );
+    }
+    throw new LocalApiError("http", `${what}: tailscaled answered HTTP ${res.status}: ${detail}`, {
+      status: res.status,
+    });
+  }
+
+  async #transportError(err: unknown, what: string, timeoutMs: number): Promise<LocalApiError> {
+    if (err instanceof DOMException && (err.name === "TimeoutError" || err.name === "AbortError")) {
+      return new LocalApiError(
+        "timeout",
+        `${what}: tailscaled at ${this.socket} did not answer within ${timeoutMs} ms; is it overloaded or hung?`,
+        { cause: err },
+      );
+    }
+    const text = String(err instanceof Error ? `${err.message} ${err.cause ?? ""}` : err);
+    let exists = true;
+    try {
+      await Deno.lstat(this.socket);
+    } catch {
+      exists = false;
+    }
+    if (!exists) {
+      return new LocalApiError(
+        "socket-missing",
+        `${what}: no tailscaled socket at ${this.socket}; is tailscaled running? Set the path with --socket or tailvoy.socket in the config`,
+        { cause: err },
+      );
+    }
+    if (/permission denied|EACCES/i.test(text)) {
+      return new LocalApiError(
+        "permission-denied",
+        `${what}: permission denied on ${this.socket}; run as root, as tailscaled's user, or set \`tailscale set --operator=$USER\``,
+        { cause: err },
+      );
+    }
+    if (/refused|ECONNREFUSED/i.test(text)) {
+      return new LocalApiError(
+        "connection-refused",
+        `${what}: nothing listens on ${this.socket} (stale socket); is tailscaled running?`,
+        { cause: err },
+      );
+    }
+    return new LocalApiError("bad-response", `${what}: talking to tailscaled at ${this.socket} failed: ${text}`, {
+      cause: err,
+    });
+  }
+}
+
+function parse<T extends z.ZodType>(schema: T, body: unknown, what: string): z.infer<T> {
+  const result = schema.safeParse(body);
+  if (!result.success) {
+    throw new LocalApiError(
+      "bad-response",
+      `${what}: unexpected answer from tailscaled (${
+        result.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")
+      }); is this tailscaled too old?`,
+    );
+  }
+  return result.data;
+}

@@ -1,0 +1,129 @@
+/**
+ * `deno task test`: installs the test peers, caches dependencies, then runs the whole suite inside a new
+ * network namespace whose only interface is `lo` (so nothing can leave the machine, by construction) and
+ * a new PID namespace (so no peer outlives the run), with one tailnet in a box shared by every test file.
+ *
+ * Without the privileges for namespaces (not root, or no `unshare`) it runs on the host's loopback and
+ * fails the run if any socket with a non-loopback remote end appears. Extra arguments go to `deno test`
+ * (e.g. `deno task test --filter whois`).
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { ensurePeers, PROJECT_ROOT } from "./peers.ts";
+import { nonLoopbackSockets, Tailnet, TAILNET_ENV } from "../tests/harness/tailnet.ts";
+
+const IN_NETNS = "--in-netns";
+
+function log(msg: string): void {
+  console.error(`test: ${msg}`);
+}
+
+async function commandWorks(cmd: string, args: string[]): Promise<boolean> {
+  try {
+    return (await new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).output()).success;
+  } catch {
+    return false;
+  }
+}
+
+async function testFiles(): Promise<string[]> {
+  const files: string[] = [];
+  for await (const entry of Deno.readDir(join(PROJECT_ROOT, "tests"))) {
+    if (entry.isFile && entry.name.endsWith("_test.ts")) files.push(join("tests", entry.name));
+  }
+  return files.sort();
+}
+
+async function prepare(): Promise<void> {
+  const t0 = performance.now();
+  await ensurePeers({ log: (m) => log(`peers: ${m}`) });
+  log(`peers ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  // The namespace has no route to the npm registry: fetch every dependency now.
+  const entries = ["main.ts", ...await testFiles()];
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["install", "--quiet", "--entrypoint", ...entries],
+    cwd: PROJECT_ROOT,
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error("Caching dependencies failed (deno install --entrypoint); see above");
+}
+
+async function runSuite(args: string[], isolated: boolean): Promise<number> {
+  if (isolated) {
+    const lo = await new Deno.Command("ip", { args: ["link", "set", "lo", "up"] }).output();
+    if (!lo.success) throw new Error("Could not bring up lo in the test network namespace (ip link set lo up)");
+  }
+  log("starting the tailnet in a box");
+  const tailnet = await Tailnet.start({ log: (m) => log(`tailnet: ${m}`) });
+  const stop = () => tailnet.release().finally(() => Deno.exit(130));
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  try {
+    const descFile = join(tailnet.description.dir, "tailnet.json");
+    await Deno.writeTextFile(descFile, JSON.stringify(tailnet.description));
+    log(`tailnet up in ${tailnet.description.startupMs} ms; running deno test`);
+    const status = await new Deno.Command(Deno.execPath(), {
+      args: ["test", "--allow-all", ...args, "tests/"],
+      cwd: PROJECT_ROOT,
+      env: { [TAILNET_ENV]: descFile },
+      stdin: "null",
+      stdout: "inherit",
+      stderr: "inherit",
+    }).output();
+    const leaks = await nonLoopbackSockets();
+    if (leaks.length) {
+      log(`sockets with a non-loopback remote end were found; nothing may leave loopback:\n${leaks.join("\n")}`);
+      return 1;
+    }
+    return status.code;
+  } finally {
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", stop);
+    await tailnet.release();
+  }
+}
+
+if (import.meta.main) {
+  const args = [...Deno.args];
+  let code: number;
+  try {
+    if (args[0] === IN_NETNS) {
+      code = await runSuite(args.slice(1), true);
+    } else {
+      await prepare();
+      const canIsolate = Deno.uid() === 0 && await commandWorks("unshare", ["--net", "--pid", "--fork", "true"]);
+      if (canIsolate) {
+        log("running in a new network + PID namespace (only lo)");
+        const child = await new Deno.Command("unshare", {
+          args: [
+            "--net",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            Deno.execPath(),
+            "run",
+            "--allow-all",
+            join(PROJECT_ROOT, "scripts", "test.ts"),
+            IN_NETNS,
+            ...args,
+          ],
+          stdin: "null",
+          stdout: "inherit",
+          stderr: "inherit",
+        }).output();
+        code = child.code;
+      } else {
+        log("no network namespace (needs root and unshare); running on the host's loopback with a leak check");
+        code = await runSuite(args, false);
+      }
+    }
+  } catch (err) {
+    log(err instanceof Error ? err.message : String(err));
+    code = 1;
+  }
+  Deno.exit(code);
+}

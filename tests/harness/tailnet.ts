@@ -1,0 +1,436 @@
+/**
+ * Tailnet in a box: a real headscale control server (embedded DERP and STUN on 127.0.0.1, sqlite in a
+ * temp dir, a grants policy file) and real `tailscaled --tun=userspace-networking` nodes logged in with
+ * pre-auth keys, all on loopback, with every phone-home path turned off.
+ *
+ * `deno task test` starts one tailnet for the whole suite (inside a network namespace with only `lo`)
+ * and hands its description to the test processes through `TAILVOY_TEST_TAILNET`; a test file run on its
+ * own starts a private one. Either way tests use {@link acquireTailnet} and {@link Tailnet.release}.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { PEER_BINS } from "../../scripts/peers.ts";
+import { socks5Connect, socks5UdpAssociate, type UdpAssociation } from "./socks5.ts";
+
+/** The capability tailvoy reads, as used in test policies. */
+export const CAP = "rajsingh.info/cap/tailvoy";
+
+/** One node to start: a user's device (`user`) or a tagged device (`tags`). */
+export interface NodeSpec {
+  /** Hostname, also the key in {@link Tailnet.nodes}. */
+  name: string;
+  /** headscale user owning the node (created if missing). Mutually exclusive with `tags`. */
+  user?: string;
+  /** Tags for a tag-owned node, e.g. `["tag:gw"]`. */
+  tags?: string[];
+}
+
+/** A running node. */
+export interface TailnetNode {
+  name: string;
+  user?: string;
+  tags: string[];
+  /** LocalAPI unix socket of this node's tailscaled. */
+  socket: string;
+  /** tailscaled's SOCKS5 listener on 127.0.0.1. */
+  socksPort: number;
+  ipv4: string;
+  ipv6: string;
+  /** MagicDNS name, without the trailing dot. */
+  fqdn: string;
+  pid: number;
+}
+
+/** What another process needs to use a running tailnet (JSON-serialisable). */
+export interface TailnetDescription {
+  dir: string;
+  serverUrl: string;
+  headscaleConfig: string;
+  headscalePid: number;
+  policyPath: string;
+  nodes: Record<string, TailnetNode>;
+  pids: number[];
+  /** Milliseconds from start to all nodes seeing each other. */
+  startupMs: number;
+}
+
+/** Tailnet policy (HuJSON subset: plain JSON), as headscale reads it. */
+export type Policy = Record<string, unknown>;
+
+/** The default test policy: users alice and bob, group eng, tags gw and ci, and tailvoy app grants. */
+export function defaultPolicy(): Policy {
+  return {
+    groups: { "group:eng": ["alice@"] },
+    tagOwners: { "tag:gw": ["alice@"], "tag:ci": ["alice@"] },
+    grants: [
+      // Network reachability for everyone; tailvoy decides per listener.
+      { src: ["*"], dst: ["*"], ip: ["*"] },
+      {
+        src: ["group:eng"],
+        dst: ["tag:gw"],
+        app: { [CAP]: [{ listeners: ["web"], routes: ["/api/*"] }, { listeners: ["db"] }] },
+      },
+      { src: ["tag:ci"], dst: ["tag:gw"], app: { [CAP]: [{ listeners: ["db"], methods: ["GET"] }] } },
+    ],
+    // Captive-portal detection would probe Tailscale's public hosts.
+    nodeAttrs: [{ target: ["*"], attr: ["disable-captive-portal-detection"] }],
+  };
+}
+
+/** The default node set: a tagged gateway, two users, and a tagged CI client. */
+export const DEFAULT_NODES: NodeSpec[] = [
+  { name: "gw", tags: ["tag:gw"] },
+  { name: "alice", user: "alice" },
+  { name: "bob", user: "bob" },
+  { name: "ci", tags: ["tag:ci"] },
+];
+
+async function freePort(): Promise<number> {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = l.addr as Deno.NetAddr;
+  l.close();
+  return port;
+}
+
+async function runOk(cmd: string, args: string[], what: string): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stdin: "null" }).output();
+  const dec = new TextDecoder();
+  if (!out.success) {
+    throw new Error(`${what} failed (exit ${out.code}): ${dec.decode(out.stderr).trim() || dec.decode(out.stdout)}`);
+  }
+  return dec.decode(out.stdout);
+}
+
+/** Polls `fn` every `intervalMs` until it returns a non-undefined value or `timeoutMs` passes. */
+export async function waitFor<T>(
+  fn: () => Promise<T | undefined> | T | undefined,
+  options: { timeoutMs?: number; intervalMs?: number; what: string },
+): Promise<T> {
+  const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+  let last: unknown;
+  while (true) {
+    try {
+      const v = await fn();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`Timed out waiting for ${options.what}${last ? `: ${last}` : ""}`);
+    }
+    await new Promise((r) => setTimeout(r, options.intervalMs ?? 100));
+  }
+}
+
+// Environment that keeps tailscaled on loopback and quiet: no log upload, no portmapper (UPnP/NAT-PMP to
+// the LAN gateway), DERP over plain HTTP to headscale's embedded server, no update or version checks.
+function tailscaledEnv(logsDir: string): Record<string, string> {
+  return {
+    TS_NO_LOGS_NO_SUPPORT: "true",
+    TS_LOGS_DIR: logsDir,
+    TS_DISABLE_PORTMAPPER: "1",
+    TS_DEBUG_USE_DERP_HTTP: "1",
+    TS_ASSUME_NETWORK_UP_FOR_TEST: "1",
+    TS_PANIC_IF_HIT_MAIN_CONTROL: "1",
+    TS_DISABLE_UPNP: "true",
+    TS_NO_SERVE_CONFIG_UPDATE_CHECK: "1",
+    HOME: logsDir,
+  };
+}
+
+function headscaleConfig(dir: string, ports: Record<string, number>): string {
+  // JSON is valid YAML; headscale reads it with viper.
+  return JSON.stringify(
+    {
+      server_url: `http://127.0.0.1:${ports.http}`,
+      listen_addr: `127.0.0.1:${ports.http}`,
+      metrics_listen_addr: `127.0.0.1:${ports.metrics}`,
+      grpc_listen_addr: `127.0.0.1:${ports.grpc}`,
+      grpc_allow_insecure: false,
+      noise: { private_key_path: join(dir, "noise_private.key") },
+      prefixes: { v4: "100.64.0.0/10", v6: "fd7a:115c:a1e0::/48", allocation: "sequential" },
+      derp: {
+        server: {
+          enabled: true,
+          region_id: 999,
+          region_code: "box",
+          region_name: "Tailnet in a box",
+          stun_listen_addr: `127.0.0.1:${ports.stun}`,
+          private_key_path: join(dir, "derp_server_private.key"),
+          automatically_add_embedded_derp_region: true,
+          ipv4: "127.0.0.1",
+        },
+        urls: [],
+        paths: [],
+        auto_update_enabled: false,
+      },
+      disable_check_updates: true,
+      ephemeral_node_inactivity_timeout: "30m",
+      database: { type: "sqlite", sqlite: { path: join(dir, "db.sqlite"), write_ahead_log: true } },
+      log: { level: "warn", format: "text" },
+      policy: { mode: "file", path: join(dir, "policy.json") },
+      dns: {
+        magic_dns: true,
+        base_domain: "box.test",
+        override_local_dns: false,
+        nameservers: { global: [], split: {} },
+        search_domains: [],
+        extra_records: [],
+      },
+      unix_socket: join(dir, "headscale.sock"),
+      unix_socket_permission: "0770",
+      logtail: { enabled: false },
+      taildrop: { enabled: false },
+      tuning: { batch_change_delay: "100ms" },
+    },
+    null,
+    2,
+  );
+}
+
+/** A running tailnet in a box. */
+export class Tailnet {
+  /** The running nodes by name. */
+  readonly nodes: Record<string, TailnetNode>;
+  readonly #desc: TailnetDescription;
+  readonly #owned: boolean;
+  readonly #children: Deno.ChildProcess[];
+
+  private constructor(desc: TailnetDescription, owned: boolean, children: Deno.ChildProcess[] = []) {
+    this.#desc = desc;
+    this.nodes = desc.nodes;
+    this.#owned = owned;
+    this.#children = children;
+  }
+
+  /** The description another process can {@link Tailnet.attach} to. */
+  get description(): TailnetDescription {
+    return this.#desc;
+  }
+
+  /** The node named `name`; throws if there is none. */
+  node(name: string): TailnetNode {
+    const n = this.nodes[name];
+    if (!n) throw new Error(`No node "${name}" in this tailnet (have: ${Object.keys(this.nodes).join(", ")})`);
+    return n;
+  }
+
+  /** Uses a tailnet started by another process. {@link release} leaves it running. */
+  static attach(desc: TailnetDescription): Tailnet {
+    return new Tailnet(desc, false);
+  }
+
+  /**
+   * Starts headscale and one tailscaled per node, logs the nodes in, and waits until every node sees
+   * every other node. On any failure everything started so far is torn down.
+   */
+  static async start(
+    options: { nodes?: NodeSpec[]; policy?: Policy; log?: (msg: string) => void } = {},
+  ): Promise<Tailnet> {
+    const t0 = performance.now();
+    const specs = options.nodes ?? DEFAULT_NODES;
+    const log = options.log ?? (() => {});
+    const dir = await Deno.makeTempDir({ prefix: "tailvoy-tailnet-" });
+    const children: Deno.ChildProcess[] = [];
+    const spawn = (cmd: string, args: string[], env: Record<string, string>, logFile: string) => {
+      const file = Deno.openSync(logFile, { write: true, create: true, append: true });
+      const child = new Deno.Command(cmd, { args, env, stdin: "null", stdout: "piped", stderr: "piped" })
+        .spawn();
+      // Logs go to files so a failing test can show them; pipes must be drained or children block.
+      child.stdout.pipeTo(new WritableStream({ write: (c) => void file.writeSync(c) })).catch(() => {});
+      child.stderr.pipeTo(new WritableStream({ write: (c) => void file.writeSync(c) })).catch(() => {});
+      child.status.finally(() => setTimeout(() => file.close(), 100)).catch(() => {});
+      children.push(child);
+      return child;
+    };
+    try {
+      const ports = { http: await freePort(), metrics: await freePort(), grpc: await freePort(), stun: 0 };
+      ports.stun = await freePort();
+      const configPath = join(dir, "headscale.yaml");
+      const policyPath = join(dir, "policy.json");
+      await Deno.writeTextFile(configPath, headscaleConfig(dir, ports));
+      await Deno.writeTextFile(policyPath, JSON.stringify(options.policy ?? defaultPolicy(), null, 2));
+      const hs = spawn(PEER_BINS.headscale, ["-c", configPath, "serve"], {}, join(dir, "headscale.log"));
+      const serverUrl = `http://127.0.0.1:${ports.http}`;
+      await waitFor(async () => {
+        const r = await fetch(`${serverUrl}/health`).catch(() => undefined);
+        await r?.body?.cancel();
+        return r?.ok ? true : undefined;
+      }, { what: `headscale at ${serverUrl} to answer /health (log: ${dir}/headscale.log)`, timeoutMs: 20_000 });
+      log(`headscale up in ${Math.round(performance.now() - t0)} ms`);
+
+      const hsCli = (...args: string[]) =>
+        runOk(PEER_BINS.headscale, ["-c", configPath, ...args, "-o", "json"], `headscale ${args.join(" ")}`);
+      const userIds = new Map<string, string>();
+      for (const user of new Set(specs.flatMap((s) => s.user ? [s.user] : []))) {
+        const created = JSON.parse(await hsCli("users", "create", user)) as { id: string | number };
+        userIds.set(user, String(created.id));
+      }
+
+      const nodes: Record<string, TailnetNode> = {};
+      await Promise.all(specs.map(async (spec) => {
+        const keyArgs = ["preauthkeys", "create", "--expiration", "1h"];
+        if (spec.user) keyArgs.push("--user", userIds.get(spec.user)!);
+        if (spec.tags?.length) keyArgs.push("--tags", spec.tags.join(","));
+        const key = (JSON.parse(await hsCli(...keyArgs)) as { key: string }).key;
+        const nodeDir = join(dir, spec.name);
+        await Deno.mkdir(nodeDir, { recursive: true });
+        const socket = join(nodeDir, "tailscaled.sock");
+        const socksPort = await freePort();
+        const child = spawn(PEER_BINS.tailscaled, [
+          "--tun=userspace-networking",
+          `--statedir=${nodeDir}`,
+          `--socket=${socket}`,
+          "--port=0",
+          `--socks5-server=127.0.0.1:${socksPort}`,
+          "--no-logs-no-support",
+        ], tailscaledEnv(nodeDir), join(nodeDir, "tailscaled.log"));
+        await waitFor(() => Deno.stat(socket).then(() => true), {
+          what: `tailscaled ${spec.name} socket ${socket}`,
+          timeoutMs: 15_000,
+        });
+        await runOk(PEER_BINS.tailscale, [
+          `--socket=${socket}`,
+          "up",
+          `--login-server=${serverUrl}`,
+          `--auth-key=${key}`,
+          `--hostname=${spec.name}`,
+          "--accept-dns=false",
+          "--accept-routes=false",
+          "--timeout=30s",
+          ...(spec.tags?.length ? [`--advertise-tags=${spec.tags.join(",")}`] : []),
+        ], `tailscale up for ${spec.name}`);
+        const status = JSON.parse(
+          await runOk(PEER_BINS.tailscale, [`--socket=${socket}`, "status", "--json", "--peers=false"], "status"),
+        ) as { Self: { TailscaleIPs: string[]; DNSName: string } };
+        const ips = status.Self.TailscaleIPs;
+        nodes[spec.name] = {
+          name: spec.name,
+          user: spec.user,
+          tags: spec.tags ?? [],
+          socket,
+          socksPort,
+          ipv4: ips.find((ip) => !ip.includes(":"))!,
+          ipv6: ips.find((ip) => ip.includes(":"))!,
+          fqdn: status.Self.DNSName.replace(/\.$/, ""),
+          pid: child.pid,
+        };
+      }));
+      log(`${specs.length} nodes logged in after ${Math.round(performance.now() - t0)} ms`);
+
+      // Every node must list every other node as a peer before tests dial anything.
+      for (const node of Object.values(nodes)) {
+        await waitFor(async () => {
+          const st = JSON.parse(
+            await runOk(PEER_BINS.tailscale, [`--socket=${node.socket}`, "status", "--json"], "status"),
+          ) as { Peer?: Record<string, { TailscaleIPs: string[] }> };
+          const seen = new Set(Object.values(st.Peer ?? {}).flatMap((p) => p.TailscaleIPs));
+          return Object.values(nodes).every((o) => o === node || seen.has(o.ipv4)) ? true : undefined;
+        }, { what: `node ${node.name} to see all peers`, timeoutMs: 30_000, intervalMs: 200 });
+      }
+      const desc: TailnetDescription = {
+        dir,
+        serverUrl,
+        headscaleConfig: configPath,
+        headscalePid: hs.pid,
+        policyPath,
+        nodes,
+        pids: children.map((c) => c.pid),
+        startupMs: Math.round(performance.now() - t0),
+      };
+      log(`tailnet ready in ${desc.startupMs} ms`);
+      return new Tailnet(desc, true, children);
+    } catch (err) {
+      await stopAll(children, dir);
+      throw err;
+    }
+  }
+
+  /**
+   * Replaces the tailnet policy and tells headscale to reload it (SIGHUP). Nodes see the change after
+   * headscale's batch delay; poll for the effect you expect with {@link waitFor}.
+   */
+  async setPolicy(policy: Policy): Promise<void> {
+    await Deno.writeTextFile(this.#desc.policyPath, JSON.stringify(policy, null, 2));
+    Deno.kill(this.#desc.headscalePid, "SIGHUP");
+  }
+
+  /** Opens a TCP connection from node `from` to `host:port` (a tailnet IP or name) through its SOCKS5. */
+  dial(from: string, host: string, port: number): Promise<Deno.TcpConn> {
+    return socks5Connect({ hostname: "127.0.0.1", port: this.node(from).socksPort }, { host, port });
+  }
+
+  /** Opens a UDP association from node `from` (through its SOCKS5) to send datagrams to peers. */
+  udp(from: string): Promise<UdpAssociation> {
+    return socks5UdpAssociate({ hostname: "127.0.0.1", port: this.node(from).socksPort });
+  }
+
+  /** Stops the tailnet if this process started it; otherwise does nothing. */
+  async release(): Promise<void> {
+    if (this.#owned) await stopAll(this.#children, this.#desc.dir);
+  }
+}
+
+async function stopAll(children: Deno.ChildProcess[], dir: string): Promise<void> {
+  for (const child of children) {
+    try {
+      child.kill("SIGTERM");
+    } catch { /* already gone */ }
+  }
+  await Promise.all(children.map(async (child) => {
+    const timer = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+    }, 3000);
+    await child.status.catch(() => {});
+    clearTimeout(timer);
+  }));
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+}
+
+/** Environment variable naming the JSON description of the suite's shared tailnet. */
+export const TAILNET_ENV = "TAILVOY_TEST_TAILNET";
+
+/**
+ * The suite's shared tailnet when running under `deno task test`, otherwise a private one started now
+ * with the default nodes and policy. Call {@link Tailnet.release} when done.
+ */
+export async function acquireTailnet(): Promise<Tailnet> {
+  const file = Deno.env.get(TAILNET_ENV);
+  if (file) return Tailnet.attach(JSON.parse(await Deno.readTextFile(file)));
+  return await Tailnet.start();
+}
+
+/**
+ * Sockets in this network namespace whose remote end is not loopback or unspecified, from
+ * /proc/net/{tcp,tcp6,udp,udp6}. Empty when nothing has left (or tried to leave) loopback.
+ */
+export async function nonLoopbackSockets(): Promise<string[]> {
+  const bad: string[] = [];
+  for (const proto of ["tcp", "tcp6", "udp", "udp6"]) {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(`/proc/net/${proto}`);
+    } catch {
+      continue;
+    }
+    for (const line of text.trim().split("\n").slice(1)) {
+      const remote = line.trim().split(/\s+/)[2];
+      const [hexAddr] = remote.split(":");
+      if (!isLoopbackOrZero(hexAddr)) bad.push(`${proto} ${line.trim()}`);
+    }
+  }
+  return bad;
+}
+
+// /proc/net addresses are hex in host byte order (little-endian 32-bit words on x86).
+function isLoopbackOrZero(hex: string): boolean {
+  if (/^0+$/.test(hex)) return true;
+  if (hex.length === 8) return hex.slice(6, 8) === "7F";
+  // ::1, and IPv4-mapped ::ffff:127.x.y.z
+  if (hex === "00000000000000000000000001000000") return true;
+  return hex.startsWith("0000000000000000FFFF0000") && hex.slice(30, 32) === "7F";
+}
