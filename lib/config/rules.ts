@@ -71,6 +71,7 @@ export function checkRules(config: unknown, report: (issue: RuleIssue) => void):
     listenerNames,
     servedListeners,
     mappingsNeeded: discoveryMode ? defaultIngress === "serve" : servedListeners.length > 0,
+    hasRemovedServiceKey: has(tailscale, "service"),
   }, report);
 }
 
@@ -275,13 +276,15 @@ interface MappingContext {
   /** Listeners reached through Tailscale Services, which therefore need a mapping. */
   servedListeners: string[];
   mappingsNeeded: boolean;
+  hasRemovedServiceKey: boolean;
 }
 
 function checkServiceMappings(mappings: unknown, context: MappingContext, report: (issue: RuleIssue) => void): void {
   const path: Path = ["tailscale", "serviceMappings"];
   const services = isObject(mappings) ? Object.keys(mappings) : [];
   if (services.length === 0) {
-    if (context.mappingsNeeded) {
+    // A leftover tailvoy `service:` key gets its own migration message; don't pile on.
+    if (context.mappingsNeeded && !context.hasRemovedServiceKey) {
       const example = context.discoveryMode ? 'web: [".*http.*"]' : `${context.servedListeners[0]}: [${context.servedListeners[0]}]`;
       report({
         path,

@@ -41,8 +41,8 @@ export function compileMappingEntry(
 
 /** The parts of a parsed config that service matching needs. */
 export interface ServiceMatcherInput {
-  /** `tailscale.serviceMappings`. */
-  serviceMappings: Record<string, string[]>;
+  /** Holds `serviceMappings`. */
+  tailscale: { serviceMappings: Record<string, string[]> };
   /** Static listeners by name; ignored in discovery mode. */
   listeners: Record<string, unknown>;
   /** Present in discovery mode. */
@@ -55,8 +55,9 @@ export interface ServiceMatcherInput {
  */
 export function createServiceMatcher(config: ServiceMatcherInput): (listenerName: string) => string[] {
   const staticListeners = config.discovery === undefined ? new Set(Object.keys(config.listeners)) : undefined;
-  const entries = Object.keys(config.serviceMappings).sort().flatMap((service) =>
-    config.serviceMappings[service].map((pattern) => compileMappingEntry(service, pattern, staticListeners))
+  const mappings = config.tailscale.serviceMappings;
+  const entries = Object.keys(mappings).sort().flatMap((service) =>
+    mappings[service].map((pattern) => compileMappingEntry(service, pattern, staticListeners))
   );
   return (listenerName) => {
     const services: string[] = [];

@@ -1,0 +1,49 @@
+/**
+ * tailvoy configuration: schema, parsing with located errors, `${VAR}` expansion, credentials,
+ * and Service mapping. Accepts tailvoy's config format unchanged; our additions live under
+ * `tailvoy:` and on listeners (see `schema.ts`).
+ *
+ * ```ts
+ * import { ConfigError, loadConfig } from "./lib/config/mod.ts";
+ * try {
+ *   const config = await loadConfig("config.yaml");
+ * } catch (error) {
+ *   if (error instanceof ConfigError) console.error(error.message); // one issue per line
+ * }
+ * ```
+ *
+ * @module
+ */
+
+export {
+  type Config,
+  type ConfigInput,
+  ConfigSchema,
+  type DiscoveryConfig,
+  type IngressMode,
+  type ListenerConfig,
+  type Protocol,
+  type RouteConfig,
+  type TailscaleConfig,
+  type TailvoyConfig,
+  type TlsConfig,
+} from "./schema.ts";
+export { loadConfig, type LoadConfigOptions, parseConfig, type ParseConfigOptions } from "./parse.ts";
+export { ConfigError, type ConfigIssue, formatIssue, formatIssues, formatPath } from "./errors.ts";
+export {
+  type CredentialValues,
+  Credentials,
+  CREDENTIAL_VARIABLES,
+  readCredentials,
+  type ReadCredentialsOptions,
+} from "./credentials.ts";
+export { createServiceMatcher, SERVICE_PREFIX, type ServiceMatcherInput } from "./services.ts";
+export { compilePattern, parseDuration } from "./formats.ts";
+export {
+  DEFAULT_ADMIN_ADDRESS,
+  DEFAULT_CAPABILITY,
+  DEFAULT_LOCALAPI_SOCKET,
+  INGRESS_MODES,
+  L7_PROTOCOLS,
+  PROTOCOLS,
+} from "./constants.ts";

@@ -1,0 +1,97 @@
+/**
+ * Parsing and loading: YAML → `${VAR}` expansion → schema and rules → {@linkcode Config},
+ * or a {@linkcode ConfigError} listing every problem with its position.
+ *
+ * @module
+ */
+
+import { type ConfigIssue, ConfigError, formatPath } from "./errors.ts";
+import { fromRuleIssue, fromZodIssues, GENERIC_MESSAGE } from "./issues.ts";
+import { checkRules } from "./rules.ts";
+import { type Config, ConfigSchema } from "./schema.ts";
+import { expandEnv, parseYaml, toPlain } from "./yaml_source.ts";
+
+/** Options for {@linkcode parseConfig}. */
+export interface ParseConfigOptions {
+  /** Where the text came from (usually the file path); used in messages. */
+  source?: string;
+  /** Variables for `${VAR}` expansion; defaults to `Deno.env` (needs `--allow-env`). */
+  env?: Record<string, string | undefined>;
+}
+
+/** Options for {@linkcode loadConfig}. */
+export type LoadConfigOptions = Omit<ParseConfigOptions, "source">;
+
+/**
+ * Parses configuration text. Throws {@linkcode ConfigError} listing every problem found (YAML
+ * syntax first, since nothing else can be checked without a tree), each with its YAML path,
+ * line:column and a hint.
+ */
+export function parseConfig(text: string, options: ParseConfigOptions = {}): Config {
+  const { yaml, issues: syntaxIssues } = parseYaml(text, options.source);
+  if (syntaxIssues.length > 0) throw new ConfigError(syntaxIssues);
+
+  const env = options.env;
+  const envIssues = expandEnv(yaml, env ? (name) => env[name] : (name) => Deno.env.get(name));
+  let data: unknown;
+  try {
+    data = toPlain(yaml);
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    throw new ConfigError([...envIssues, { path: [], message: `invalid YAML: ${message}`, source: options.source }]);
+  }
+
+  const result = ConfigSchema.safeParse(data, { reportInput: true, error: () => GENERIC_MESSAGE });
+  if (result.success && envIssues.length === 0) return result.data;
+
+  const issues = [...envIssues];
+  if (!result.success) {
+    issues.push(...fromZodIssues(result.error.issues, yaml, ConfigSchema, data));
+    // The schema skips its cross-field rules once a field has the wrong type; run them on the raw data
+    // so those problems are reported in the same pass.
+    checkRules(data, (issue) => issues.push(fromRuleIssue(issue, yaml)));
+  }
+  throw new ConfigError(dedupe(issues, envIssues));
+}
+
+// Drops repeats, and anything reported under a path whose variable could not be expanded.
+function dedupe(issues: ConfigIssue[], envIssues: ConfigIssue[]): ConfigIssue[] {
+  const envPaths = envIssues.map((issue) => formatPath(issue.path));
+  const seen = new Set<string>();
+  return issues.filter((issue) => {
+    const path = formatPath(issue.path);
+    const key = `${path}\u0000${issue.message}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    const isEnvIssue = envIssues.includes(issue);
+    return isEnvIssue || !envPaths.some((envPath) => path === envPath || path.startsWith(`${envPath}.`) || path.startsWith(`${envPath}[`));
+  });
+}
+
+/**
+ * Reads and parses a configuration file. A missing or unreadable file is a {@linkcode ConfigError}
+ * naming the path, like any other configuration problem.
+ */
+export async function loadConfig(path: string, options: LoadConfigOptions = {}): Promise<Config> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    throw new ConfigError([{ path: [], source: path, ...readFailure(error) }]);
+  }
+  return parseConfig(text, { ...options, source: path });
+}
+
+function readFailure(error: unknown): { message: string; hint: string } {
+  if (error instanceof Deno.errors.NotFound) {
+    return { message: "config file not found", hint: "check the path, or pass --config <file> (see examples/config.yaml)" };
+  }
+  if (error instanceof Deno.errors.IsADirectory) {
+    return { message: "is a directory, not a config file", hint: "pass the path of the YAML file" };
+  }
+  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+    return { message: "cannot read config file: permission denied", hint: "run with --allow-read, or fix the file's permissions" };
+  }
+  const reason = error instanceof Error ? error.message : String(error);
+  return { message: `cannot read config file: ${reason}`, hint: "check that the file exists and is readable" };
+}

@@ -1,0 +1,271 @@
+/**
+ * The configuration schema. Types come from it through `z.infer`, so they are never declared twice.
+ *
+ * Layout: tailvoy's own keys (`tailscale`, `listeners`, `discovery`) keep their meaning and
+ * spelling, so a tailvoy config parses unchanged. Our process-wide additions live under one
+ * top-level `tailvoy:` block (a single place to look, and no risk of colliding with keys tailvoy
+ * may add later). Per-listener additions (`acceptAppCaps`, `shadow`, `ingress`) sit on the
+ * listener they affect. Every addition is optional and defaulted.
+ *
+ * Differences from tailvoy, all deliberate:
+ * - unknown keys are errors (tailvoy ignored them);
+ * - `tailscale.tags` and `serviceTags` are optional: tailscaled owns the node, not us;
+ * - `tailscale.serviceMappings` is required only when some listener uses `serve` ingress;
+ * - http/https/grpc listeners may set `backend` as a catch-all, folded into `routes` after parsing;
+ * - a udp and a tcp listener may share a port number;
+ * - durations (`pollInterval`, `tailvoy.timeouts.*`) are parsed to milliseconds.
+ *
+ * @module
+ */
+
+import { z } from "zod";
+import {
+  DEFAULT_ADMIN_ADDRESS,
+  DEFAULT_CAPABILITY,
+  DEFAULT_LOCALAPI_SOCKET,
+  HEALTH_POLICIES,
+  INGRESS_MODES,
+  L7_PROTOCOLS,
+  PROTOCOLS,
+} from "./constants.ts";
+import { joinMessage } from "./errors.ts";
+import {
+  checkCapabilityName,
+  checkDuration,
+  checkHost,
+  checkHostname,
+  checkHostPort,
+  checkHttpUrl,
+  checkListenerName,
+  checkNodeName,
+  checkPathPattern,
+  checkPattern,
+  checkServiceName,
+  checkTag,
+  parseDuration,
+  type Problem,
+} from "./formats.ts";
+import { checkRules } from "./rules.ts";
+
+/** A string that must pass `check`; its problem becomes the issue message. */
+function checked(check: (value: string) => Problem | undefined) {
+  return z.string().superRefine((value, ctx) => {
+    const problem = check(value);
+    if (problem) ctx.addIssue({ code: "custom", message: joinMessage(problem.message, problem.hint), input: value });
+  });
+}
+
+const nonEmpty = (what: string) => z.string().min(1, { error: joinMessage("must not be empty", `give ${what}`) });
+
+/** A duration string parsed to milliseconds, with a default also written as a duration string. */
+function duration(defaultValue: string, options: { allowZero?: boolean } = {}) {
+  return checked((value) =>
+    checkDuration(value) ??
+      (!options.allowZero && parseDuration(value) === 0
+        ? { message: "must be greater than 0", hint: `e.g. "${defaultValue}"` }
+        : undefined)
+  )
+    .transform((value) => parseDuration(value) ?? 0)
+    .default(parseDuration(defaultValue) ?? 0);
+}
+
+// tailvoy (Go) treated "" like an absent key; keep accepting it.
+const emptyAsUnset = (value: unknown) => value === "" ? undefined : value;
+
+const port = z.number().superRefine((value, ctx) => {
+  if (!Number.isInteger(value) || value < 1 || value > 65535) {
+    ctx.addIssue({
+      code: "custom",
+      message: joinMessage(`must be between 1 and 65535, got ${value}`, "use a whole port number in that range"),
+      input: value,
+    });
+  }
+});
+
+const backend = checked(checkHostPort);
+
+/** `tls:` on a listener or route: certificate and key files for TLS termination. */
+const TlsSchema = z.strictObject({
+  /** PEM certificate chain file. */
+  cert: nonEmpty("the certificate file path"),
+  /** PEM private key file. */
+  key: nonEmpty("the private key file path"),
+});
+
+/** One entry of a listener's `routes`. */
+const RouteSchema = z.strictObject({
+  /** Host header (http) or SNI name (tls, per-route certificates) to match; `*.example.com` allowed. Omit for catch-all. */
+  hostname: checked(checkHostname).optional(),
+  /** Path pattern (`/x`, `/x/*`, `/*`) → backend `host:port`. Exclusive with `backend`. */
+  paths: z.record(checked(checkPathPattern), backend)
+    .refine((paths) => Object.keys(paths).length > 0, {
+      error: joinMessage("must not be empty", 'add at least one entry, e.g. "/*": 127.0.0.1:8080'),
+    })
+    .optional(),
+  /** Backend `host:port` for everything this route matches. Exclusive with `paths`. */
+  backend: backend.optional(),
+  /** Certificate for this hostname (https/grpc only), chosen by SNI. */
+  tls: TlsSchema.optional(),
+});
+
+/** One entry of `listeners`, keyed by listener name (the name used in ACL cap rules). */
+const ListenerSchema = z.strictObject({
+  /** Port on the tailnet. TCP ports are unique across listeners; a udp listener may reuse a TCP port number. */
+  port,
+  /** http | https | grpc (L7, through Envoy) or tls | tcp | udp (L4, proxied by us). */
+  protocol: z.enum(PROTOCOLS),
+  /**
+   * Upstream `host:port`. Required for tcp/udp. On http/https/grpc (our addition) it is the
+   * catch-all for requests no route matches; after parsing it appears as the last entry of `routes`.
+   */
+  backend: backend.optional(),
+  /** Host/path routing (http/https/grpc) or SNI routing (tls). */
+  routes: z.array(RouteSchema).optional(),
+  /** Listener certificate: required for https (unless every route has one), optional for grpc. */
+  tls: TlsSchema.optional(),
+  /** Our addition: forward the caller's capabilities to the backend in a header (http/https/grpc only). */
+  acceptAppCaps: z.boolean().default(false),
+  /** Our addition: audit only; log what policy would deny but let it through. */
+  shadow: z.boolean().default(false),
+  /** Our addition: override `tailvoy.ingress` for this listener. udp listeners are always `direct`. */
+  ingress: z.enum(INGRESS_MODES).optional(),
+});
+
+/** `tailscale:` block, as in tailvoy (minus the removed `service` key). */
+const TailscaleSchema = z.strictObject({
+  /**
+   * Tailscale Service name (no `svc:` prefix) → listener names it serves. In discovery mode the
+   * entries are unanchored regexes; in static mode an exact listener name matches only itself and
+   * anything else is a regex (see `createServiceMatcher`).
+   */
+  serviceMappings: z.record(checked(checkServiceName), z.array(nonEmpty("a listener name or regex")).min(1)).default({}),
+  /** ACL tags for the node (tailvoy used them for its tsnet node). */
+  tags: z.array(checked(checkTag)).default([]),
+  /** ACL tags for the Tailscale Services. */
+  serviceTags: z.array(checked(checkTag)).default([]),
+  /** Node hostname. tailvoy defaulted it to `tailvoy-proxy`; here tailscaled owns the node, so it is only informative. */
+  hostname: checked(checkNodeName).optional(),
+}).prefault({});
+
+/** `discovery:` block (Envoy Gateway mode), as in tailvoy. Mutually exclusive with `listeners`. */
+const DiscoverySchema = z.strictObject({
+  /** Envoy admin API URL, e.g. `http://127.0.0.1:19000`. */
+  envoyAdmin: checked(checkHttpUrl),
+  /** Address where Envoy's discovered listeners accept connections, e.g. `127.0.0.1`. */
+  envoyAddress: checked(checkHost),
+  /** How often to poll Envoy admin, in milliseconds (written as a duration; default 10s). */
+  pollInterval: duration("10s"),
+  /** `v2` to send PROXY protocol v2 to Envoy's listeners. */
+  proxyProtocol: z.preprocess(emptyAsUnset, z.enum(["v2"]).optional()),
+  /** Regex; only discovered listeners whose name matches are exposed. */
+  listenerFilter: checked(checkPattern).optional(),
+  /** `any`: unadvertise when any cluster has no healthy host; `all`: only when all have none. */
+  healthPolicy: z.preprocess(emptyAsUnset, z.enum(HEALTH_POLICIES).default("any")),
+  /** Consecutive unhealthy polls before a Service is unadvertised (tailvoy: 0 means the default, 3). */
+  unhealthyThreshold: z.preprocess(
+    (value) => value === 0 ? undefined : value,
+    z.number().int().min(1).default(3),
+  ),
+});
+
+/** `tailvoy.timeouts:` durations, each written like `"500ms"` and parsed to milliseconds. */
+const TimeoutsSchema = z.strictObject({
+  /** LocalAPI WhoIs call timeout (default 1s). */
+  whois: duration("1s"),
+  /** How long a WhoIs answer is reused (default 1s; 0 disables caching). */
+  whoisCacheTtl: duration("1s", { allowZero: true }),
+  /** Backend connect timeout (default 10s, tailvoy's value). */
+  dial: duration("10s"),
+  /** Time allowed for a TLS ClientHello to arrive when routing by SNI (default 5s). */
+  tlsHello: duration("5s"),
+  /** Time given to open connections to finish on shutdown (default 15s; 0 closes at once). */
+  drain: duration("15s", { allowZero: true }),
+  /** How often long-lived connections are re-authorized (default 10s; 0 disables). */
+  recheck: duration("10s", { allowZero: true }),
+}).prefault({});
+
+/** `tailvoy:` block: our additions, all optional. */
+const TailvoySchema = z.strictObject({
+  /** tailscaled LocalAPI unix socket (default `/var/run/tailscale/tailscaled.sock`). */
+  localApiSocket: nonEmpty("the tailscaled socket path").default(DEFAULT_LOCALAPI_SOCKET),
+  /** Peer capability names whose rules grant access (default `["rajsingh.info/cap/tailvoy"]`). */
+  capabilities: z.array(checked(checkCapabilityName)).min(1).default([DEFAULT_CAPABILITY]),
+  /** Default ingress for listeners: `serve` (Tailscale Services via tailscaled, default) or `direct` (node address). */
+  ingress: z.enum(INGRESS_MODES).default("serve"),
+  /** Envoy executable, a path or a name looked up in PATH (default `envoy`). */
+  envoyBinary: nonEmpty("the Envoy executable").default("envoy"),
+  /** Listen address of our admin server (health, metrics) (default `127.0.0.1:9002`). */
+  adminAddress: checked((value) => checkHostPort(value, { allowEmptyHost: true })).default(DEFAULT_ADMIN_ADDRESS),
+  /** Timeouts and intervals. */
+  timeouts: TimeoutsSchema,
+}).prefault({});
+
+const ConfigShape = z.strictObject({
+  /** Tailnet identity and Service mappings. */
+  tailscale: TailscaleSchema,
+  /** Static listeners by name (standalone mode). */
+  listeners: z.record(checked(checkListenerName), ListenerSchema).optional(),
+  /** Envoy Gateway mode: discover listeners from Envoy admin instead. */
+  discovery: DiscoverySchema.optional(),
+  /** Our additions. */
+  tailvoy: TailvoySchema,
+});
+
+type ParsedShape = z.output<typeof ConfigShape>;
+type ParsedRoute = z.output<typeof RouteSchema>;
+
+// Resolve per-listener defaults once, here, so no consumer can forget the udp or catch-all rules.
+function normalize(config: ParsedShape) {
+  const listeners = Object.fromEntries(
+    Object.entries(config.listeners ?? {}).map(([name, { backend, ...listener }]) => {
+      const l7 = L7_PROTOCOLS.includes(listener.protocol);
+      const routes: ParsedRoute[] = listener.routes ?? [];
+      return [name, {
+        ...listener,
+        ...(l7 ? {} : { backend }),
+        routes: l7 && backend !== undefined ? [...routes, { backend }] : routes,
+        ingress: listener.ingress ?? (listener.protocol === "udp" ? "direct" : config.tailvoy.ingress),
+      }];
+    }),
+  );
+  return { ...config, listeners };
+}
+
+/**
+ * The whole configuration file. Parsing applies defaults, checks cross-field rules and normalizes
+ * listeners: every listener has `routes` (possibly empty) and a resolved `ingress`, and on
+ * http/https/grpc a listener `backend` becomes a trailing catch-all route.
+ * Use {@linkcode parseConfig} for located, human-readable errors.
+ */
+export const ConfigSchema = ConfigShape
+  .superRefine((config, ctx) =>
+    checkRules(config, (issue) =>
+      ctx.addIssue({
+        code: "custom",
+        path: issue.path,
+        message: joinMessage(issue.message, issue.hint),
+        params: { at: issue.at },
+      }))
+  )
+  .transform(normalize);
+
+/** A parsed, defaulted and normalized configuration. */
+export type Config = z.output<typeof ConfigSchema>;
+/** The configuration as written (before defaults and normalization). */
+export type ConfigInput = z.input<typeof ConfigSchema>;
+/** One parsed listener. */
+export type ListenerConfig = Config["listeners"][string];
+/** One parsed route. */
+export type RouteConfig = ListenerConfig["routes"][number];
+/** Parsed `tls:` certificate files. */
+export type TlsConfig = NonNullable<ListenerConfig["tls"]>;
+/** Parsed `discovery:` block. */
+export type DiscoveryConfig = NonNullable<Config["discovery"]>;
+/** Parsed `tailscale:` block. */
+export type TailscaleConfig = Config["tailscale"];
+/** Parsed `tailvoy:` block (our additions). */
+export type TailvoyConfig = Config["tailvoy"];
+/** Listener protocol. */
+export type Protocol = ListenerConfig["protocol"];
+/** Ingress mode. */
+export type IngressMode = ListenerConfig["ingress"];
