@@ -67,7 +67,11 @@ export class Credentials {
   /** Which credentials are set, with values replaced by `"[redacted]"`. */
   toJSON(): Record<string, string | null> {
     const show = (value: string | undefined) => value === undefined ? null : REDACTED;
-    return { authKey: show(this.#authKey), clientId: show(this.#clientId), clientSecret: show(this.#clientSecret) };
+    return {
+      authKey: show(this.#authKey),
+      clientId: show(this.#clientId),
+      clientSecret: show(this.#clientSecret),
+    };
   }
 
   /** `Credentials [redacted]`. */
@@ -86,7 +90,9 @@ export class Credentials {
   }
 
   #describe(): string {
-    const set = Object.entries(this.toJSON()).filter(([, value]) => value !== null).map(([key]) => `${key}: ${REDACTED}`);
+    const set = Object.entries(this.toJSON()).filter(([, value]) => value !== null).map(([key]) =>
+      `${key}: ${REDACTED}`
+    );
     return set.length ? `Credentials { ${set.join(", ")} }` : "Credentials {}";
   }
 }
@@ -111,7 +117,9 @@ export function readCredentials(options: ReadCredentialsOptions = {}): Credentia
       issues.push({
         path: [],
         source: name,
-        message: `cannot read environment variable: ${error instanceof Error ? error.message : String(error)}`,
+        message: `cannot read environment variable: ${
+          error instanceof Error ? error.message : String(error)
+        }`,
         hint: `allow access with --allow-env=${CREDENTIAL_VARIABLES.join(",")}`,
       });
       return undefined;

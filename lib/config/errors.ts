@@ -29,10 +29,11 @@ export class ConfigError extends Error {
   readonly issues: ConfigIssue[];
 
   /** Builds the error; the message is {@linkcode formatIssues} of `issues`. */
-  constructor(issues: ConfigIssue[]) {
-    super(formatIssues(issues));
+  constructor(issues: readonly ConfigIssue[]) {
+    const sorted = sortIssues(issues);
+    super(sorted.map(formatIssue).join("\n"));
     this.name = "ConfigError";
-    this.issues = issues;
+    this.issues = sorted;
   }
 }
 
@@ -86,6 +87,7 @@ export function formatIssues(issues: readonly ConfigIssue[]): string {
 
 /** Issues in document order; stable for issues at the same position. */
 export function sortIssues(issues: readonly ConfigIssue[]): ConfigIssue[] {
-  const rank = (issue: ConfigIssue) => issue.line === undefined ? Infinity : issue.line * 1e6 + (issue.column ?? 0);
+  const rank = (issue: ConfigIssue) =>
+    issue.line === undefined ? Infinity : issue.line * 1e6 + (issue.column ?? 0);
   return [...issues].sort((a, b) => rank(a) - rank(b));
 }

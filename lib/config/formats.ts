@@ -54,7 +54,10 @@ export function checkHostPort(value: string, options: HostPortOptions = {}): Pro
   if (bracketed) {
     [, host, port] = bracketed;
     if (!isIPv6(host)) {
-      return { message: `invalid IPv6 address in ${quote(value)}`, hint: "brackets are only for IPv6 addresses" };
+      return {
+        message: `invalid IPv6 address in ${quote(value)}`,
+        hint: "brackets are only for IPv6 addresses",
+      };
     }
   } else {
     const colon = value.lastIndexOf(":");
@@ -70,14 +73,23 @@ export function checkHostPort(value: string, options: HostPortOptions = {}): Pro
       };
     }
     if (host === "" && !options.allowEmptyHost) {
-      return { message: `missing host in ${quote(value)}`, hint: `add a host name or IP address, ${example}` };
+      return {
+        message: `missing host in ${quote(value)}`,
+        hint: `add a host name or IP address, ${example}`,
+      };
     }
     if (host !== "" && !IPV4.test(host) && !isHostName(host)) {
-      return { message: `invalid host ${quote(host)} in ${quote(value)}`, hint: `use a DNS name or IP address, ${example}` };
+      return {
+        message: `invalid host ${quote(host)} in ${quote(value)}`,
+        hint: `use a DNS name or IP address, ${example}`,
+      };
     }
   }
   if (!/^\d{1,5}$/.test(port) || Number(port) < 1 || Number(port) > 65535) {
-    return { message: `invalid port ${quote(port)} in ${quote(value)}`, hint: "use a port number from 1 to 65535" };
+    return {
+      message: `invalid port ${quote(port)} in ${quote(value)}`,
+      hint: "use a port number from 1 to 65535",
+    };
   }
   return undefined;
 }
@@ -106,10 +118,16 @@ export function checkPathPattern(value: string): Problem | undefined {
 /** Checks a route hostname: a DNS name, optionally with a leading `*.` wildcard. */
 export function checkHostname(value: string): Problem | undefined {
   if (value === "*" || value === "") {
-    return { message: `hostname ${quote(value)} matches nothing specific`, hint: "omit hostname for a catch-all route" };
+    return {
+      message: `hostname ${quote(value)} matches nothing specific`,
+      hint: "omit hostname for a catch-all route",
+    };
   }
   if (value.endsWith(".")) {
-    return { message: `hostname ${quote(value)} ends with a dot`, hint: `write ${quote(value.slice(0, -1))}` };
+    return {
+      message: `hostname ${quote(value)} ends with a dot`,
+      hint: `write ${quote(value.slice(0, -1))}`,
+    };
   }
   const name = value.startsWith("*.") ? value.slice(2) : value;
   if (name.includes("*") || !isHostName(name) || name.includes("_")) {
@@ -127,7 +145,10 @@ export function checkTag(value: string): Problem | undefined {
     return { message: `tag ${quote(value)} must start with "tag:"`, hint: `write ${quote(`tag:${value}`)}` };
   }
   if (!/^tag:[A-Za-z][A-Za-z0-9-]*$/.test(value)) {
-    return { message: `invalid tag ${quote(value)}`, hint: "tag names start with a letter and use letters, digits and dashes" };
+    return {
+      message: `invalid tag ${quote(value)}`,
+      hint: "tag names start with a letter and use letters, digits and dashes",
+    };
   }
   return undefined;
 }
@@ -135,7 +156,10 @@ export function checkTag(value: string): Problem | undefined {
 /** Checks a Tailscale Service name as written in `serviceMappings` (without the `svc:` prefix). */
 export function checkServiceName(value: string): Problem | undefined {
   if (value.startsWith("svc:")) {
-    return { message: `service name ${quote(value)} includes the svc: prefix`, hint: `write ${quote(value.slice(4))}` };
+    return {
+      message: `service name ${quote(value)} includes the svc: prefix`,
+      hint: `write ${quote(value.slice(4))}`,
+    };
   }
   if (!/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(value)) {
     const lower = value.toLowerCase();
@@ -225,8 +249,13 @@ export function checkPattern(value: string): Problem | undefined {
     compilePattern(value);
     return undefined;
   } catch (error) {
-    const reason = error instanceof Error ? error.message.replace(/^Invalid regular expression: /, "") : String(error);
-    return { message: `invalid regex ${quote(value)}: ${reason}`, hint: "fix the pattern, or escape special characters with \\" };
+    const reason = error instanceof Error
+      ? error.message.replace(/^Invalid regular expression: /, "")
+      : String(error);
+    return {
+      message: `invalid regex ${quote(value)}: ${reason}`,
+      hint: "fix the pattern, or escape special characters with \\",
+    };
   }
 }
 
@@ -236,7 +265,9 @@ export function checkHost(value: string): Problem | undefined {
   if (IPV4.test(value) || isHostName(value)) return undefined;
   return {
     message: `invalid host ${quote(value)}`,
-    hint: value.includes(":") ? "give the host without a port, e.g. 127.0.0.1" : "use a DNS name or IP address",
+    hint: value.includes(":")
+      ? "give the host without a port, e.g. 127.0.0.1"
+      : "use a DNS name or IP address",
   };
 }
 

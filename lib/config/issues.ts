@@ -89,7 +89,9 @@ const TYPE_HINTS: Record<string, string> = {
 const REMOVED_KEYS: Record<string, (value: unknown, data: unknown) => { message: string; hint: string }> = {
   "tailscale.service": (value, data) => {
     const listeners = (data as { listeners?: unknown })?.listeners;
-    const names = typeof listeners === "object" && listeners !== null ? Object.keys(listeners).join(", ") : "";
+    const names = typeof listeners === "object" && listeners !== null
+      ? Object.keys(listeners).join(", ")
+      : "";
     const service = typeof value === "string" && value !== "" ? value : "my-service";
     return {
       message: "has been replaced by tailscale.serviceMappings",
@@ -131,7 +133,10 @@ function generic(issue: Issue, path: (string | number)[]): { message: string; hi
     }
     case "too_small":
       return issue.origin === "array" || issue.origin === "string" || issue.origin === "record"
-        ? { message: "must not be empty", hint: issue.origin === "array" ? "add at least one entry" : `give ${key} a value` }
+        ? {
+          message: "must not be empty",
+          hint: issue.origin === "array" ? "add at least one entry" : `give ${key} a value`,
+        }
         : { message: `must be at least ${issue.minimum}, got ${describe(input)}` };
     case "too_big":
       return { message: `must be at most ${issue.maximum}, got ${describe(input)}` };
@@ -146,39 +151,72 @@ export function fromRuleIssue(issue: RuleIssue, yaml: YamlSource): ConfigIssue {
   return { path: issue.path, message: issue.message, hint: issue.hint, ...where, source: yaml.source };
 }
 
-/** Converts zod issues to located issues; `schema` supplies allowed keys, `data` the values. */
+/** Options for {@linkcode fromZodIssues}. */
+export interface FromZodOptions {
+  /** Drop issues raised by the cross-field rules (the caller runs them on the raw data instead). */
+  skipRules?: boolean;
+}
+
+/** Result of {@linkcode fromZodIssues}. */
+export interface ConvertedIssues {
+  /** Located issues. */
+  issues: ConfigIssue[];
+  /**
+   * Formatted paths that an unknown key probably meant (`listeners.db.backend` for `bakend`).
+   * Complaints that such a path is missing are noise next to the did-you-mean.
+   */
+  misspelt: Set<string>;
+}
+
+/** Converts zod issues to located issues; `schema` supplies allowed keys, `data` the values, `yaml` the positions. */
 export function fromZodIssues(
   issues: readonly Issue[],
-  yaml: YamlSource,
-  schema: Schema,
-  data: unknown,
-): ConfigIssue[] {
-  return issues.flatMap((issue): ConfigIssue[] => {
+  context: { yaml: YamlSource; schema: Schema; data: unknown },
+  options: FromZodOptions = {},
+): ConvertedIssues {
+  const { yaml, schema, data } = context;
+  const source = yaml.source;
+  const misspelt = new Set<string>();
+  const converted = issues.flatMap((issue): ConfigIssue[] => {
     const path = toPath(issue.path);
-    const source = yaml.source;
     if (issue.code === "unrecognized_keys") {
+      const allowed = allowedKeys(schema, issue.path);
       return issue.keys.map((key) => {
         const keyPath = [...path, key];
         const removed = REMOVED_KEYS[formatPath(keyPath)];
-        const allowed = allowedKeys(schema, issue.path);
         const suggestion = closest(key, allowed);
+        if (suggestion && !removed) misspelt.add(formatPath([...path, suggestion]));
         const text = removed ? removed(valueAt(data, keyPath), data) : {
           message: "unknown key",
-          hint: suggestion ? `did you mean ${quote(suggestion)}?` : `allowed keys here: ${allowed.join(", ")}`,
+          hint: suggestion
+            ? `did you mean ${quote(suggestion)}?`
+            : `allowed keys here: ${allowed.join(", ")}`,
         };
         return { path: keyPath, ...text, ...locate(yaml, keyPath, { key: true }), source };
       });
     }
     if (issue.code === "custom") {
-      const at = (issue.params as { at?: (string | number)[] } | undefined)?.at;
-      return [fromRuleIssue({ path, ...splitMessage(issue.message), at }, yaml)];
+      const params = issue.params as { at?: (string | number)[]; rule?: boolean } | undefined;
+      if (params?.rule && options.skipRules) return [];
+      return [fromRuleIssue({ path, ...splitMessage(issue.message), at: params?.at }, yaml)];
     }
     if (issue.code === "invalid_key") {
       const inner = issue.issues.find((i) => i.message !== GENERIC_MESSAGE);
-      const text = inner ? splitMessage(inner.message) : { message: `invalid key ${quote(path[path.length - 1])}` };
+      const text = inner
+        ? splitMessage(inner.message)
+        : { message: `invalid key ${quote(path[path.length - 1])}` };
       return [{ path, ...text, ...locate(yaml, path, { key: true }), source }];
     }
     const text = issue.message === GENERIC_MESSAGE ? generic(issue, path) : splitMessage(issue.message);
     return [{ path, ...text, ...locate(yaml, path), source }];
   });
+  return { issues: converted, misspelt };
+}
+
+/** True if `issue` complains about a path that is absent from `data` but probably misspelt. */
+export function isAboutMisspeltKey(
+  issue: ConfigIssue,
+  context: { misspelt: ReadonlySet<string>; data: unknown },
+): boolean {
+  return context.misspelt.has(formatPath(issue.path)) && valueAt(context.data, issue.path) === undefined;
 }

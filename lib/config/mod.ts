@@ -31,9 +31,9 @@ export {
 export { loadConfig, type LoadConfigOptions, parseConfig, type ParseConfigOptions } from "./parse.ts";
 export { ConfigError, type ConfigIssue, formatIssue, formatIssues, formatPath } from "./errors.ts";
 export {
-  type CredentialValues,
-  Credentials,
   CREDENTIAL_VARIABLES,
+  Credentials,
+  type CredentialValues,
   readCredentials,
   type ReadCredentialsOptions,
 } from "./credentials.ts";

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { type ConfigIssue, ConfigError, formatPath } from "./errors.ts";
-import { fromRuleIssue, fromZodIssues, GENERIC_MESSAGE } from "./issues.ts";
+import { ConfigError, type ConfigIssue, formatPath } from "./errors.ts";
+import { fromRuleIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
 import { checkRules } from "./rules.ts";
 import { type Config, ConfigSchema } from "./schema.ts";
 import { expandEnv, parseYaml, toPlain } from "./yaml_source.ts";
@@ -32,39 +32,46 @@ export function parseConfig(text: string, options: ParseConfigOptions = {}): Con
   if (syntaxIssues.length > 0) throw new ConfigError(syntaxIssues);
 
   const env = options.env;
-  const envIssues = expandEnv(yaml, env ? (name) => env[name] : (name) => Deno.env.get(name));
+  // hasOwn: a plain object would otherwise answer ${constructor} with Object's own property.
+  const envIssues = expandEnv(
+    yaml,
+    env ? (name) => Object.hasOwn(env, name) ? env[name] : undefined : (name) => Deno.env.get(name),
+  );
   let data: unknown;
   try {
     data = toPlain(yaml);
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    throw new ConfigError([...envIssues, { path: [], message: `invalid YAML: ${message}`, source: options.source }]);
+    throw new ConfigError([...envIssues, {
+      path: [],
+      message: `invalid YAML: ${message}`,
+      source: options.source,
+    }]);
   }
 
   const result = ConfigSchema.safeParse(data, { reportInput: true, error: () => GENERIC_MESSAGE });
   if (result.success && envIssues.length === 0) return result.data;
 
-  const issues = [...envIssues];
-  if (!result.success) {
-    issues.push(...fromZodIssues(result.error.issues, yaml, ConfigSchema, data));
-    // The schema skips its cross-field rules once a field has the wrong type; run them on the raw data
-    // so those problems are reported in the same pass.
-    checkRules(data, (issue) => issues.push(fromRuleIssue(issue, yaml)));
-  }
-  throw new ConfigError(dedupe(issues, envIssues));
+  if (result.success) throw new ConfigError(envIssues);
+  // The schema skips its cross-field rules once a field has the wrong type, and runs them on
+  // data stripped of unknown keys; run them on the raw data instead so one pass reports everything.
+  const converted = fromZodIssues(result.error.issues, { yaml, schema: ConfigSchema, data }, {
+    skipRules: true,
+  });
+  const found = [...converted.issues];
+  checkRules(data, (issue) => found.push(fromRuleIssue(issue, yaml)));
+  const relevant = found.filter((issue) =>
+    !isAboutMisspeltKey(issue, { misspelt: converted.misspelt, data }) && !isUnder(issue.path, envIssues)
+  );
+  throw new ConfigError([...envIssues, ...relevant]);
 }
 
-// Drops repeats, and anything reported under a path whose variable could not be expanded.
-function dedupe(issues: ConfigIssue[], envIssues: ConfigIssue[]): ConfigIssue[] {
-  const envPaths = envIssues.map((issue) => formatPath(issue.path));
-  const seen = new Set<string>();
-  return issues.filter((issue) => {
-    const path = formatPath(issue.path);
-    const key = `${path}\u0000${issue.message}`;
-    if (seen.has(key)) return false;
-    seen.add(key);
-    const isEnvIssue = envIssues.includes(issue);
-    return isEnvIssue || !envPaths.some((envPath) => path === envPath || path.startsWith(`${envPath}.`) || path.startsWith(`${envPath}[`));
+// A value whose variable could not be expanded would only produce follow-on errors.
+function isUnder(path: ConfigIssue["path"], envIssues: ConfigIssue[]): boolean {
+  const text = formatPath(path);
+  return envIssues.some((issue) => {
+    const prefix = formatPath(issue.path);
+    return text === prefix || text.startsWith(`${prefix}.`) || text.startsWith(`${prefix}[`);
   });
 }
 
@@ -84,14 +91,23 @@ export async function loadConfig(path: string, options: LoadConfigOptions = {}):
 
 function readFailure(error: unknown): { message: string; hint: string } {
   if (error instanceof Deno.errors.NotFound) {
-    return { message: "config file not found", hint: "check the path, or pass --config <file> (see examples/config.yaml)" };
+    return {
+      message: "config file not found",
+      hint: "check the path, or pass --config <file> (see examples/config.yaml)",
+    };
   }
   if (error instanceof Deno.errors.IsADirectory) {
     return { message: "is a directory, not a config file", hint: "pass the path of the YAML file" };
   }
   if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-    return { message: "cannot read config file: permission denied", hint: "run with --allow-read, or fix the file's permissions" };
+    return {
+      message: "cannot read config file: permission denied",
+      hint: "run with --allow-read, or fix the file's permissions",
+    };
   }
   const reason = error instanceof Error ? error.message : String(error);
-  return { message: `cannot read config file: ${reason}`, hint: "check that the file exists and is readable" };
+  return {
+    message: `cannot read config file: ${reason}`,
+    hint: "check that the file exists and is readable",
+  };
 }

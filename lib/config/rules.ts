@@ -46,7 +46,8 @@ export function checkRules(config: unknown, report: (issue: RuleIssue) => void):
       hint: "use listeners (standalone mode) or discovery (Envoy Gateway mode), not both",
     });
   }
-  if (!has(config, "discovery") && listenerNames.length === 0) {
+  const listenersMistyped = has(config, "listeners") && !listeners; // reported by the schema
+  if (!has(config, "discovery") && listenerNames.length === 0 && !listenersMistyped) {
     report({
       path: ["listeners"],
       message: "at least one listener is required",
@@ -79,6 +80,8 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
   const protocol = listener.protocol;
   if (!isString(protocol)) return;
   const routes = Array.isArray(listener.routes) ? listener.routes : undefined;
+  // Routes of the wrong type are the schema's to report; don't also call them missing.
+  const routesMissing = !has(listener, "routes") || routes?.length === 0;
   const at = (...rest: Path) => [...path, ...rest];
 
   if (protocol === "tcp" || protocol === "udp") {
@@ -127,7 +130,7 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
         hint: "tls passthrough forwards encrypted bytes; remove tls, or use protocol https to terminate TLS",
       });
     }
-    if (!routes || routes.length === 0) {
+    if (routesMissing) {
       report({
         path: at("routes"),
         at: routes ? undefined : at("protocol"),
@@ -137,7 +140,7 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
     }
     checkTlsRoutes(at("routes"), routes ?? [], report);
   } else if (L7_PROTOCOLS.includes(protocol)) {
-    if (!has(listener, "backend") && (!routes || routes.length === 0)) {
+    if (!has(listener, "backend") && routesMissing) {
       report({
         path: at("routes"),
         at: routes ? undefined : at("protocol"),
@@ -146,11 +149,15 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
       });
     }
     if (protocol === "http" && has(listener, "tls")) {
-      report({ path: at("tls"), message: "not allowed for protocol http", hint: "use protocol https to terminate TLS" });
+      report({
+        path: at("tls"),
+        message: "not allowed for protocol http",
+        hint: "use protocol https to terminate TLS",
+      });
     }
     if (protocol === "https" && !has(listener, "tls")) {
       const routeWithoutTls = (routes ?? []).findIndex((route) => !isObject(route) || !has(route, "tls"));
-      if (routeWithoutTls >= 0 || !routes || routes.length === 0 || has(listener, "backend")) {
+      if (routeWithoutTls >= 0 || routesMissing || has(listener, "backend")) {
         report({
           path: at("tls"),
           at: at("protocol"),
@@ -194,7 +201,12 @@ function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: RuleIssue
       } else seen.set(route.hostname.toLowerCase(), index);
     }
     if (!has(route, "backend")) {
-      report({ path: at("backend"), at: at(), message: "required for protocol tls", hint: "add backend: host:port" });
+      report({
+        path: at("backend"),
+        at: at(),
+        message: "required for protocol tls",
+        hint: "add backend: host:port",
+      });
     }
     if (has(route, "paths")) {
       report({
@@ -213,7 +225,12 @@ function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: RuleIssue
   });
 }
 
-function checkHttpRoutes(path: Path, protocol: string, routes: unknown[], report: (issue: RuleIssue) => void): void {
+function checkHttpRoutes(
+  path: Path,
+  protocol: string,
+  routes: unknown[],
+  report: (issue: RuleIssue) => void,
+): void {
   routes.forEach((route, index) => {
     if (!isObject(route)) return;
     const at = (...rest: Path) => [...path, index, ...rest];
@@ -279,13 +296,19 @@ interface MappingContext {
   hasRemovedServiceKey: boolean;
 }
 
-function checkServiceMappings(mappings: unknown, context: MappingContext, report: (issue: RuleIssue) => void): void {
+function checkServiceMappings(
+  mappings: unknown,
+  context: MappingContext,
+  report: (issue: RuleIssue) => void,
+): void {
   const path: Path = ["tailscale", "serviceMappings"];
   const services = isObject(mappings) ? Object.keys(mappings) : [];
   if (services.length === 0) {
     // A leftover tailvoy `service:` key gets its own migration message; don't pile on.
     if (context.mappingsNeeded && !context.hasRemovedServiceKey) {
-      const example = context.discoveryMode ? 'web: [".*http.*"]' : `${context.servedListeners[0]}: [${context.servedListeners[0]}]`;
+      const example = context.discoveryMode
+        ? 'web: [".*http.*"]'
+        : `${context.servedListeners[0]}: [${context.servedListeners[0]}]`;
       report({
         path,
         message: context.discoveryMode
@@ -307,9 +330,11 @@ function checkServiceMappings(mappings: unknown, context: MappingContext, report
       if (!isString(pattern)) return;
       let entry: MappingEntry;
       try {
-        entry = compileMappingEntry(service, pattern, staticListeners);
+        entry = compileMappingEntry(service, pattern, { staticListeners });
       } catch (error) {
-        const reason = error instanceof Error ? error.message.replace(/^Invalid regular expression: /, "") : "";
+        const reason = error instanceof Error
+          ? error.message.replace(/^Invalid regular expression: /, "")
+          : "";
         report({
           path: [...path, service, index],
           message: staticListeners
@@ -338,7 +363,9 @@ function checkServiceMappings(mappings: unknown, context: MappingContext, report
     report({
       path: ["listeners", name],
       message: `listener ${quote(name)} is not in any tailscale.serviceMappings entry`,
-      hint: `add it to a service, e.g. serviceMappings: {${services[0]}: [..., ${name}]}, or set ingress: direct`,
+      hint: `add it to a service, e.g. serviceMappings: {${
+        services[0]
+      }: [..., ${name}]}, or set ingress: direct`,
     });
   }
 }

@@ -13,7 +13,12 @@
  * - `tailscale.serviceMappings` is required only when some listener uses `serve` ingress;
  * - http/https/grpc listeners may set `backend` as a catch-all, folded into `routes` after parsing;
  * - a udp and a tcp listener may share a port number;
- * - durations (`pollInterval`, `tailvoy.timeouts.*`) are parsed to milliseconds.
+ * - durations (`pollInterval`, `tailvoy.timeouts.*`) are parsed to milliseconds;
+ * - values are checked: backends are host:port (IPv6 bracketed), path keys are `/x`, `/x/*` or `/*`,
+ *   hostnames, tags and Service names are well formed, regexes compile;
+ * - in static mode each serviceMappings entry must match a listener (an exact name matches only
+ *   that listener), and udp or `direct` listeners need no mapping (tailvoy required one for all);
+ * - tls passthrough rejects `tls:` and duplicate hostnames; per-route `tls` needs a `hostname`.
  *
  * @module
  */
@@ -51,21 +56,27 @@ import { checkRules } from "./rules.ts";
 function checked(check: (value: string) => Problem | undefined) {
   return z.string().superRefine((value, ctx) => {
     const problem = check(value);
-    if (problem) ctx.addIssue({ code: "custom", message: joinMessage(problem.message, problem.hint), input: value });
+    if (problem) {
+      ctx.addIssue({ code: "custom", message: joinMessage(problem.message, problem.hint), input: value });
+    }
   });
 }
 
-const nonEmpty = (what: string) => z.string().min(1, { error: joinMessage("must not be empty", `give ${what}`) });
+const nonEmpty = (what: string) =>
+  z.string().min(1, { error: joinMessage("must not be empty", `give ${what}`) });
+
+// Go's decoder (tailvoy) read `pollInterval: 5` as the string "5"; do the same so the duration check explains it.
+const numberAsString = (value: unknown) => typeof value === "number" ? String(value) : value;
 
 /** A duration string parsed to milliseconds, with a default also written as a duration string. */
 function duration(defaultValue: string, options: { allowZero?: boolean } = {}) {
-  return checked((value) =>
+  const text = checked((value) =>
     checkDuration(value) ??
       (!options.allowZero && parseDuration(value) === 0
         ? { message: "must be greater than 0", hint: `e.g. "${defaultValue}"` }
         : undefined)
-  )
-    .transform((value) => parseDuration(value) ?? 0)
+  );
+  return z.preprocess(numberAsString, text.transform((value) => parseDuration(value) ?? 0))
     .default(parseDuration(defaultValue) ?? 0);
 }
 
@@ -76,7 +87,10 @@ const port = z.number().superRefine((value, ctx) => {
   if (!Number.isInteger(value) || value < 1 || value > 65535) {
     ctx.addIssue({
       code: "custom",
-      message: joinMessage(`must be between 1 and 65535, got ${value}`, "use a whole port number in that range"),
+      message: joinMessage(
+        `must be between 1 and 65535, got ${value}`,
+        "use a whole port number in that range",
+      ),
       input: value,
     });
   }
@@ -138,7 +152,8 @@ const TailscaleSchema = z.strictObject({
    * entries are unanchored regexes; in static mode an exact listener name matches only itself and
    * anything else is a regex (see `createServiceMatcher`).
    */
-  serviceMappings: z.record(checked(checkServiceName), z.array(nonEmpty("a listener name or regex")).min(1)).default({}),
+  serviceMappings: z.record(checked(checkServiceName), z.array(nonEmpty("a listener name or regex")).min(1))
+    .default({}),
   /** ACL tags for the node (tailvoy used them for its tsnet node). */
   tags: z.array(checked(checkTag)).default([]),
   /** ACL tags for the Tailscale Services. */
@@ -195,7 +210,9 @@ const TailvoySchema = z.strictObject({
   /** Envoy executable, a path or a name looked up in PATH (default `envoy`). */
   envoyBinary: nonEmpty("the Envoy executable").default("envoy"),
   /** Listen address of our admin server (health, metrics) (default `127.0.0.1:9002`). */
-  adminAddress: checked((value) => checkHostPort(value, { allowEmptyHost: true })).default(DEFAULT_ADMIN_ADDRESS),
+  adminAddress: checked((value) => checkHostPort(value, { allowEmptyHost: true })).default(
+    DEFAULT_ADMIN_ADDRESS,
+  ),
   /** Timeouts and intervals. */
   timeouts: TimeoutsSchema,
 }).prefault({});
@@ -244,13 +261,13 @@ export const ConfigSchema = ConfigShape
         code: "custom",
         path: issue.path,
         message: joinMessage(issue.message, issue.hint),
-        params: { at: issue.at },
+        params: { at: issue.at, rule: true },
       }))
   )
   .transform(normalize);
 
 /** A parsed, defaulted and normalized configuration. */
-export type Config = z.output<typeof ConfigSchema>;
+export type Config = z.infer<typeof ConfigSchema>;
 /** The configuration as written (before defaults and normalization). */
 export type ConfigInput = z.input<typeof ConfigSchema>;
 /** One parsed listener. */

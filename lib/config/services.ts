@@ -23,16 +23,19 @@ export interface MappingEntry {
   matches(name: string): boolean;
 }
 
-/**
- * Compiles one `serviceMappings` entry. `staticListeners` is the set of configured listener names
- * (static mode) or undefined (discovery mode, where every entry is a regex). Throws SyntaxError on a bad regex.
- */
+/** Options for {@linkcode compileMappingEntry}. */
+export interface MappingEntryOptions {
+  /** Configured listener names in static mode; absent in discovery mode, where every entry is a regex. */
+  staticListeners?: ReadonlySet<string>;
+}
+
+/** Compiles one `serviceMappings` entry of `service`. Throws SyntaxError on a bad regex. */
 export function compileMappingEntry(
   service: string,
   pattern: string,
-  staticListeners?: ReadonlySet<string>,
+  options: MappingEntryOptions = {},
 ): MappingEntry {
-  if (staticListeners?.has(pattern)) {
+  if (options.staticListeners?.has(pattern)) {
     return { service, pattern, matches: (name) => name === pattern };
   }
   const regex = compilePattern(pattern);
@@ -57,7 +60,7 @@ export function createServiceMatcher(config: ServiceMatcherInput): (listenerName
   const staticListeners = config.discovery === undefined ? new Set(Object.keys(config.listeners)) : undefined;
   const mappings = config.tailscale.serviceMappings;
   const entries = Object.keys(mappings).sort().flatMap((service) =>
-    mappings[service].map((pattern) => compileMappingEntry(service, pattern, staticListeners))
+    mappings[service].map((pattern) => compileMappingEntry(service, pattern, { staticListeners }))
   );
   return (listenerName) => {
     const services: string[] = [];

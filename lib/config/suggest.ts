@@ -4,19 +4,24 @@
  * @module
  */
 
-/** Levenshtein edit distance between two strings. */
-export function levenshtein(a: string, b: string): number {
+/**
+ * Edit distance between two strings: insertions, deletions, substitutions and swaps of two
+ * adjacent characters each cost 1 (optimal string alignment), so "wbe" is 1 away from "web".
+ */
+export function editDistance(a: string, b: string): number {
   if (a === b) return 0;
-  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
+  const rows = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 0; j <= b.length; j++) rows[0][j] = j;
   for (let i = 1; i <= a.length; i++) {
-    const current = [i];
     for (let j = 1; j <= b.length; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      current[j] = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost);
+      rows[i][j] = Math.min(rows[i - 1][j] + 1, rows[i][j - 1] + 1, rows[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        rows[i][j] = Math.min(rows[i][j], rows[i - 2][j - 2] + 1);
+      }
     }
-    previous = current;
   }
-  return previous[b.length];
+  return rows[a.length][b.length];
 }
 
 // Case and separators are the most common typos (service_mappings, ServiceMappings), so they cost nothing.
@@ -34,7 +39,7 @@ export function closest(input: string, candidates: Iterable<string>): string | u
   let bestDistance = Infinity;
   for (const candidate of candidates) {
     if (candidate === input) continue;
-    const distance = levenshtein(wanted, normalize(candidate));
+    const distance = editDistance(wanted, normalize(candidate));
     const limit = Math.min(wanted.length, candidate.length) <= 3 ? 1 : 2;
     if (distance <= limit && distance < bestDistance) {
       best = candidate;

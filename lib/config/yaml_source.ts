@@ -6,7 +6,17 @@
  * @module
  */
 
-import { type Document, isAlias, isMap, isScalar, isSeq, LineCounter, parse, parseDocument, type Scalar } from "yaml";
+import {
+  type Document,
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  parse,
+  parseDocument,
+  type Scalar,
+} from "yaml";
 import type { ConfigIssue } from "./errors.ts";
 
 /** A parsed YAML document together with what is needed to report positions in it. */
@@ -41,8 +51,22 @@ export function parseYaml(text: string, source?: string): { yaml: YamlSource; is
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, merge: true, uniqueKeys: true });
   const yaml: YamlSource = { text, doc, lines, source };
   const issues = doc.errors.map((error): ConfigIssue => {
+    const unclosed = unclosedOpening(text, error);
+    if (unclosed) {
+      const closing = unclosed.char === "[" ? "]" : unclosed.char === "{" ? "}" : unclosed.char;
+      return {
+        path: [],
+        message: `invalid YAML: ${
+          closing === unclosed.char ? "quote" : "bracket"
+        } ${unclosed.char} is never closed`,
+        hint: `add the closing ${closing}` +
+          (closing === unclosed.char ? "" : ", or check the indentation after it"),
+        ...position(yaml, unclosed.offset),
+        source,
+      };
+    }
     const detail = error.code === "DUPLICATE_KEY"
-      ? `duplicate key ${JSON.stringify(text.slice(error.pos[0], error.pos[1]).trim())}`
+      ? `duplicate key ${duplicateKey(text, error.pos[0])}`
       : error.message.replace(/\.$/, "").replace(/^./, (c) => c.toLowerCase());
     return {
       path: [],
@@ -53,6 +77,25 @@ export function parseYaml(text: string, source?: string): { yaml: YamlSource; is
     };
   });
   return { yaml, issues };
+}
+
+// The error range covers only the key's first character; the key runs to the ": " on its line.
+function duplicateKey(text: string, offset: number): string {
+  const line = text.slice(offset).split("\n", 1)[0];
+  const key = /^(.*?):(?:\s|$)/.exec(line)?.[1] ?? line;
+  return /^["']/.test(key) ? key : JSON.stringify(key.trim());
+}
+
+// The parser notices an unclosed quote or bracket only at the end of the file; find the opening one.
+function unclosedOpening(
+  text: string,
+  error: { code: string; message: string; pos: [number, number] },
+): { char: string; offset: number } | undefined {
+  const quote = error.code === "MISSING_CHAR" ? /closing (["'])quote/.exec(error.message)?.[1] : undefined;
+  const bracket = /^Flow (sequence|mapping)/.exec(error.message)?.[1];
+  const char = quote ?? (bracket === "sequence" ? "[" : bracket === "mapping" ? "{" : undefined);
+  const offset = char ? text.lastIndexOf(char, error.pos[0] - 1) : -1;
+  return char && offset >= 0 ? { char, offset } : undefined;
 }
 
 function position(yaml: YamlSource, offset: number): { line: number; column: number } {
@@ -73,7 +116,11 @@ function isMergeKey(key: unknown): boolean {
 }
 
 // Finds the pair for `segment`, looking through `<<:` merges the way toJS resolves them.
-function findPair(yaml: YamlSource, map: AnyNode, segment: string | number): { key: unknown; value: unknown } | undefined {
+function findPair(
+  yaml: YamlSource,
+  map: AnyNode,
+  segment: string | number,
+): { key: unknown; value: unknown } | undefined {
   if (!isMap(map)) return undefined;
   const own = map.items.find((pair) => keyText(pair.key) === String(segment));
   if (own) return own;
@@ -146,27 +193,42 @@ export function expandEnv(yaml: YamlSource, lookup: (name: string) => string | u
       issues.push({ path, message, hint, ...position(yaml, offset), source: yaml.source });
     };
     let changed = false;
-    const expanded = scalar.value.replace(ENV_REFERENCE, (reference: string, escape: string, name: string) => {
-      changed = true;
-      if (escape) return reference.slice(1);
-      if (!ENV_NAME.test(name)) {
-        problem(reference, `invalid environment variable reference ${JSON.stringify(reference)}`, "use ${NAME} with letters, digits and underscores, or $${...} for a literal");
-        return reference;
-      }
-      let value: string | undefined;
-      try {
-        value = lookup(name);
-      } catch (error) {
-        const reason = error instanceof Error ? error.message : String(error);
-        problem(reference, `cannot read environment variable ${name}: ${reason}`, "allow environment access (--allow-env)");
-        return reference;
-      }
-      if (value === undefined) {
-        problem(reference, `environment variable ${name} is not set`, `set ${name}, or write $\${${name}} for a literal \${${name}}`);
-        return reference;
-      }
-      return value;
-    });
+    const expanded = scalar.value.replace(
+      ENV_REFERENCE,
+      (reference: string, escape: string, name: string) => {
+        changed = true;
+        if (escape) return reference.slice(1);
+        if (!ENV_NAME.test(name)) {
+          problem(
+            reference,
+            `invalid environment variable reference ${JSON.stringify(reference)}`,
+            "use ${NAME} with letters, digits and underscores, or $${...} for a literal",
+          );
+          return reference;
+        }
+        let value: string | undefined;
+        try {
+          value = lookup(name);
+        } catch (error) {
+          const reason = error instanceof Error ? error.message : String(error);
+          problem(
+            reference,
+            `cannot read environment variable ${name}: ${reason}`,
+            "allow environment access (--allow-env)",
+          );
+          return reference;
+        }
+        if (value === undefined) {
+          problem(
+            reference,
+            `environment variable ${name} is not set`,
+            `set ${name}, or write $\${${name}} for a literal \${${name}}`,
+          );
+          return reference;
+        }
+        return value;
+      },
+    );
     if (!changed) return;
     scalar.value = retype && scalar.type === "PLAIN" ? retypePlain(expanded) : expanded;
   };

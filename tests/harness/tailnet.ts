@@ -167,7 +167,7 @@ function headscaleConfig(dir: string, ports: Record<string, number>): string {
         auto_update_enabled: false,
       },
       disable_check_updates: true,
-      ephemeral_node_inactivity_timeout: "30m",
+      node: { ephemeral: { inactivity_timeout: "30m" } },
       database: { type: "sqlite", sqlite: { path: join(dir, "db.sqlite"), write_ahead_log: true } },
       log: { level: "warn", format: "text" },
       policy: { mode: "file", path: join(dir, "policy.json") },
@@ -300,7 +300,6 @@ export class Tailnet {
           "--accept-dns=false",
           "--accept-routes=false",
           "--timeout=30s",
-          ...(spec.tags?.length ? [`--advertise-tags=${spec.tags.join(",")}`] : []),
         ], `tailscale up for ${spec.name}`);
         const status = JSON.parse(
           await runOk(PEER_BINS.tailscale, [`--socket=${socket}`, "status", "--json", "--peers=false"], "status"),
@@ -325,10 +324,13 @@ export class Tailnet {
         await waitFor(async () => {
           const st = JSON.parse(
             await runOk(PEER_BINS.tailscale, [`--socket=${node.socket}`, "status", "--json"], "status"),
-          ) as { Peer?: Record<string, { TailscaleIPs: string[] }> };
-          const seen = new Set(Object.values(st.Peer ?? {}).flatMap((p) => p.TailscaleIPs));
-          return Object.values(nodes).every((o) => o === node || seen.has(o.ipv4)) ? true : undefined;
-        }, { what: `node ${node.name} to see all peers`, timeoutMs: 30_000, intervalMs: 200 });
+          ) as { Self?: { Relay?: string }; Peer?: Record<string, { TailscaleIPs: string[]; Relay?: string }> };
+          // A peer is reachable once its home DERP is known (netcheck takes a few seconds after login);
+          // before that the first WireGuard handshake is dropped and retried only 5 s later.
+          const seen = new Set(Object.values(st.Peer ?? {}).flatMap((p) => p.Relay ? p.TailscaleIPs : []));
+          const hasHome = Boolean(st.Self?.Relay);
+          return hasHome && Object.values(nodes).every((o) => o === node || seen.has(o.ipv4)) ? true : undefined;
+        }, { what: `node ${node.name} to see all peers and pick its home DERP`, timeoutMs: 30_000, intervalMs: 200 });
       }
       const desc: TailnetDescription = {
         dir,
