@@ -81,7 +81,9 @@ export function parseCli(argv: string[]): CliArgs {
   let command: Command = "run";
   if (first !== undefined) {
     if (!(COMMANDS as readonly string[]).includes(first)) {
-      throw new UsageError(`Unknown command "${first}": use one of ${COMMANDS.join(", ")}; see \`tailvoy --help\``);
+      throw new UsageError(
+        `Unknown command "${first}": use one of ${COMMANDS.join(", ")}; see \`tailvoy --help\``,
+      );
     }
     command = first as Command;
   }
@@ -91,7 +93,8 @@ export function parseCli(argv: string[]): CliArgs {
 }
 
 /** The text of `tailvoy --help`. */
-export const HELP = `tailvoy: Tailscale identity-aware proxy (L4 relay + Envoy ext_authz), driven by tailnet grants
+export const HELP =
+  `tailvoy: Tailscale identity-aware proxy (L4 relay + Envoy ext_authz), driven by tailnet grants
 
 Usage:
   tailvoy [run] [flags] [-- envoy args...]   run the proxy

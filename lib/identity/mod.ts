@@ -67,7 +67,10 @@ export interface ResolveOptions {
 }
 
 /** Builds an {@link Identity} from a WhoIs answer. */
-export function identityFromWhoIs(res: WhoIsResponse, options: { capNames?: readonly string[] } = {}): Identity {
+export function identityFromWhoIs(
+  res: WhoIsResponse,
+  options: { capNames?: readonly string[] } = {},
+): Identity {
   const tagged = res.Node.Tags.length > 0;
   const { rules, malformed } = parseCapRules(res.CapMap, { capNames: options.capNames });
   return {
@@ -181,7 +184,8 @@ export class IdentityResolver {
         this.#report(identity);
         return identity;
       } catch (err) {
-        const retry = err instanceof LocalApiError && err.kind === "not-found" && this.#now() + delay < deadline;
+        const retry = err instanceof LocalApiError && err.kind === "not-found" &&
+          this.#now() + delay < deadline;
         if (!retry) throw err;
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(delay * 2, 50);

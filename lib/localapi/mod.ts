@@ -41,8 +41,7 @@ export class LocalApiError extends Error {
 }
 
 // Go's JSON: a nil map or slice is `null`; accept it wherever an empty value would do.
-const nullableArray = <T extends z.ZodType>(item: T) =>
-  z.array(item).nullish().transform((v) => v ?? []);
+const nullableArray = <T extends z.ZodType>(item: T) => z.array(item).nullish().transform((v) => v ?? []);
 
 /** The part of tailcfg.Node that tailvoy reads (keys are Go field names). */
 export const WhoIsNodeSchema = z.looseObject({
@@ -165,9 +164,13 @@ export class LocalApiClient {
       try {
         return JSON.parse(text);
       } catch (err) {
-        throw new LocalApiError("bad-response", `${what}: tailscaled answered with invalid JSON: ${text.slice(0, 200)}`, {
-          cause: err,
-        });
+        throw new LocalApiError(
+          "bad-response",
+          `${what}: tailscaled answered with invalid JSON: ${text.slice(0, 200)}`,
+          {
+            cause: err,
+          },
+        );
       }
     }
     const detail = text.trim().slice(0, 300);
@@ -213,7 +216,7 @@ export class LocalApiClient {
     if (!exists) {
       return new LocalApiError(
         "socket-missing",
-        `${what}: no tailscaled socket at ${this.socket}; is tailscaled running? Set the path with --socket or tailvoy.socket in the config`,
+        `${what}: no tailscaled socket at ${this.socket}; is tailscaled running? Set the path with --socket or tailvoy.localApiSocket in the config`,
         { cause: err },
       );
     }
@@ -231,9 +234,13 @@ export class LocalApiClient {
         { cause: err },
       );
     }
-    return new LocalApiError("bad-response", `${what}: talking to tailscaled at ${this.socket} failed: ${text}`, {
-      cause: err,
-    });
+    return new LocalApiError(
+      "bad-response",
+      `${what}: talking to tailscaled at ${this.socket} failed: ${text}`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 

@@ -108,7 +108,9 @@ export async function socks5UdpAssociate(proxy: { hostname: string; port: number
     if (hello[1] !== 0) throw new Error(`SOCKS5 proxy refused no-auth (reply ${hello})`);
     await control.write(new Uint8Array([5, 3, 0, ...encodeAddress(local.address, local.port)]));
     const head = await readExactly(control, 4);
-    if (head[1] !== 0) throw new Error(`SOCKS5 UDP associate failed: ${REPLIES[head[1]] ?? `reply ${head[1]}`}`);
+    if (head[1] !== 0) {
+      throw new Error(`SOCKS5 UDP associate failed: ${REPLIES[head[1]] ?? `reply ${head[1]}`}`);
+    }
     const addrLen = head[3] === 1 ? 4 : head[3] === 4 ? 16 : (await readExactly(control, 1))[0];
     const bound = await readExactly(control, addrLen + 2);
     const relayPort = (bound[addrLen] << 8) | bound[addrLen + 1];

@@ -98,7 +98,9 @@ async function runOk(cmd: string, args: string[], what: string): Promise<string>
   const out = await new Deno.Command(cmd, { args, stdin: "null" }).output();
   const dec = new TextDecoder();
   if (!out.success) {
-    throw new Error(`${what} failed (exit ${out.code}): ${dec.decode(out.stderr).trim() || dec.decode(out.stdout)}`);
+    throw new Error(
+      `${what} failed (exit ${out.code}): ${dec.decode(out.stderr).trim() || dec.decode(out.stdout)}`,
+    );
   }
   return dec.decode(out.stdout);
 }
@@ -213,7 +215,9 @@ export class Tailnet {
   /** The node named `name`; throws if there is none. */
   node(name: string): TailnetNode {
     const n = this.nodes[name];
-    if (!n) throw new Error(`No node "${name}" in this tailnet (have: ${Object.keys(this.nodes).join(", ")})`);
+    if (!n) {
+      throw new Error(`No node "${name}" in this tailnet (have: ${Object.keys(this.nodes).join(", ")})`);
+    }
     return n;
   }
 
@@ -258,7 +262,10 @@ export class Tailnet {
         const r = await fetch(`${serverUrl}/health`).catch(() => undefined);
         await r?.body?.cancel();
         return r?.ok ? true : undefined;
-      }, { what: `headscale at ${serverUrl} to answer /health (log: ${dir}/headscale.log)`, timeoutMs: 20_000 });
+      }, {
+        what: `headscale at ${serverUrl} to answer /health (log: ${dir}/headscale.log)`,
+        timeoutMs: 20_000,
+      });
       log(`headscale up in ${Math.round(performance.now() - t0)} ms`);
 
       const hsCli = (...args: string[]) =>
@@ -279,14 +286,19 @@ export class Tailnet {
         await Deno.mkdir(nodeDir, { recursive: true });
         const socket = join(nodeDir, "tailscaled.sock");
         const socksPort = await freePort();
-        const child = spawn(PEER_BINS.tailscaled, [
-          "--tun=userspace-networking",
-          `--statedir=${nodeDir}`,
-          `--socket=${socket}`,
-          "--port=0",
-          `--socks5-server=127.0.0.1:${socksPort}`,
-          "--no-logs-no-support",
-        ], tailscaledEnv(nodeDir), join(nodeDir, "tailscaled.log"));
+        const child = spawn(
+          PEER_BINS.tailscaled,
+          [
+            "--tun=userspace-networking",
+            `--statedir=${nodeDir}`,
+            `--socket=${socket}`,
+            "--port=0",
+            `--socks5-server=127.0.0.1:${socksPort}`,
+            "--no-logs-no-support",
+          ],
+          tailscaledEnv(nodeDir),
+          join(nodeDir, "tailscaled.log"),
+        );
         await waitFor(() => Deno.stat(socket).then(() => true), {
           what: `tailscaled ${spec.name} socket ${socket}`,
           timeoutMs: 15_000,
@@ -302,7 +314,11 @@ export class Tailnet {
           "--timeout=30s",
         ], `tailscale up for ${spec.name}`);
         const status = JSON.parse(
-          await runOk(PEER_BINS.tailscale, [`--socket=${socket}`, "status", "--json", "--peers=false"], "status"),
+          await runOk(
+            PEER_BINS.tailscale,
+            [`--socket=${socket}`, "status", "--json", "--peers=false"],
+            "status",
+          ),
         ) as { Self: { TailscaleIPs: string[]; DNSName: string } };
         const ips = status.Self.TailscaleIPs;
         nodes[spec.name] = {
@@ -324,13 +340,22 @@ export class Tailnet {
         await waitFor(async () => {
           const st = JSON.parse(
             await runOk(PEER_BINS.tailscale, [`--socket=${node.socket}`, "status", "--json"], "status"),
-          ) as { Self?: { Relay?: string }; Peer?: Record<string, { TailscaleIPs: string[]; Relay?: string }> };
+          ) as {
+            Self?: { Relay?: string };
+            Peer?: Record<string, { TailscaleIPs: string[]; Relay?: string }>;
+          };
           // A peer is reachable once its home DERP is known (netcheck takes a few seconds after login);
           // before that the first WireGuard handshake is dropped and retried only 5 s later.
           const seen = new Set(Object.values(st.Peer ?? {}).flatMap((p) => p.Relay ? p.TailscaleIPs : []));
           const hasHome = Boolean(st.Self?.Relay);
-          return hasHome && Object.values(nodes).every((o) => o === node || seen.has(o.ipv4)) ? true : undefined;
-        }, { what: `node ${node.name} to see all peers and pick its home DERP`, timeoutMs: 30_000, intervalMs: 200 });
+          return hasHome && Object.values(nodes).every((o) => o === node || seen.has(o.ipv4))
+            ? true
+            : undefined;
+        }, {
+          what: `node ${node.name} to see all peers and pick its home DERP`,
+          timeoutMs: 30_000,
+          intervalMs: 200,
+        });
       }
       const desc: TailnetDescription = {
         dir,

@@ -1,0 +1,181 @@
+/**
+ * `tailvoy check` and `tailvoy test`: explain one decision, or run a file of policy cases, with the same
+ * engine and identity lookup the proxy uses. For CI pipelines that change grants.
+ *
+ * @module
+ */
+
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+import type { Config } from "../config/mod.ts";
+import { type Identity, identityFromWhoIs } from "../identity/mod.ts";
+import { LocalApiClient, type WhoIsResponse } from "../localapi/mod.ts";
+import { decideL4, decideL7, type Decision, formatExplanation } from "../policy/mod.ts";
+
+/** One request to decide: L7 when it has a path (or the listener is http/https/grpc), else L4. */
+export const CheckRequestSchema = z.strictObject({
+  listener: z.string().min(1),
+  host: z.string().optional(),
+  sni: z.string().optional(),
+  path: z.string().optional(),
+  method: z.string().optional(),
+});
+
+/** A request to decide. */
+export type CheckRequest = z.infer<typeof CheckRequestSchema>;
+
+/** A capability map as WhoIs returns it: capability name → list of rules. */
+export const CapMapFileSchema = z.record(z.string(), z.array(z.unknown()));
+
+/** One case of a `tailvoy test` fixtures file. */
+export const TestCaseSchema = CheckRequestSchema.extend({
+  name: z.string().optional(),
+  /** The caller's caps, as WhoIs returns them. */
+  caps: CapMapFileSchema.optional(),
+  /** Or the caller's tailnet IP, resolved through the LocalAPI. */
+  as: z.string().optional(),
+  expect: z.enum(["allow", "deny"]),
+}).refine((c) => (c.caps === undefined) !== (c.as === undefined), {
+  message: "give exactly one of caps (a capability map) or as (a tailnet IP)",
+});
+
+/** A `tailvoy test` fixtures file. */
+export const TestFileSchema = z.strictObject({
+  cases: z.array(TestCaseSchema).min(1),
+});
+
+/** Options shared by check and test. */
+export interface CheckOptions {
+  /** Capability names carrying tailvoy rules. */
+  capNames?: readonly string[];
+  /** Parsed config, to check listener names and pick L4 or L7 from the listener's protocol. */
+  config?: Config;
+}
+
+/** An input error (bad fixture, unknown listener): exit 2, not a deny. */
+export class CheckInputError extends Error {
+  override name = "CheckInputError";
+}
+
+/** Decides `request` for `identity`. Throws {@link CheckInputError} for a listener the config lacks. */
+export function decide(
+  identity: Pick<Identity, "rules">,
+  request: CheckRequest,
+  options: CheckOptions = {},
+): Decision {
+  const listener = options.config?.listeners[request.listener];
+  if (options.config && !listener) {
+    const names = Object.keys(options.config.listeners);
+    throw new CheckInputError(
+      `Unknown listener "${request.listener}": the config has ${
+        names.length ? names.join(", ") : "no listeners"
+      }`,
+    );
+  }
+  const l7 = listener ? ["http", "https", "grpc"].includes(listener.protocol) : request.path !== undefined;
+  if (!l7) return decideL4(identity.rules, { listener: request.listener, sni: request.sni ?? request.host });
+  return decideL7(identity.rules, {
+    listener: request.listener,
+    host: request.host ?? request.sni,
+    path: request.path ?? "/",
+    method: request.method ?? "GET",
+  });
+}
+
+/** Identity from a capability map (no WhoIs), for `--caps` and fixture cases. */
+export function identityFromCaps(caps: Record<string, unknown[]>, options: CheckOptions = {}): Identity {
+  const res: WhoIsResponse = {
+    Node: { StableID: "caps-file", Name: "caps-file", Addresses: [], Tags: [] },
+    UserProfile: null,
+    CapMap: caps,
+  };
+  return identityFromWhoIs(res, { capNames: options.capNames });
+}
+
+/** Identity of a tailnet IP through the LocalAPI at `socket`. */
+export async function identityFromTailnet(
+  ip: string,
+  socket: string,
+  options: CheckOptions & { timeoutMs?: number } = {},
+): Promise<Identity> {
+  using api = new LocalApiClient(socket, { timeoutMs: options.timeoutMs });
+  return identityFromWhoIs(await api.whois(ip), { capNames: options.capNames });
+}
+
+/** Human description of who an identity is. */
+export function describeIdentity(identity: Identity): string {
+  if (identity.nodeId === "caps-file") return "capability map from file";
+  const who = identity.login ?? (identity.tags.length ? identity.tags.join(",") : "unknown");
+  return `${who} on ${identity.node} (${identity.ips.join(", ")})`;
+}
+
+/** Result of one fixture case. */
+export interface CaseResult {
+  name: string;
+  pass: boolean;
+  decision: Decision;
+  expect: "allow" | "deny";
+}
+
+/** Parses a fixtures file; throws {@link CheckInputError} naming every problem. */
+export function parseTestFile(text: string, source: string): z.infer<typeof TestFileSchema> {
+  let data: unknown;
+  try {
+    data = parseYaml(text);
+  } catch (err) {
+    throw new CheckInputError(`${source}: not valid YAML: ${err instanceof Error ? err.message : err}`);
+  }
+  const result = TestFileSchema.safeParse(data);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => {
+      const at = i.path.map((p) => typeof p === "number" ? `[${p}]` : `.${String(p)}`).join("").replace(
+        /^\./,
+        "",
+      );
+      return `${source}: ${at || "(top level)"}: ${i.message}`;
+    });
+    throw new CheckInputError(
+      `${lines.join("\n")}\nA fixtures file is: cases: [{name, caps | as, listener, ...}]`,
+    );
+  }
+  return result.data;
+}
+
+/** Runs every case; WhoIs lookups (`as:`) go through `socket`. */
+export async function runCases(
+  file: z.infer<typeof TestFileSchema>,
+  socket: string,
+  options: CheckOptions = {},
+): Promise<CaseResult[]> {
+  const results: CaseResult[] = [];
+  for (const [i, testCase] of file.cases.entries()) {
+    const { name, caps, as, expect, ...request } = testCase;
+    const identity = caps ? identityFromCaps(caps, options) : await identityFromTailnet(as!, socket, options);
+    const decision = decide(identity, request, options);
+    results.push({
+      name: name ?? `case ${i + 1}`,
+      pass: decision.allow === (expect === "allow"),
+      decision,
+      expect,
+    });
+  }
+  return results;
+}
+
+/** Text report of case results, failures with their explanation. */
+export function formatResults(results: readonly CaseResult[]): string {
+  const lines = results.map((r) =>
+    r.pass
+      ? `PASS ${r.name}`
+      : `FAIL ${r.name}: expected ${r.expect}, got ${r.decision.allow ? "allow" : "deny"}\n${
+        indent(formatExplanation(r.decision))
+      }`
+  );
+  const failed = results.filter((r) => !r.pass).length;
+  lines.push(`${results.length - failed} passed, ${failed} failed`);
+  return lines.join("\n");
+}
+
+function indent(text: string): string {
+  return text.split("\n").map((l) => `    ${l}`).join("\n");
+}

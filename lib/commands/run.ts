@@ -1,0 +1,87 @@
+/**
+ * `tailvoy run`: the proxy process. Waits for tailscaled's LocalAPI to answer, reports the node it runs
+ * beside, then serves until SIGINT or SIGTERM.
+ *
+ * @module
+ */
+
+import type { Config } from "../config/mod.ts";
+import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
+import { getLogger } from "../log.ts";
+
+/** Options of {@link runProxy}. */
+export interface RunOptions {
+  /** LocalAPI socket (overrides the config's). */
+  socket?: string;
+  /** ext_authz listen address. */
+  authzAddr: string;
+  /** Arguments for Envoy (after `--`). */
+  envoyArgs?: string[];
+  /** Resolves when the process should stop (default: SIGINT or SIGTERM). */
+  stopSignal?: Promise<unknown>;
+}
+
+function signalled(): Promise<string> {
+  return new Promise((resolve) => {
+    for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => resolve(sig));
+  });
+}
+
+/** Waits until the LocalAPI answers `status`, logging each distinct failure once. */
+export async function waitForLocalApi(
+  api: LocalApiClient,
+  options: { stop: Promise<unknown>; intervalMs?: number },
+): Promise<Status | undefined> {
+  const log = getLogger("localapi");
+  let lastKind = "";
+  let stopped = false;
+  options.stop.then(() => stopped = true);
+  while (!stopped) {
+    try {
+      const status = await api.status();
+      if (status.BackendState === "Running") return status;
+      if (lastKind !== status.BackendState) {
+        log.warn(
+          "tailscaled is {state}, not Running; waiting (log it in with `tailscale up` or TS_AUTHKEY)",
+          {
+            state: status.BackendState,
+          },
+        );
+        lastKind = status.BackendState;
+      }
+    } catch (err) {
+      if (!(err instanceof LocalApiError)) throw err;
+      if (err.kind !== lastKind) log.warn("{message}; retrying", { message: err.message, kind: err.kind });
+      lastKind = err.kind;
+    }
+    await Promise.race([new Promise((r) => setTimeout(r, options.intervalMs ?? 1000)), options.stop]);
+  }
+  return undefined;
+}
+
+/** Runs the proxy until stopped; resolves with the exit code. */
+export async function runProxy(config: Config, options: RunOptions): Promise<number> {
+  const log = getLogger();
+  const socket = options.socket ?? config.tailvoy.localApiSocket;
+  const stop = options.stopSignal ?? signalled();
+  using api = new LocalApiClient(socket, { timeoutMs: config.tailvoy.timeouts.whois });
+  log.info("starting: {listeners} listeners, LocalAPI {socket}, ext_authz {authz}", {
+    listeners: Object.keys(config.listeners).length,
+    socket,
+    authz: options.authzAddr,
+  });
+  const status = await waitForLocalApi(api, { stop });
+  if (!status) return 0;
+  log.info("tailscaled {version} is running as {node} ({ips}), {mode}", {
+    version: status.Version,
+    node: status.Self?.DNSName.replace(/\.$/, "") ?? "?",
+    ips: status.TailscaleIPs.join(", "),
+    mode: status.TUN ? "kernel TUN" : "userspace networking",
+    tags: status.Self?.Tags ?? [],
+  });
+  // The L4 relay and the Envoy-based L7 path attach here as they land; until then nothing is served.
+  log.warn("no data plane is implemented in this build yet: listeners are not served");
+  const reason = await stop;
+  log.info("stopping ({reason})", { reason: String(reason) });
+  return 0;
+}
