@@ -38,9 +38,10 @@ export interface L7Request {
 
 /**
  * Outcome class of a decision: `allow`; `no_rules` (the identity has no valid rule);
- * `no_match` (no rule matched); `bad_request` (the path was refused before any rule was consulted).
+ * `no_match` (no rule matched); `bad_request` (the path was refused before any rule was consulted);
+ * `unknown_caller` (who is calling could not be established: fail closed).
  */
-export type DecisionCode = "allow" | "no_rules" | "no_match" | "bad_request";
+export type DecisionCode = "allow" | "no_rules" | "no_match" | "bad_request" | "unknown_caller";
 
 /** An access decision with everything needed to explain it. */
 export interface Decision {
@@ -209,6 +210,7 @@ export function formatExplanation(decision: Decision): string {
     no_rules: "identity has no tailvoy rules",
     no_match: "no rule matched",
     bad_request: "request path refused",
+    unknown_caller: "caller could not be identified",
   };
   const lines = [
     `${decision.allow ? "ALLOW" : "DENY"} ${decision.layer.toUpperCase()} listener ${
@@ -217,4 +219,23 @@ export function formatExplanation(decision: Decision): string {
   ];
   for (const reason of decision.reasons) lines.push(`  ${reason}`);
   return lines.join("\n");
+}
+
+/**
+ * The deny for a caller whose identity could not be established (WhoIs error or timeout, missing or
+ * malformed PROXY header): fail closed, with `reason` as the explanation.
+ */
+export function unknownCallerDecision(
+  layer: "l4" | "l7",
+  request: { listener: string; host?: string },
+  options: { reason: string },
+): Decision {
+  return {
+    allow: false,
+    layer,
+    code: "unknown_caller",
+    reasons: [`caller unknown: ${options.reason}`],
+    listener: request.listener,
+    host: request.host ?? "",
+  };
 }

@@ -49,4 +49,5 @@ export {
   formatExplanation,
   type L4Request,
   type L7Request,
+  unknownCallerDecision,
 } from "./decide.ts";

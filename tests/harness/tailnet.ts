@@ -192,17 +192,140 @@ function headscaleConfig(dir: string, ports: Record<string, number>): string {
   );
 }
 
+function spawnLogged(
+  children: Deno.ChildProcess[],
+  cmd: string,
+  args: string[],
+  options: { env?: Record<string, string>; logFile: string },
+): Deno.ChildProcess {
+  const file = Deno.openSync(options.logFile, { write: true, create: true, append: true });
+  const child = new Deno.Command(cmd, {
+    args,
+    env: options.env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  })
+    .spawn();
+  // Logs go to files so a failing test can show them; pipes must be drained or children block.
+  const sink = () => new WritableStream<Uint8Array>({ write: (c) => void file.writeSync(c) });
+  Promise.allSettled([child.stdout.pipeTo(sink()), child.stderr.pipeTo(sink())]).finally(() => file.close());
+  children.push(child);
+  return child;
+}
+
+function headscaleCli(configPath: string, ...args: string[]): Promise<string> {
+  return runOk(PEER_BINS.headscale, ["-c", configPath, ...args, "-o", "json"], `headscale ${args.join(" ")}`);
+}
+
+async function userId(configPath: string, user: string): Promise<string> {
+  const users = JSON.parse(await headscaleCli(configPath, "users", "list")) as {
+    id: string | number;
+    name: string;
+  }[];
+  const found = (users ?? []).find((u) => u.name === user);
+  if (found) return String(found.id);
+  const created = JSON.parse(await headscaleCli(configPath, "users", "create", user)) as {
+    id: string | number;
+  };
+  return String(created.id);
+}
+
+interface ControlInfo {
+  dir: string;
+  serverUrl: string;
+  headscaleConfig: string;
+}
+
+function tailscaledArgs(nodeDir: string, socket: string, socksPort: number): string[] {
+  return [
+    "--tun=userspace-networking",
+    `--statedir=${nodeDir}`,
+    `--socket=${socket}`,
+    "--port=0",
+    `--socks5-server=127.0.0.1:${socksPort}`,
+    "--no-logs-no-support",
+  ];
+}
+
+// Starts one tailscaled and logs it in with a fresh pre-auth key (user- or tag-owned).
+async function launchNode(
+  control: ControlInfo,
+  spec: NodeSpec,
+  children: Deno.ChildProcess[],
+): Promise<TailnetNode> {
+  const keyArgs = ["preauthkeys", "create", "--expiration", "1h"];
+  if (spec.user) keyArgs.push("--user", await userId(control.headscaleConfig, spec.user));
+  if (spec.tags?.length) keyArgs.push("--tags", spec.tags.join(","));
+  const key = (JSON.parse(await headscaleCli(control.headscaleConfig, ...keyArgs)) as { key: string }).key;
+  const nodeDir = join(control.dir, spec.name);
+  await Deno.mkdir(nodeDir, { recursive: true });
+  const socket = join(nodeDir, "tailscaled.sock");
+  const socksPort = await freePort();
+  const child = spawnLogged(children, PEER_BINS.tailscaled, tailscaledArgs(nodeDir, socket, socksPort), {
+    env: tailscaledEnv(nodeDir),
+    logFile: join(nodeDir, "tailscaled.log"),
+  });
+  await waitFor(() => Deno.stat(socket).then(() => true), {
+    what: `tailscaled ${spec.name} socket ${socket}`,
+    timeoutMs: 15_000,
+  });
+  await runOk(PEER_BINS.tailscale, [
+    `--socket=${socket}`,
+    "up",
+    `--login-server=${control.serverUrl}`,
+    `--auth-key=${key}`,
+    `--hostname=${spec.name}`,
+    "--accept-dns=false",
+    "--accept-routes=false",
+    "--timeout=30s",
+  ], `tailscale up for ${spec.name}`);
+  const status = JSON.parse(
+    await runOk(PEER_BINS.tailscale, [`--socket=${socket}`, "status", "--json", "--peers=false"], "status"),
+  ) as { Self: { TailscaleIPs: string[]; DNSName: string } };
+  const ips = status.Self.TailscaleIPs;
+  return {
+    name: spec.name,
+    user: spec.user,
+    tags: spec.tags ?? [],
+    socket,
+    socksPort,
+    ipv4: ips.find((ip) => !ip.includes(":"))!,
+    ipv6: ips.find((ip) => ip.includes(":"))!,
+    fqdn: status.Self.DNSName.replace(/\.$/, ""),
+    pid: child.pid,
+  };
+}
+
+// A peer is reachable once its home DERP is known (netcheck takes a few seconds after login); before
+// that the first WireGuard handshake is dropped and retried only 5 s later.
+async function waitMeshed(node: TailnetNode, others: TailnetNode[]): Promise<void> {
+  await waitFor(async () => {
+    const st = JSON.parse(
+      await runOk(PEER_BINS.tailscale, [`--socket=${node.socket}`, "status", "--json"], "status"),
+    ) as { Self?: { Relay?: string }; Peer?: Record<string, { TailscaleIPs: string[]; Relay?: string }> };
+    const seen = new Set(Object.values(st.Peer ?? {}).flatMap((p) => p.Relay ? p.TailscaleIPs : []));
+    const ready = Boolean(st.Self?.Relay) && others.every((o) => o === node || seen.has(o.ipv4));
+    return ready ? true : undefined;
+  }, {
+    what: `node ${node.name} to see its peers and pick its home DERP`,
+    timeoutMs: 30_000,
+    intervalMs: 200,
+  });
+}
+
 /** A running tailnet in a box. */
 export class Tailnet {
   /** The running nodes by name. */
   readonly nodes: Record<string, TailnetNode>;
   readonly #desc: TailnetDescription;
   readonly #owned: boolean;
+  // Processes this object started (all of them if it owns the tailnet; added nodes otherwise).
   readonly #children: Deno.ChildProcess[];
 
   private constructor(desc: TailnetDescription, owned: boolean, children: Deno.ChildProcess[] = []) {
     this.#desc = desc;
-    this.nodes = desc.nodes;
+    this.nodes = { ...desc.nodes };
     this.#owned = owned;
     this.#children = children;
   }
@@ -238,17 +361,6 @@ export class Tailnet {
     const log = options.log ?? (() => {});
     const dir = await Deno.makeTempDir({ prefix: "tailvoy-tailnet-" });
     const children: Deno.ChildProcess[] = [];
-    const spawn = (cmd: string, args: string[], env: Record<string, string>, logFile: string) => {
-      const file = Deno.openSync(logFile, { write: true, create: true, append: true });
-      const child = new Deno.Command(cmd, { args, env, stdin: "null", stdout: "piped", stderr: "piped" })
-        .spawn();
-      // Logs go to files so a failing test can show them; pipes must be drained or children block.
-      child.stdout.pipeTo(new WritableStream({ write: (c) => void file.writeSync(c) })).catch(() => {});
-      child.stderr.pipeTo(new WritableStream({ write: (c) => void file.writeSync(c) })).catch(() => {});
-      child.status.finally(() => setTimeout(() => file.close(), 100)).catch(() => {});
-      children.push(child);
-      return child;
-    };
     try {
       const ports = { http: await freePort(), metrics: await freePort(), grpc: await freePort(), stun: 0 };
       ports.stun = await freePort();
@@ -256,7 +368,9 @@ export class Tailnet {
       const policyPath = join(dir, "policy.json");
       await Deno.writeTextFile(configPath, headscaleConfig(dir, ports));
       await Deno.writeTextFile(policyPath, JSON.stringify(options.policy ?? defaultPolicy(), null, 2));
-      const hs = spawn(PEER_BINS.headscale, ["-c", configPath, "serve"], {}, join(dir, "headscale.log"));
+      const hs = spawnLogged(children, PEER_BINS.headscale, ["-c", configPath, "serve"], {
+        logFile: join(dir, "headscale.log"),
+      });
       const serverUrl = `http://127.0.0.1:${ports.http}`;
       await waitFor(async () => {
         const r = await fetch(`${serverUrl}/health`).catch(() => undefined);
@@ -268,99 +382,17 @@ export class Tailnet {
       });
       log(`headscale up in ${Math.round(performance.now() - t0)} ms`);
 
-      const hsCli = (...args: string[]) =>
-        runOk(PEER_BINS.headscale, ["-c", configPath, ...args, "-o", "json"], `headscale ${args.join(" ")}`);
-      const userIds = new Map<string, string>();
+      const control = { dir, serverUrl, headscaleConfig: configPath };
+      // Users first: concurrent creation of the same user would race.
       for (const user of new Set(specs.flatMap((s) => s.user ? [s.user] : []))) {
-        const created = JSON.parse(await hsCli("users", "create", user)) as { id: string | number };
-        userIds.set(user, String(created.id));
+        await userId(configPath, user);
       }
-
-      const nodes: Record<string, TailnetNode> = {};
-      await Promise.all(specs.map(async (spec) => {
-        const keyArgs = ["preauthkeys", "create", "--expiration", "1h"];
-        if (spec.user) keyArgs.push("--user", userIds.get(spec.user)!);
-        if (spec.tags?.length) keyArgs.push("--tags", spec.tags.join(","));
-        const key = (JSON.parse(await hsCli(...keyArgs)) as { key: string }).key;
-        const nodeDir = join(dir, spec.name);
-        await Deno.mkdir(nodeDir, { recursive: true });
-        const socket = join(nodeDir, "tailscaled.sock");
-        const socksPort = await freePort();
-        const child = spawn(
-          PEER_BINS.tailscaled,
-          [
-            "--tun=userspace-networking",
-            `--statedir=${nodeDir}`,
-            `--socket=${socket}`,
-            "--port=0",
-            `--socks5-server=127.0.0.1:${socksPort}`,
-            "--no-logs-no-support",
-          ],
-          tailscaledEnv(nodeDir),
-          join(nodeDir, "tailscaled.log"),
-        );
-        await waitFor(() => Deno.stat(socket).then(() => true), {
-          what: `tailscaled ${spec.name} socket ${socket}`,
-          timeoutMs: 15_000,
-        });
-        await runOk(PEER_BINS.tailscale, [
-          `--socket=${socket}`,
-          "up",
-          `--login-server=${serverUrl}`,
-          `--auth-key=${key}`,
-          `--hostname=${spec.name}`,
-          "--accept-dns=false",
-          "--accept-routes=false",
-          "--timeout=30s",
-        ], `tailscale up for ${spec.name}`);
-        const status = JSON.parse(
-          await runOk(
-            PEER_BINS.tailscale,
-            [`--socket=${socket}`, "status", "--json", "--peers=false"],
-            "status",
-          ),
-        ) as { Self: { TailscaleIPs: string[]; DNSName: string } };
-        const ips = status.Self.TailscaleIPs;
-        nodes[spec.name] = {
-          name: spec.name,
-          user: spec.user,
-          tags: spec.tags ?? [],
-          socket,
-          socksPort,
-          ipv4: ips.find((ip) => !ip.includes(":"))!,
-          ipv6: ips.find((ip) => ip.includes(":"))!,
-          fqdn: status.Self.DNSName.replace(/\.$/, ""),
-          pid: child.pid,
-        };
-      }));
+      const started = await Promise.all(specs.map((spec) => launchNode(control, spec, children)));
+      const nodes = Object.fromEntries(started.map((n) => [n.name, n]));
       log(`${specs.length} nodes logged in after ${Math.round(performance.now() - t0)} ms`);
-
-      // Every node must list every other node as a peer before tests dial anything.
-      for (const node of Object.values(nodes)) {
-        await waitFor(async () => {
-          const st = JSON.parse(
-            await runOk(PEER_BINS.tailscale, [`--socket=${node.socket}`, "status", "--json"], "status"),
-          ) as {
-            Self?: { Relay?: string };
-            Peer?: Record<string, { TailscaleIPs: string[]; Relay?: string }>;
-          };
-          // A peer is reachable once its home DERP is known (netcheck takes a few seconds after login);
-          // before that the first WireGuard handshake is dropped and retried only 5 s later.
-          const seen = new Set(Object.values(st.Peer ?? {}).flatMap((p) => p.Relay ? p.TailscaleIPs : []));
-          const hasHome = Boolean(st.Self?.Relay);
-          return hasHome && Object.values(nodes).every((o) => o === node || seen.has(o.ipv4))
-            ? true
-            : undefined;
-        }, {
-          what: `node ${node.name} to see all peers and pick its home DERP`,
-          timeoutMs: 30_000,
-          intervalMs: 200,
-        });
-      }
+      for (const node of started) await waitMeshed(node, started);
       const desc: TailnetDescription = {
-        dir,
-        serverUrl,
-        headscaleConfig: configPath,
+        ...control,
         headscalePid: hs.pid,
         policyPath,
         nodes,
@@ -370,9 +402,49 @@ export class Tailnet {
       log(`tailnet ready in ${desc.startupMs} ms`);
       return new Tailnet(desc, true, children);
     } catch (err) {
-      await stopAll(children, dir);
+      await stopAll(children);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw err;
     }
+  }
+
+  /**
+   * Adds a node to the running tailnet (also when attached) and waits until it and the existing nodes
+   * see each other. It is stopped by {@link release}.
+   */
+  async addNode(spec: NodeSpec): Promise<TailnetNode> {
+    if (this.nodes[spec.name]) throw new Error(`Node "${spec.name}" already exists`);
+    const node = await launchNode(this.#desc, spec, this.#children);
+    this.nodes[spec.name] = node;
+    const all = Object.values(this.nodes);
+    for (const n of all) await waitMeshed(n, all);
+    return node;
+  }
+
+  /** Stops a node's tailscaled (SIGTERM) and waits for it to exit; its state stays for {@link restartNode}. */
+  async stopNode(name: string): Promise<void> {
+    const child = this.#children.find((c) => c.pid === this.node(name).pid);
+    if (!child) throw new Error(`Node "${name}" was not started by this process; add it with addNode`);
+    await stopAll([child]);
+  }
+
+  /** Starts a stopped node again from its state directory (it logs back in by itself). */
+  async restartNode(name: string): Promise<TailnetNode> {
+    const node = this.node(name);
+    const nodeDir = join(this.#desc.dir, name);
+    const child = spawnLogged(
+      this.#children,
+      PEER_BINS.tailscaled,
+      tailscaledArgs(nodeDir, node.socket, node.socksPort),
+      {
+        env: tailscaledEnv(nodeDir),
+        logFile: join(nodeDir, "tailscaled.log"),
+      },
+    );
+    const restarted = { ...node, pid: child.pid };
+    this.nodes[name] = restarted;
+    await waitMeshed(restarted, Object.values(this.nodes));
+    return restarted;
   }
 
   /**
@@ -394,13 +466,17 @@ export class Tailnet {
     return socks5UdpAssociate({ hostname: "127.0.0.1", port: this.node(from).socksPort });
   }
 
-  /** Stops the tailnet if this process started it; otherwise does nothing. */
+  /**
+   * Stops what this object started: the whole tailnet if it started it, else only the nodes it added
+   * (they stay registered in headscale, offline).
+   */
   async release(): Promise<void> {
-    if (this.#owned) await stopAll(this.#children, this.#desc.dir);
+    await stopAll(this.#children);
+    if (this.#owned) await Deno.remove(this.#desc.dir, { recursive: true }).catch(() => {});
   }
 }
 
-async function stopAll(children: Deno.ChildProcess[], dir: string): Promise<void> {
+async function stopAll(children: Deno.ChildProcess[]): Promise<void> {
   for (const child of children) {
     try {
       child.kill("SIGTERM");
@@ -415,7 +491,6 @@ async function stopAll(children: Deno.ChildProcess[], dir: string): Promise<void
     await child.status.catch(() => {});
     clearTimeout(timer);
   }));
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
 }
 
 /** Environment variable naming the JSON description of the suite's shared tailnet. */
