@@ -51,6 +51,19 @@ async function prepare(): Promise<void> {
   if (!out.success) throw new Error("Caching dependencies failed (deno install --entrypoint); see above");
 }
 
+// One plain "N passed, N failed" line, from deno test's JUnit report, for CI logs.
+async function summarize(junitPath: string): Promise<string | undefined> {
+  try {
+    const xml = await Deno.readTextFile(junitPath);
+    const head = /<testsuites\b[^>]*>/.exec(xml)?.[0] ?? "";
+    const num = (name: string) => Number(new RegExp(`\\b${name}="(\\d+)"`).exec(head)?.[1] ?? 0);
+    const failed = num("failures") + num("errors");
+    return `${num("tests") - failed} passed, ${failed} failed`;
+  } catch {
+    return undefined;
+  }
+}
+
 async function runSuite(args: string[], isolated: boolean): Promise<number> {
   if (isolated) {
     const lo = await new Deno.Command("ip", { args: ["link", "set", "lo", "up"] }).output();
@@ -67,14 +80,17 @@ async function runSuite(args: string[], isolated: boolean): Promise<number> {
     const descFile = join(tailnet.description.dir, "tailnet.json");
     await Deno.writeTextFile(descFile, JSON.stringify(tailnet.description));
     log(`tailnet up in ${tailnet.description.startupMs} ms; running deno test`);
+    const junit = join(tailnet.description.dir, "junit.xml");
     const status = await new Deno.Command(Deno.execPath(), {
-      args: ["test", "--allow-all", ...args, "tests/"],
+      args: ["test", "--allow-all", `--junit-path=${junit}`, ...args, "tests/"],
       cwd: PROJECT_ROOT,
       env: { [TAILNET_ENV]: descFile },
       stdin: "null",
       stdout: "inherit",
       stderr: "inherit",
     }).output();
+    const summary = await summarize(junit);
+    if (summary) console.log(summary);
     const leaks = await nonLoopbackSockets();
     if (leaks.length) {
       log(

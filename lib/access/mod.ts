@@ -57,15 +57,31 @@ function isResult(v: AccessResult | Identity): v is AccessResult {
 }
 
 /** Decides a connection (tcp, tls passthrough, udp session) from `caller`. Never rejects. */
-export async function checkL4(resolver: IdentityResolver, caller: Caller, request: L4Request): Promise<AccessResult> {
-  const who = await identify(resolver, caller, { layer: "l4", listener: request.listener, host: request.sni });
+export async function checkL4(
+  resolver: IdentityResolver,
+  caller: Caller,
+  request: L4Request,
+): Promise<AccessResult> {
+  const who = await identify(resolver, caller, {
+    layer: "l4",
+    listener: request.listener,
+    host: request.sni,
+  });
   if (isResult(who)) return who;
   return { decision: decideL4(who.rules, request), identity: who };
 }
 
 /** Decides one HTTP request from `caller`. Never rejects. */
-export async function checkL7(resolver: IdentityResolver, caller: Caller, request: L7Request): Promise<AccessResult> {
-  const who = await identify(resolver, caller, { layer: "l7", listener: request.listener, host: request.host });
+export async function checkL7(
+  resolver: IdentityResolver,
+  caller: Caller,
+  request: L7Request,
+): Promise<AccessResult> {
+  const who = await identify(resolver, caller, {
+    layer: "l7",
+    listener: request.listener,
+    host: request.host,
+  });
   if (isResult(who)) return who;
   return { decision: decideL7(who.rules, request), identity: who };
 }

@@ -6,7 +6,7 @@
 
 import { crc32c } from "./crc32c.ts";
 import { formatIp } from "./ip.ts";
-import { addressBytes, checkPort, checkTlvs } from "./validate.ts";
+import { checkKind, checkTlvs, endpointBytes } from "./validate.ts";
 import {
   type ProxyAddress,
   type ProxyDecodeResult,
@@ -212,12 +212,7 @@ export function encodeV2(header: ProxyHeaderInit, options: { checksum?: boolean 
 
 function encodeAddresses(header: ProxyHeaderInit): { familyByte: number; block: Uint8Array } {
   const { command, transport, source, destination } = header;
-  if (command !== "PROXY" && command !== "LOCAL") {
-    throw new TypeError(`PROXY command must be "PROXY" or "LOCAL", got ${JSON.stringify(command)}`);
-  }
-  if (!TRANSPORTS.includes(transport)) {
-    throw new TypeError(`PROXY transport must be "tcp", "udp" or "unspec", got ${JSON.stringify(transport)}`);
-  }
+  checkKind(header);
   if (!source !== !destination) {
     throw new TypeError("PROXY header needs both a source and a destination address, or neither");
   }
@@ -230,15 +225,7 @@ function encodeAddresses(header: ProxyHeaderInit): { familyByte: number; block: 
   if (transport === "unspec") {
     throw new TypeError("PROXY header with transport unspec cannot carry addresses");
   }
-  const src = addressBytes(source.address);
-  const dst = addressBytes(destination.address);
-  if (src.length !== dst.length) {
-    throw new TypeError(
-      `PROXY source ${source.address} and destination ${destination.address} are of different IP families`,
-    );
-  }
-  checkPort(source.port);
-  checkPort(destination.port);
+  const { src, dst } = endpointBytes(source, destination);
   const block = new Uint8Array(2 * src.length + 4);
   const view = new DataView(block.buffer);
   block.set(src);

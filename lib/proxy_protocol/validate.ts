@@ -6,17 +6,32 @@
  */
 
 import { parseIp } from "./ip.ts";
-import type { ProxyTlv } from "./types.ts";
+import type { ProxyAddress, ProxyHeaderInit, ProxyTlv } from "./types.ts";
 
-/** The bytes of an IP address given as text; throws when it is not a strict IPv4 or IPv6 address. */
-export function addressBytes(address: string): Uint8Array {
+function addressBytes(address: string): Uint8Array {
   const bytes = typeof address === "string" ? parseIp(address) : undefined;
   if (!bytes) throw new TypeError(`PROXY address ${JSON.stringify(address)} is not a valid IPv4 or IPv6 address`);
   return bytes;
 }
 
-/** Throws unless `port` is an integer 0–65535. */
-export function checkPort(port: number): void {
+/**
+ * The bytes of a source and destination address pair, checked: strict IP text of one family, ports
+ * 0–65535.
+ */
+export function endpointBytes(source: ProxyAddress, destination: ProxyAddress): { src: Uint8Array; dst: Uint8Array } {
+  const src = addressBytes(source.address);
+  const dst = addressBytes(destination.address);
+  if (src.length !== dst.length) {
+    throw new TypeError(
+      `PROXY source ${source.address} and destination ${destination.address} are of different IP families`,
+    );
+  }
+  checkPort(source.port);
+  checkPort(destination.port);
+  return { src, dst };
+}
+
+function checkPort(port: number): void {
   if (!Number.isInteger(port) || port < 0 || port > 0xffff) {
     throw new TypeError(`PROXY port must be an integer 0-65535, got ${port}`);
   }
@@ -31,5 +46,17 @@ export function checkTlvs(tlvs: readonly ProxyTlv[]): void {
     if (!(value instanceof Uint8Array) || value.length > 0xffff) {
       throw new TypeError(`PROXY v2 TLV 0x${type.toString(16)} value must be a Uint8Array of at most 65535 bytes`);
     }
+  }
+}
+
+/** Throws unless the command and transport are among the known values. */
+export function checkKind(header: ProxyHeaderInit): void {
+  if (header.command !== "PROXY" && header.command !== "LOCAL") {
+    throw new TypeError(`PROXY command must be "PROXY" or "LOCAL", got ${JSON.stringify(header.command)}`);
+  }
+  if (!["tcp", "udp", "unspec"].includes(header.transport)) {
+    throw new TypeError(
+      `PROXY transport must be "tcp", "udp" or "unspec", got ${JSON.stringify(header.transport)}`,
+    );
   }
 }

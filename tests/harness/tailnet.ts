@@ -87,7 +87,7 @@ export const DEFAULT_NODES: NodeSpec[] = [
   { name: "ci", tags: ["tag:ci"] },
 ];
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const { port } = l.addr as Deno.NetAddr;
   l.close();
@@ -261,7 +261,7 @@ async function launchNode(
   const nodeDir = join(control.dir, spec.name);
   await Deno.mkdir(nodeDir, { recursive: true });
   const socket = join(nodeDir, "tailscaled.sock");
-  const socksPort = await freePort();
+  const socksPort = freePort();
   const child = spawnLogged(children, PEER_BINS.tailscaled, tailscaledArgs(nodeDir, socket, socksPort), {
     env: tailscaledEnv(nodeDir),
     logFile: join(nodeDir, "tailscaled.log"),
@@ -362,8 +362,8 @@ export class Tailnet {
     const dir = await Deno.makeTempDir({ prefix: "tailvoy-tailnet-" });
     const children: Deno.ChildProcess[] = [];
     try {
-      const ports = { http: await freePort(), metrics: await freePort(), grpc: await freePort(), stun: 0 };
-      ports.stun = await freePort();
+      const ports = { http: freePort(), metrics: freePort(), grpc: freePort(), stun: 0 };
+      ports.stun = freePort();
       const configPath = join(dir, "headscale.yaml");
       const policyPath = join(dir, "policy.json");
       await Deno.writeTextFile(configPath, headscaleConfig(dir, ports));
