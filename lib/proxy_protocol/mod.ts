@@ -13,7 +13,12 @@
  */
 
 import { type ConnReader, readUntil } from "./read_until.ts";
-import { type ProxyDecodeResult, type ProxyHeader, type ProxyHeaderInit, ProxyProtocolError } from "./types.ts";
+import {
+  type ProxyDecodeResult,
+  type ProxyHeader,
+  type ProxyHeaderInit,
+  ProxyProtocolError,
+} from "./types.ts";
 import { decodeV1, encodeV1, V1_MIN_LENGTH } from "./v1.ts";
 import { decodeV2, encodeV2, V2_FIXED_LENGTH, V2_MAX_LENGTH } from "./v2.ts";
 

@@ -43,11 +43,17 @@ export async function readUntil<T>(
   const first = parse(buffer.view());
   if (first !== undefined) return { value: first, bytes: buffer.view() };
 
-  let timer: number | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<never>((_, reject) => {
     if (Number.isFinite(options.timeoutMs)) {
       timer = setTimeout(
-        () => reject(options.fail("timeout", `no complete header within ${options.timeoutMs} ms`)),
+        () =>
+          reject(
+            options.fail(
+              "timeout",
+              `timed out after ${options.timeoutMs} ms with ${buffer.length} bytes read`,
+            ),
+          ),
         Math.max(0, options.timeoutMs),
       );
     }
@@ -60,7 +66,10 @@ export async function readUntil<T>(
       pending.catch(() => {});
       const n = await Promise.race([pending, deadline]);
       if (n === null) {
-        throw options.fail("eof", `connection closed after ${buffer.length} bytes, before the header was complete`);
+        throw options.fail(
+          "eof",
+          `the peer closed the connection after ${buffer.length} bytes, before the end`,
+        );
       }
       buffer.append(chunk.subarray(0, n));
       const value = parse(buffer.view());

@@ -32,7 +32,10 @@ export function decodeV1(bytes: Uint8Array): ProxyDecodeResult {
   const end = findCrlf(bytes);
   if (end < 0) {
     if (bytes.length >= V1_MAX_LENGTH) {
-      throw new ProxyProtocolError("too-large", `PROXY v1 line has no CRLF within its first ${V1_MAX_LENGTH} bytes`);
+      throw new ProxyProtocolError(
+        "too-large",
+        `PROXY v1 line has no CRLF within its first ${V1_MAX_LENGTH} bytes`,
+      );
     }
     return { needMore: Math.max(1, V1_MIN_LENGTH - bytes.length) };
   }
@@ -126,7 +129,9 @@ export function encodeV1(header: ProxyHeaderInit): Uint8Array {
     throw new TypeError(`PROXY v1 carries only TCP, got transport ${JSON.stringify(header.transport)}`);
   }
   const { source, destination } = header;
-  if (!source || !destination) throw new TypeError("PROXY v1 TCP line needs source and destination addresses");
+  if (!source || !destination) {
+    throw new TypeError("PROXY v1 TCP line needs source and destination addresses");
+  }
   const { src, dst } = endpointBytes(source, destination);
   const protocol = src.length === 4 ? "TCP4" : "TCP6";
   const line = `PROXY ${protocol} ${formatIp(src)} ${formatIp(dst)} ${source.port} ${destination.port}\r\n`;

@@ -18,7 +18,18 @@ import {
 
 /** The 12-byte v2 signature (`\r\n\r\n\0\r\nQUIT\n`). */
 export const V2_SIGNATURE: Uint8Array = new Uint8Array([
-  0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
+  0x0d,
+  0x0a,
+  0x0d,
+  0x0a,
+  0x00,
+  0x0d,
+  0x0a,
+  0x51,
+  0x55,
+  0x49,
+  0x54,
+  0x0a,
 ]);
 
 /** Fixed part of a v2 header: signature, version/command, family/transport, length. */
@@ -44,7 +55,9 @@ export function decodeV2(bytes: Uint8Array, maxBytes: number): ProxyDecodeResult
     if (bytes[i] !== V2_SIGNATURE[i]) {
       throw new ProxyProtocolError(
         "not-proxy",
-        `PROXY v2 signature mismatch at byte ${i}: got 0x${hex(bytes[i])}, expected 0x${hex(V2_SIGNATURE[i])}`,
+        `PROXY v2 signature mismatch at byte ${i}: got 0x${hex(bytes[i])}, expected 0x${
+          hex(V2_SIGNATURE[i])
+        }`,
       );
     }
   }
@@ -56,7 +69,10 @@ export function decodeV2(bytes: Uint8Array, maxBytes: number): ProxyDecodeResult
   const blockLength = bytes[14] << 8 | bytes[15];
   const total = V2_FIXED_LENGTH + blockLength;
   if (total > maxBytes) {
-    throw new ProxyProtocolError("too-large", `PROXY v2 header of ${total} bytes exceeds the limit of ${maxBytes}`);
+    throw new ProxyProtocolError(
+      "too-large",
+      `PROXY v2 header of ${total} bytes exceeds the limit of ${maxBytes}`,
+    );
   }
   if (bytes.length < total) return { needMore: total - bytes.length };
 
@@ -88,7 +104,10 @@ export function decodeV2(bytes: Uint8Array, maxBytes: number): ProxyDecodeResult
 
 function checkVersionCommand(byte: number): void {
   if (byte >> 4 !== 2) {
-    throw new ProxyProtocolError("malformed", `PROXY v2 version must be 2, got ${byte >> 4} (byte 0x${hex(byte)})`);
+    throw new ProxyProtocolError(
+      "malformed",
+      `PROXY v2 version must be 2, got ${byte >> 4} (byte 0x${hex(byte)})`,
+    );
   }
   if ((byte & 0x0f) > 1) {
     throw new ProxyProtocolError(

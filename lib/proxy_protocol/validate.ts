@@ -10,7 +10,9 @@ import type { ProxyAddress, ProxyHeaderInit, ProxyTlv } from "./types.ts";
 
 function addressBytes(address: string): Uint8Array {
   const bytes = typeof address === "string" ? parseIp(address) : undefined;
-  if (!bytes) throw new TypeError(`PROXY address ${JSON.stringify(address)} is not a valid IPv4 or IPv6 address`);
+  if (!bytes) {
+    throw new TypeError(`PROXY address ${JSON.stringify(address)} is not a valid IPv4 or IPv6 address`);
+  }
   return bytes;
 }
 
@@ -18,7 +20,10 @@ function addressBytes(address: string): Uint8Array {
  * The bytes of a source and destination address pair, checked: strict IP text of one family, ports
  * 0–65535.
  */
-export function endpointBytes(source: ProxyAddress, destination: ProxyAddress): { src: Uint8Array; dst: Uint8Array } {
+export function endpointBytes(
+  source: ProxyAddress,
+  destination: ProxyAddress,
+): { src: Uint8Array; dst: Uint8Array } {
   const src = addressBytes(source.address);
   const dst = addressBytes(destination.address);
   if (src.length !== dst.length) {
@@ -44,7 +49,9 @@ export function checkTlvs(tlvs: readonly ProxyTlv[]): void {
       throw new TypeError(`PROXY v2 TLV type must be an integer 0-255, got ${type}`);
     }
     if (!(value instanceof Uint8Array) || value.length > 0xffff) {
-      throw new TypeError(`PROXY v2 TLV 0x${type.toString(16)} value must be a Uint8Array of at most 65535 bytes`);
+      throw new TypeError(
+        `PROXY v2 TLV 0x${type.toString(16)} value must be a Uint8Array of at most 65535 bytes`,
+      );
     }
   }
 }

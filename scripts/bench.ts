@@ -1,0 +1,157 @@
+/**
+ * `deno task bench`: speed figures, each printed with a ratio against a baseline measured in the same
+ * run on the same machine (absolute numbers vary between machines; ratios much less).
+ *
+ * Sections (all by default, or name some: `deno task bench policy whois`):
+ * - policy: decisions/s of the engine (L4, L7 allow, L7 deny with explanation) vs parsing the same
+ *   request target with `new URL()`.
+ * - whois: identity lookups through the resolver, cache hit and miss over the real tailscaled socket
+ *   of a tailnet in a box, vs a bare LocalAPI `status` round trip on the same socket.
+ *
+ * @module
+ */
+
+import { IdentityResolver } from "../lib/identity/mod.ts";
+import { LocalApiClient } from "../lib/localapi/mod.ts";
+import { decideL4, decideL7, parseCapRules } from "../lib/policy/mod.ts";
+import { Tailnet } from "../tests/harness/tailnet.ts";
+import { ensurePeers } from "./peers.ts";
+
+interface Figure {
+  name: string;
+  perSec: number;
+  baseline?: string;
+}
+
+const figures: Figure[] = [];
+
+function record(name: string, perSec: number, baseline?: string): void {
+  figures.push({ name, perSec, baseline });
+  const base = baseline ? figures.find((f) => f.name === baseline) : undefined;
+  const ratio = base ? `  ${(perSec / base.perSec).toFixed(2)}x ${baseline}` : "";
+  console.log(
+    `${name.padEnd(48)} ${fmt(perSec).padStart(12)}/s ${
+      (1e6 / perSec).toFixed(2).padStart(10)
+    } µs/op${ratio}`,
+  );
+}
+
+function fmt(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : n.toFixed(0);
+}
+
+/** Median ops/s over `rounds` timed rounds of `n` synchronous calls (after a warm-up round). */
+function measureSync(n: number, fn: (i: number) => unknown, rounds = 5): number {
+  let sink = 0;
+  const rates: number[] = [];
+  for (let r = -1; r < rounds; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) if (fn(i)) sink++;
+    const ms = performance.now() - t0;
+    if (r >= 0) rates.push(n / (ms / 1000));
+  }
+  if (sink < 0) console.log(sink);
+  return rates.sort((a, b) => a - b)[Math.floor(rates.length / 2)];
+}
+
+/** Median ops/s over rounds of `n` sequential awaited calls. */
+async function measureAsync(n: number, fn: (i: number) => Promise<unknown>, rounds = 5): Promise<number> {
+  const rates: number[] = [];
+  for (let r = -1; r < rounds; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) await fn(i);
+    const ms = performance.now() - t0;
+    if (r >= 0) rates.push(n / (ms / 1000));
+  }
+  return rates.sort((a, b) => a - b)[Math.floor(rates.length / 2)];
+}
+
+function benchPolicy(): void {
+  console.log("\n# policy engine (pure, single thread)");
+  const { rules } = parseCapRules({
+    "rajsingh.info/cap/tailvoy": [
+      { listeners: ["db"] },
+      { listeners: ["grpc"], routes: ["/grpc.health.v1.Health/*"] },
+      {
+        listeners: ["web"],
+        hostnames: ["*.example.com"],
+        routes: ["/public/*", "/api/*"],
+        methods: ["GET", "HEAD"],
+      },
+    ],
+  });
+  const paths = ["/api/users", "/api/users/42?x=1", "/public/a/b/../c", "/api/v2/items"];
+  record(
+    "baseline: new URL(target)",
+    measureSync(200_000, (i) => new URL(paths[i & 3], "http://h").pathname),
+  );
+  record(
+    "decideL7 allow",
+    measureSync(
+      200_000,
+      (i) =>
+        decideL7(rules, { listener: "web", host: "app.example.com", path: paths[i & 3], method: "GET" })
+          .allow,
+    ),
+    "baseline: new URL(target)",
+  );
+  record(
+    "decideL7 deny (with explanation)",
+    measureSync(
+      100_000,
+      () =>
+        decideL7(rules, { listener: "web", host: "app.example.com", path: "/admin", method: "POST" }).allow,
+    ),
+    "baseline: new URL(target)",
+  );
+  record(
+    "decideL4 allow",
+    measureSync(500_000, () => decideL4(rules, { listener: "db" }).allow),
+    "baseline: new URL(target)",
+  );
+}
+
+async function benchWhois(): Promise<void> {
+  console.log("\n# identity: WhoIs over the real tailscaled socket (tailnet in a box)");
+  await ensurePeers();
+  const tailnet = await Tailnet.start();
+  try {
+    const gw = tailnet.node("gw");
+    const alice = tailnet.node("alice").ipv4;
+    using api = new LocalApiClient(gw.socket, { timeoutMs: 5000 });
+    record("baseline: LocalAPI status round trip", await measureAsync(500, () => api.status()));
+    record(
+      "WhoIs miss (resolver, TTL 0)",
+      await measureAsync(500, () => api.whois(alice)),
+      "baseline: LocalAPI status round trip",
+    );
+    const cached = new IdentityResolver(api, { ttlMs: 60_000 });
+    await cached.resolve(alice);
+    record(
+      "WhoIs cache hit (resolver)",
+      await measureAsync(200_000, () => cached.resolve(`${alice}:1234`)),
+      "baseline: LocalAPI status round trip",
+    );
+    const uncached = new IdentityResolver(api, { ttlMs: 0 });
+    record(
+      "resolve + parse rules, miss (TTL 0)",
+      await measureAsync(500, () => uncached.resolve(alice)),
+      "baseline: LocalAPI status round trip",
+    );
+  } finally {
+    await tailnet.release();
+  }
+}
+
+if (import.meta.main) {
+  const sections: Record<string, () => void | Promise<void>> = { policy: benchPolicy, whois: benchWhois };
+  const wanted = Deno.args.length ? Deno.args : Object.keys(sections);
+  for (const name of wanted) {
+    const run = sections[name];
+    if (!run) {
+      console.error(`bench: unknown section "${name}": use ${Object.keys(sections).join(", ")}`);
+      Deno.exit(2);
+    }
+    await run();
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * `deno task dev`: the proxy in watch mode, on a fresh machine with no tailscaled and no Tailscale account.
+ *
+ * Without arguments it installs the test peers, brings up a tailnet in a box on loopback (headscale, a
+ * gateway node `gw` tagged `tag:gw`, clients `alice` and `bob`, example grants), runs the proxy against
+ * the gateway's LocalAPI with `examples/config.yaml`, and prints commands to try as each client with the
+ * decision each should get. Ctrl-C tears everything down.
+ *
+ * With arguments (e.g. `deno task dev --config my.yaml`) it runs only the proxy, in watch mode, against
+ * your own tailscaled.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { RUNTIME_PERMISSIONS } from "./compile.ts";
+import { ensurePeers, PROJECT_ROOT } from "./peers.ts";
+import { Tailnet } from "../tests/harness/tailnet.ts";
+
+const EXAMPLE_CONFIG = join(PROJECT_ROOT, "examples", "config.yaml");
+
+function proxy(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", ...RUNTIME_PERMISSIONS, "--watch=lib/,main.ts", "main.ts", ...args],
+    cwd: PROJECT_ROOT,
+    stdin: "null",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+}
+
+/** The commands printed for each client, with the decision the example grants give. */
+export function tryCommands(tailnet: Tailnet): { who: string; command: string; expect: "ALLOW" | "DENY" }[] {
+  const socket = tailnet.node("gw").socket;
+  const check = (who: string, rest: string) =>
+    `deno task start check --socket ${socket} --config examples/config.yaml --as ${
+      tailnet.node(who).ipv4
+    } ${rest}`;
+  return [
+    { who: "alice", command: check("alice", "--listener web --path /api/users"), expect: "ALLOW" },
+    { who: "alice", command: check("alice", "--listener web --path /admin"), expect: "DENY" },
+    { who: "alice", command: check("alice", "--listener db"), expect: "ALLOW" },
+    { who: "bob", command: check("bob", "--listener web --path /api/users"), expect: "DENY" },
+  ];
+}
+
+if (import.meta.main) {
+  if (Deno.args.length) {
+    Deno.exit((await proxy(Deno.args).status).code);
+  }
+  await ensurePeers({ log: (m) => console.error(`dev: peers: ${m}`) });
+  console.error("dev: starting a tailnet in a box (headscale + gw, alice, bob) on loopback");
+  const tailnet = await Tailnet.start({
+    nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }, { name: "bob", user: "bob" }],
+    log: (m) => console.error(`dev: ${m}`),
+  });
+  const gw = tailnet.node("gw");
+  const lines = [
+    "",
+    `tailnet in a box is up (policy: ${tailnet.description.policyPath}; edit it and send SIGHUP to headscale pid ${tailnet.description.headscalePid} to change grants)`,
+    `  gw     ${gw.ipv4}  LocalAPI ${gw.socket}`,
+    ...["alice", "bob"].map((n) =>
+      `  ${n.padEnd(6)} ${tailnet.node(n).ipv4}  SOCKS5 127.0.0.1:${tailnet.node(n).socksPort}`
+    ),
+    "",
+    "Try, in another terminal:",
+    ...tryCommands(tailnet).map((c) => `  # ${c.who}: expect ${c.expect}\n  ${c.command}`),
+    "",
+  ];
+  console.error(lines.join("\n"));
+  const child = proxy(["--config", EXAMPLE_CONFIG, "--socket", gw.socket, "--log-format", "text"]);
+  const stopped = new Promise<string>((resolve) => {
+    for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => resolve(sig));
+  });
+  const result = await Promise.race([stopped, child.status]);
+  if (typeof result === "string") {
+    // `deno run --watch` keeps waiting for file changes after its program exits on SIGTERM.
+    for (const sig of ["SIGTERM", "SIGKILL"] as const) {
+      try {
+        child.kill(sig);
+      } catch { /* already gone */ }
+      const done = await Promise.race([child.status.then(() => true), new Promise((r) => setTimeout(r, 2000))]);
+      if (done) break;
+    }
+  }
+  console.error("dev: tearing down the tailnet in a box");
+  await tailnet.release();
+  Deno.exit(0);
+}
