@@ -192,6 +192,16 @@ Deno.test({
         assert.equal(r2.decision.code, "unknown_caller");
         assert.match(logs.at(-1)!, /knows no peer at that address/);
 
+        // A hung tailscaled (stopped with SIGSTOP): the call times out and the caller is denied.
+        Deno.kill(gw2.pid, "SIGSTOP");
+        try {
+          const hung = await checkL4(resolver, { addr: `${alice.ipv4}:1` }, request);
+          assert.equal(hung.decision.code, "unknown_caller");
+          assert.equal(JSON.parse(logs.at(-1)!).kind, "timeout");
+        } finally {
+          Deno.kill(gw2.pid, "SIGCONT");
+        }
+
         await tailnet.stopNode("gw2");
         const r3 = await checkL4(resolver, { addr: `${alice.ipv4}:1` }, request);
         assert.equal(r3.decision.allow, false);
