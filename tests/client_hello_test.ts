@@ -425,9 +425,12 @@ Deno.test("readClientHello: a large hello in several delayed writes, replay byte
     await withPair(async (client, server) => {
       client.setNoDelay(true);
       const bytes = fixture(file);
-      const reading = readClientHello(server, { timeoutMs: 3000 });
+      let reads = 0;
+      const counting = { read: (p: Uint8Array) => (reads++, server.read(p)) };
+      const reading = readClientHello(counting, { timeoutMs: 3000 });
       await writeSlowly(client, bytes, 200, 5);
       const result = await reading;
+      assert.ok(reads >= 4, `the hello took ${reads} reads`);
       assert.equal(result.hello.sni, "app.example.com");
       assert.deepEqual(result.bytes, bytes, "every byte read, for the backend");
     });

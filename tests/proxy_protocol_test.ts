@@ -229,6 +229,12 @@ Deno.test("v2 TLV lengths must fit the header exactly", () => {
     "malformed",
     "short IPv6 block",
   );
+  // Known from the length field alone, before the block arrives.
+  assertThrowsReason(
+    () => decodeProxyHeader(hex(`${SIG} 21 21 000c`)),
+    "malformed",
+    "short IPv6 block, early",
+  );
 });
 
 Deno.test("addresses come out canonical: IPv6 compressed lower case, IPv4-mapped dotted", () => {
@@ -363,7 +369,8 @@ Deno.test("v1 garbage is rejected", () => {
     ["PROXY TCP4 1.1.1.1 1.1.1.1 1 2\rX", "malformed"], // CR without LF
     ["PROXY TCP4\t1.1.1.1 1.1.1.1 1 2\r\n", "malformed"],
     ["PROXY TCP4 1.1.1.1 1.1.1.1 1 2\0\r\n", "malformed"],
-    [`PROXY UNKNOWN ${"x".repeat(93)}\r\n`, "too-large"], // 109 bytes: no CRLF within 107
+    [`PROXY UNKNOWN ${"x".repeat(92)}\r\n`, "too-large"], // 108 bytes: the CRLF ends past byte 107
+    [`PROXY UNKNOWN ${"x".repeat(92)}`, "too-large"], // known too long before the CRLF arrives
     [`PROXY UNKNOWN ${"x".repeat(200)}`, "too-large"],
     ["PROXYTCP4 1.1.1.1 1.1.1.1 1 2\r\n", "not-proxy"],
     ["proxy TCP4 1.1.1.1 1.1.1.1 1 2\r\n", "not-proxy"],
@@ -543,6 +550,13 @@ Deno.test("readProxyHeader: TLS or HTTP first fails immediately with not-proxy",
     await client.write(text("P"));
     await rejectsWith(readProxyHeader(server, { timeoutMs: 100 }), "timeout");
   });
+});
+
+Deno.test("readProxyHeader: a timeout must be positive", async () => {
+  const never = { read: () => new Promise<number | null>(() => {}) };
+  for (const timeoutMs of [0, -1, NaN]) {
+    await assert.rejects(readProxyHeader(never, { timeoutMs }), RangeError, String(timeoutMs));
+  }
 });
 
 Deno.test("readProxyHeader: EOF before the header is complete", async () => {

@@ -22,6 +22,7 @@ export type LocalApiErrorKind =
   | "needs-login"
   | "not-found"
   | "timeout"
+  | "precondition-failed"
   | "http"
   | "bad-response";
 
@@ -93,6 +94,45 @@ export const StatusSchema = z.looseObject({
 /** A parsed status response. */
 export type Status = z.infer<typeof StatusSchema>;
 
+/** One TCP port's handler in a serve config (Go field names). */
+export const TcpPortHandlerSchema = z.looseObject({
+  HTTPS: z.boolean().optional(),
+  HTTP: z.boolean().optional(),
+  TCPForward: z.string().optional(),
+  TerminateTLS: z.string().optional(),
+  ProxyProtocol: z.number().optional(),
+});
+
+const ServeConfigBase = z.looseObject({
+  TCP: z.record(z.string(), TcpPortHandlerSchema).nullish(),
+  Web: z.record(z.string(), z.unknown()).nullish(),
+  Services: z.record(z.string(), z.looseObject({ TCP: z.record(z.string(), TcpPortHandlerSchema).nullish() }))
+    .nullish(),
+  AllowFunnel: z.record(z.string(), z.boolean()).nullish(),
+});
+
+/** tailscaled's serve config (ipn.ServeConfig); unknown fields are kept so a write never drops them. */
+export const ServeConfigSchema = ServeConfigBase.extend({
+  Foreground: z.record(z.string(), ServeConfigBase).nullish(),
+});
+
+/** A parsed serve config. */
+export type ServeConfig = z.infer<typeof ServeConfigSchema>;
+
+/** The fields of an IPN bus notification (ipn.Notify) tailvoy reads. */
+export const NotifySchema = z.looseObject({
+  Version: z.string().optional(),
+  SessionID: z.string().optional(),
+  ErrMessage: z.string().nullish(),
+  State: z.number().nullish(),
+});
+
+/** One IPN bus notification. */
+export type Notify = z.infer<typeof NotifySchema>;
+
+/** IPN bus mask bits (ipn.NotifyWatchOpt). */
+export const NOTIFY = { initialState: 2, initialPrefs: 4, peerChanges: 4096 } as const;
+
 /** Options of a WhoIs lookup. */
 export interface WhoIsOptions {
   /** `tcp` or `udp`: which proxy mapping a `127.0.0.1:port` address is looked up in. */
@@ -135,6 +175,57 @@ export class LocalApiClient {
     return parse(StatusSchema, body, "status");
   }
 
+  /** The current serve config (`{}` when unset) and its ETag for a conditional write. */
+  async getServeConfig(options: { timeoutMs?: number } = {}): Promise<{ config: ServeConfig; etag: string }> {
+    const { body, headers } = await this.#call("GET", "serve-config", options);
+    const config = parse(ServeConfigSchema.nullable(), body, "serve-config") ?? {};
+    return { config, etag: headers.get("etag") ?? "" };
+  }
+
+  /**
+   * Replaces the serve config. With `etag`, only if nobody changed it since it was read: a
+   * `precondition-failed` error means read again and retry. Needs LocalAPI write access.
+   */
+  async setServeConfig(
+    config: ServeConfig,
+    options: { etag?: string; timeoutMs?: number } = {},
+  ): Promise<void> {
+    await this.#call("POST", "serve-config", {
+      ...options,
+      body: JSON.stringify(config),
+      headers: options.etag ? { "If-Match": options.etag } : {},
+    });
+  }
+
+  /**
+   * Streams IPN bus notifications (`watch-ipn-bus`) until `signal` aborts or tailscaled closes the
+   * stream. The first one (with {@link NOTIFY.initialState}) carries the session ID that owns
+   * foreground serve entries: they vanish when this stream ends.
+   */
+  async *watchIpnBus(mask: number, options: { signal?: AbortSignal } = {}): AsyncGenerator<Notify> {
+    let res: Response;
+    try {
+      res = await fetch(`http://local-tailscaled.sock/localapi/v0/watch-ipn-bus?mask=${mask}`, {
+        client: this.#http,
+        signal: options.signal,
+      });
+    } catch (err) {
+      throw await this.#transportError(err, "GET /localapi/v0/watch-ipn-bus", this.#timeoutMs);
+    }
+    if (!res.ok) throw this.#httpError("GET /localapi/v0/watch-ipn-bus", res.status, await res.text());
+    let buf = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of res.body!) {
+      buf += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (line) yield parse(NotifySchema, JSON.parse(line), "watch-ipn-bus");
+      }
+    }
+  }
+
   /** Releases the HTTP client. */
   close(): void {
     this.#http.close();
@@ -146,6 +237,14 @@ export class LocalApiClient {
   }
 
   async #request(method: string, path: string, options: { timeoutMs?: number }): Promise<unknown> {
+    return (await this.#call(method, path, options)).body;
+  }
+
+  async #call(
+    method: string,
+    path: string,
+    options: { timeoutMs?: number; body?: string; headers?: Record<string, string> },
+  ): Promise<{ body: unknown; headers: Headers }> {
     const what = `${method} /localapi/v0/${path.split("?")[0]}`;
     const timeoutMs = options.timeoutMs ?? this.#timeoutMs;
     let res: Response;
@@ -154,48 +253,60 @@ export class LocalApiClient {
       res = await fetch(`http://local-tailscaled.sock/localapi/v0/${path}`, {
         method,
         client: this.#http,
+        body: options.body,
+        headers: options.headers,
         signal: AbortSignal.timeout(timeoutMs),
       });
       text = await res.text();
     } catch (err) {
       throw await this.#transportError(err, what, timeoutMs);
     }
-    if (res.ok) {
-      try {
-        return JSON.parse(text);
-      } catch (err) {
-        throw new LocalApiError(
-          "bad-response",
-          `${what}: tailscaled answered with invalid JSON: ${text.slice(0, 200)}`,
-          {
-            cause: err,
-          },
-        );
-      }
+    if (!res.ok) throw this.#httpError(what, res.status, text);
+    if (text.trim() === "") return { body: null, headers: res.headers };
+    try {
+      return { body: JSON.parse(text), headers: res.headers };
+    } catch (err) {
+      throw new LocalApiError(
+        "bad-response",
+        `${what}: tailscaled answered with invalid JSON: ${text.slice(0, 200)}`,
+        {
+          cause: err,
+        },
+      );
     }
+  }
+
+  #httpError(what: string, status: number, text: string): LocalApiError {
     const detail = text.trim().slice(0, 300);
-    if (res.status === 404 && path.startsWith("whois")) {
-      throw new LocalApiError("not-found", `${what}: tailscaled knows no peer at that address (${detail})`, {
-        status: 404,
+    if (status === 404 && what.includes("/whois")) {
+      return new LocalApiError("not-found", `${what}: tailscaled knows no peer at that address (${detail})`, {
+        status,
       });
     }
-    if (res.status === 403) {
-      throw new LocalApiError(
+    if (status === 412) {
+      return new LocalApiError(
+        "precondition-failed",
+        `${what}: changed by someone else meanwhile (${detail})`,
+        {
+          status,
+        },
+      );
+    }
+    if (status === 403) {
+      return new LocalApiError(
         "permission-denied",
         `${what}: tailscaled refused access (${detail}); run as root, as tailscaled's user, or set \`tailscale set --operator=$USER\``,
-        { status: 403 },
+        { status },
       );
     }
     if (/not logged in|NeedsLogin|no netmap|netMap is nil/i.test(detail)) {
-      throw new LocalApiError(
+      return new LocalApiError(
         "needs-login",
         `${what}: tailscaled is not logged in (${detail}); run \`tailscale up\` or set TS_AUTHKEY`,
-        { status: res.status },
+        { status },
       );
     }
-    throw new LocalApiError("http", `${what}: tailscaled answered HTTP ${res.status}: ${detail}`, {
-      status: res.status,
-    });
+    return new LocalApiError("http", `${what}: tailscaled answered HTTP ${status}: ${detail}`, { status });
   }
 
   async #transportError(err: unknown, what: string, timeoutMs: number): Promise<LocalApiError> {

@@ -16,7 +16,7 @@ export type ReadStop = "timeout" | "eof";
 
 /** Options of {@link readUntil}. */
 export interface ReadUntilOptions {
-  /** Overall deadline in ms for the whole read, not per read (slow senders cannot extend it). */
+  /** Overall deadline in ms for the whole read, not per read (slow senders cannot extend it); `Infinity` for none. */
   timeoutMs: number;
   /** Bytes already read from the connection, parsed before the first read. */
   initial?: Uint8Array;
@@ -39,6 +39,9 @@ export async function readUntil<T>(
   parse: (bytes: Uint8Array) => T | undefined,
   options: ReadUntilOptions,
 ): Promise<{ value: T; bytes: Uint8Array }> {
+  if (!(options.timeoutMs > 0)) {
+    throw new RangeError(`timeoutMs must be a positive number of ms (or Infinity), got ${options.timeoutMs}`);
+  }
   const buffer = new GrowableBuffer(options.initial);
   const first = parse(buffer.view());
   if (first !== undefined) return { value: first, bytes: buffer.view() };
@@ -54,7 +57,7 @@ export async function readUntil<T>(
               `timed out after ${options.timeoutMs} ms with ${buffer.length} bytes read`,
             ),
           ),
-        Math.max(0, options.timeoutMs),
+        options.timeoutMs,
       );
     }
   });

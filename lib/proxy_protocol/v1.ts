@@ -30,15 +30,7 @@ export function decodeV1(bytes: Uint8Array): ProxyDecodeResult {
     }
   }
   const end = findCrlf(bytes);
-  if (end < 0) {
-    if (bytes.length >= V1_MAX_LENGTH) {
-      throw new ProxyProtocolError(
-        "too-large",
-        `PROXY v1 line has no CRLF within its first ${V1_MAX_LENGTH} bytes`,
-      );
-    }
-    return { needMore: Math.max(1, V1_MIN_LENGTH - bytes.length) };
-  }
+  if (end < 0) return { needMore: Math.max(1, V1_MIN_LENGTH - bytes.length) };
   const line = latin1(bytes.subarray(0, end));
   const tokens = line.split(" ");
   const protocol = tokens[1];
@@ -93,10 +85,14 @@ export function decodeV1(bytes: Uint8Array): ProxyDecodeResult {
   };
 }
 
-/** Index of the CR of the first CRLF, or -1; throws on a lone CR or LF or a non-printable byte. */
+/**
+ * Index of the CR of the first CRLF, or -1 while more bytes are needed. Throws on a lone CR or LF, a
+ * non-printable byte, or a line that cannot end within {@link V1_MAX_LENGTH} bytes.
+ */
 function findCrlf(bytes: Uint8Array): number {
-  const limit = Math.min(bytes.length, V1_MAX_LENGTH);
-  for (let i = 0; i < limit; i++) {
+  // The CR may sit at index 105 at the latest, so that the LF is the 107th byte.
+  const lastCr = V1_MAX_LENGTH - 2;
+  for (let i = 0; i < Math.min(bytes.length, lastCr + 1); i++) {
     const b = bytes[i];
     if (b === CR) {
       if (i + 1 >= bytes.length) return -1;
@@ -110,6 +106,12 @@ function findCrlf(bytes: Uint8Array): number {
         `PROXY v1 line has a non-printable byte 0x${b.toString(16).padStart(2, "0")} at byte ${i}`,
       );
     }
+  }
+  if (bytes.length > lastCr) {
+    throw new ProxyProtocolError(
+      "too-large",
+      `PROXY v1 line has no CRLF within its first ${V1_MAX_LENGTH} bytes`,
+    );
   }
   return -1;
 }

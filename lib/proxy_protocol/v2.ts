@@ -74,11 +74,7 @@ export function decodeV2(bytes: Uint8Array, maxBytes: number): ProxyDecodeResult
       `PROXY v2 header of ${total} bytes exceeds the limit of ${maxBytes}`,
     );
   }
-  if (bytes.length < total) return { needMore: total - bytes.length };
-
-  const command = bytes[12] & 0x0f ? "PROXY" : "LOCAL";
   const family = bytes[13] >> 4;
-  const transport = TRANSPORTS[bytes[13] & 0x0f];
   const addressLength = ADDRESS_BLOCK[family];
   if (blockLength < addressLength) {
     throw new ProxyProtocolError(
@@ -88,17 +84,20 @@ export function decodeV2(bytes: Uint8Array, maxBytes: number): ProxyDecodeResult
       } needs`,
     );
   }
+  if (bytes.length < total) return { needMore: total - bytes.length };
+
+  const command = bytes[12] & 0x0f ? "PROXY" : "LOCAL";
+  const transport = TRANSPORTS[bytes[13] & 0x0f];
   const header = bytes.subarray(0, total);
-  const tlvs = decodeTlvs(header, V2_FIXED_LENGTH + addressLength);
-  const result: ProxyHeader = { version: 2, command, transport, tlvs };
+  const result: ProxyHeader = { version: 2, command, transport, tlvs: [] };
   // LOCAL: the spec says to use the real endpoints and ignore any address block.
   if (command === "PROXY" && (family === AF_INET || family === AF_INET6)) {
     const size = family === AF_INET ? 4 : 16;
-    const view = new DataView(header.buffer, header.byteOffset + V2_FIXED_LENGTH, addressLength);
-    const portsAt = 2 * size;
-    result.source = endpoint(header.subarray(16, 16 + size), view.getUint16(portsAt));
-    result.destination = endpoint(header.subarray(16 + size, 16 + 2 * size), view.getUint16(portsAt + 2));
+    const ports = new DataView(header.buffer, header.byteOffset + V2_FIXED_LENGTH + 2 * size, 4);
+    result.source = endpoint(header.subarray(16, 16 + size), ports.getUint16(0));
+    result.destination = endpoint(header.subarray(16 + size, 16 + 2 * size), ports.getUint16(2));
   }
+  result.tlvs = decodeTlvs(header, V2_FIXED_LENGTH + addressLength);
   return { header: result, consumed: total };
 }
 
