@@ -6,6 +6,8 @@
  */
 
 import type { Config } from "../config/mod.ts";
+import { IdentityResolver } from "../identity/mod.ts";
+import { DataPlane } from "../l4/mod.ts";
 import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
 
@@ -79,9 +81,33 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
     mode: status.TUN ? "kernel TUN" : "userspace networking",
     tags: status.Self?.Tags ?? [],
   });
-  // The L4 relay and the Envoy-based L7 path attach here as they land; until then nothing is served.
-  log.warn("no data plane is implemented in this build yet: listeners are not served");
+  const resolver = new IdentityResolver(api, {
+    capNames: config.tailvoy.capabilities,
+    ttlMs: config.tailvoy.timeouts.whoisCacheTtl,
+    onMalformed: (identity, issue) =>
+      getLogger("policy").warn("malformed grant rule for {node} ignored: {json} ({reason})", {
+        node: identity.node,
+        user: identity.login,
+        json: issue.json,
+        reason: issue.reason,
+      }),
+  });
+  let plane: DataPlane;
+  try {
+    plane = await DataPlane.start(config, { api, resolver, status });
+  } catch (err) {
+    log.fatal("could not start the listeners: {error}", {
+      error: err instanceof Error ? err.message : String(err),
+    });
+    return 1;
+  }
+  log.info("ready: {tcp} TCP and {udp} UDP listeners", { tcp: plane.tcp.length, udp: plane.udp.length });
   const reason = await stop;
-  log.info("stopping ({reason})", { reason: String(reason) });
+  log.info("stopping ({reason}): no new connections; draining open flows for up to {ms} ms", {
+    reason: String(reason),
+    ms: config.tailvoy.timeouts.drain,
+  });
+  await plane.close(config.tailvoy.timeouts.drain);
+  log.info("stopped");
   return 0;
 }

@@ -39,7 +39,9 @@ export type ListenerLookup = (name: string) => ListenerSettings | undefined;
  * A {@link ListenerLookup} over a parsed config's listeners. Own keys only, so a name such as
  * "constructor" is not found on the object's prototype.
  */
-export function listenersFromConfig(config: { listeners: Readonly<Record<string, ListenerSettings>> }): ListenerLookup {
+export function listenersFromConfig(
+  config: { listeners: Readonly<Record<string, ListenerSettings>> },
+): ListenerLookup {
   const listeners = config.listeners;
   return (name) => Object.hasOwn(listeners, name) ? listeners[name] : undefined;
 }
@@ -166,7 +168,8 @@ interface Context {
 async function decide(attributes: NonNullable<CheckRequest["attributes"]>, ctx: Context, deps: AuthzDeps) {
   const namespace = deps.secretNamespace ?? SECRET_METADATA_NAMESPACE;
   const key = deps.secretKey ?? DEFAULT_SECRET_KEY;
-  const presented = own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, key)?.stringValue;
+  const presented = own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, key)
+    ?.stringValue;
   if (!secretMatches(presented, encoder.encode(deps.secret))) {
     return refuse(
       "bad_secret",
@@ -180,9 +183,13 @@ async function decide(attributes: NonNullable<CheckRequest["attributes"]>, ctx: 
     return refuse(
       "bad_source",
       kind === "loopback"
-        ? `source ${JSON.stringify(ctx.callerIp)} is loopback: the connection reached Envoy without a PROXY header naming the caller`
+        ? `source ${
+          JSON.stringify(ctx.callerIp)
+        } is loopback: the connection reached Envoy without a PROXY header naming the caller`
         : kind === "other"
-        ? `source ${JSON.stringify(ctx.callerIp)} is not a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48)`
+        ? `source ${
+          JSON.stringify(ctx.callerIp)
+        } is not a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48)`
         : `source address ${JSON.stringify(ctx.callerIp)} with port ${ctx.callerPort} is missing or invalid`,
     );
   }
@@ -288,10 +295,16 @@ export async function evaluateCheck(request: unknown, deps: AuthzDeps): Promise<
   let outcome: Outcome;
   try {
     outcome = !attributes || !http
-      ? refuse("malformed", parsed.success ? "not an HTTP request" : `malformed CheckRequest: ${parsed.error.message}`)
+      ? refuse(
+        "malformed",
+        parsed.success ? "not an HTTP request" : `malformed CheckRequest: ${parsed.error.message}`,
+      )
       : await decide(attributes, ctx, deps);
   } catch (error) {
-    outcome = refuse("internal_error", `internal error: ${error instanceof Error ? error.message : String(error)}`);
+    outcome = refuse(
+      "internal_error",
+      `internal error: ${error instanceof Error ? error.message : String(error)}`,
+    );
   }
   let response: CheckResponse;
   if (outcome.allow && outcome.identity && outcome.settings) {

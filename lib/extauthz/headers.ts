@@ -22,7 +22,9 @@ import type { Identity } from "../identity/mod.ts";
 import type { HeaderValueOption } from "./schema.ts";
 
 /** Header names set on allowed requests (lower case, as Envoy compares them). */
-export const IDENTITY_HEADERS = Object.freeze({
+export const IDENTITY_HEADERS: Readonly<
+  Record<"user" | "node" | "ip" | "tags" | "login" | "name" | "appCapabilities", string>
+> = Object.freeze({
   user: "x-tailscale-user",
   node: "x-tailscale-node",
   ip: "x-tailscale-ip",

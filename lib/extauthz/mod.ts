@@ -25,13 +25,13 @@ import { checkSecret } from "./secret.ts";
 export {
   type AuthzCode,
   type AuthzDeps,
+  type DecisionRecord,
   DENY_BODY,
   DENY_MESSAGE,
-  type DecisionRecord,
   evaluateCheck,
   type ListenerLookup,
-  listenersFromConfig,
   type ListenerSettings,
+  listenersFromConfig,
   PERMISSION_DENIED,
 } from "./evaluate.ts";
 export {
@@ -39,8 +39,8 @@ export {
   formatAppCapabilities,
   goJson,
   IDENTITY_HEADERS,
-  identityHeaders,
   type IdentityHeaderOptions,
+  identityHeaders,
   RESERVED_HEADER_PREFIXES,
   spoofedHeaders,
 } from "./headers.ts";
@@ -49,8 +49,8 @@ export {
   type AuthzProtos,
   CHECK_PATH,
   EXTERNAL_AUTH_PROTO,
-  LOADER_OPTIONS,
   loadAuthzProtos,
+  LOADER_OPTIONS,
   PROTO_DIR,
 } from "./protos.ts";
 export {
@@ -130,7 +130,9 @@ export function createAuthzServer(options: AuthzServerOptions): AuthzServer {
   return {
     listen(addr = DEFAULT_AUTHZ_ADDRESS) {
       if (closed) return Promise.reject(new Error("Authz server is closed"));
-      if (listening) return Promise.reject(new Error(`Authz server is already listening, not binding "${addr}"`));
+      if (listening) {
+        return Promise.reject(new Error(`Authz server is already listening, not binding "${addr}"`));
+      }
       let parsed: ReturnType<typeof parseListenAddress>;
       try {
         parsed = parseListenAddress(addr);

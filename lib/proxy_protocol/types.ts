@@ -67,6 +67,7 @@ export type ProxyProtocolErrorReason =
 
 /** A PROXY header that could not be read or decoded. The message names the offending value. */
 export class ProxyProtocolError extends Error {
+  /** Always `"ProxyProtocolError"`. */
   override name = "ProxyProtocolError";
   /** The failure class. */
   readonly reason: ProxyProtocolErrorReason;

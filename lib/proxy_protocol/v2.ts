@@ -36,7 +36,7 @@ export const V2_SIGNATURE: Uint8Array = new Uint8Array([
 export const V2_FIXED_LENGTH = 16;
 
 /** Largest v2 header the wire format can express (the length field is 16 bits). */
-export const V2_MAX_LENGTH = V2_FIXED_LENGTH + 0xffff;
+export const V2_MAX_LENGTH: number = V2_FIXED_LENGTH + 0xffff;
 
 /** `PP2_TYPE_CRC32C`: a checksum of the whole header, verified when present. */
 export const PP2_TYPE_CRC32C = 0x03;

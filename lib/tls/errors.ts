@@ -15,6 +15,7 @@ export type ClientHelloErrorReason =
 
 /** A ClientHello that could not be read or parsed. The message names the offending value. */
 export class ClientHelloError extends Error {
+  /** Always `"ClientHelloError"`. */
   override name = "ClientHelloError";
   /** The failure class. */
   readonly reason: ClientHelloErrorReason;

@@ -15,7 +15,7 @@ const CLIENT_HELLO = 1;
 const RECORD_HEADER = 5;
 const HANDSHAKE_HEADER = 4;
 /** Largest record body accepted: 2^14 plus the TLS 1.3 ciphertext allowance. */
-export const MAX_RECORD_LENGTH = (1 << 14) + 256;
+export const MAX_RECORD_LENGTH: number = (1 << 14) + 256;
 
 /** A complete handshake message (its 4-byte header included) and the bytes of records it took. */
 export interface Reassembled {

@@ -1,0 +1,123 @@
+/**
+ * The byte relay between a caller and a backend: both directions at once, half-close propagated (a
+ * side that finishes sending shuts down writing on the other), one fixed-size buffer per direction, an
+ * optional idle timeout and maximum lifetime, and an abort for revocation and drain.
+ *
+ * @module
+ */
+
+/** Why a relay ended. */
+export type RelayEnd = "done" | "idle" | "lifetime" | "aborted" | "error";
+
+/** Result of a finished relay. */
+export interface RelayResult {
+  /** Bytes from the caller to the backend. */
+  bytesUp: number;
+  /** Bytes from the backend to the caller. */
+  bytesDown: number;
+  /** How it ended. */
+  end: RelayEnd;
+  /** Abort reason or I/O error text, when there is one. */
+  detail?: string;
+}
+
+/** Options of {@link relay}. */
+export interface RelayOptions {
+  /** Close both sides after this long without a byte either way (0 = never). */
+  idleTimeoutMs?: number;
+  /** Close both sides after this long in total (0 = never). */
+  maxLifetimeMs?: number;
+  /** Aborting closes both sides at once (revocation, drain). */
+  signal?: AbortSignal;
+  /** Buffer size per direction. */
+  bufferSize?: number;
+}
+
+/** A connection the relay can drive (TCP or unix). */
+export type RelayConn = Deno.Conn & { closeWrite(): Promise<void> };
+
+/** A running relay: its byte counters are live. */
+export interface Relay {
+  /** Resolves when both directions have ended and both connections are closed. */
+  done: Promise<RelayResult>;
+  /** Live byte counts. */
+  readonly bytesUp: number;
+  readonly bytesDown: number;
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch { /* already closed */ }
+}
+
+/** Relays bytes between `caller` and `backend` until both directions end or it is stopped. */
+export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptions = {}): Relay {
+  const size = options.bufferSize ?? 64 * 1024;
+  const state = { bytesUp: 0, bytesDown: 0, lastActivity: performance.now() };
+  let end: RelayEnd = "done";
+  let detail: string | undefined;
+  let closed = false;
+  const stop = (why: RelayEnd, text?: string) => {
+    if (closed) return;
+    closed = true;
+    end = why;
+    detail = text;
+    closeQuietly(caller);
+    closeQuietly(backend);
+  };
+
+  const pump = async (from: Deno.Conn, to: RelayConn, count: "bytesUp" | "bytesDown") => {
+    const buf = new Uint8Array(size);
+    try {
+      while (true) {
+        const n = await from.read(buf);
+        if (n === null) break;
+        state[count] += n;
+        state.lastActivity = performance.now();
+        let off = 0;
+        while (off < n) off += await to.write(buf.subarray(off, n));
+      }
+      if (!closed) await to.closeWrite().catch(() => {});
+    } catch (err) {
+      // A read or write on a connection we closed ourselves is not an error.
+      if (!closed) stop("error", err instanceof Error ? err.message : String(err));
+    }
+  };
+
+  const timers: ReturnType<typeof setTimeout>[] = [];
+  if (options.maxLifetimeMs) {
+    timers.push(setTimeout(() => stop("lifetime"), options.maxLifetimeMs));
+  }
+  if (options.idleTimeoutMs) {
+    const idle = options.idleTimeoutMs;
+    timers.push(setInterval(() => {
+      if (performance.now() - state.lastActivity >= idle) stop("idle");
+    }, Math.max(50, Math.min(1000, idle / 4))));
+  }
+  const onAbort = () => stop("aborted", String(options.signal?.reason ?? "aborted"));
+  if (options.signal?.aborted) onAbort();
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+
+  const done = Promise.all([pump(caller, backend, "bytesUp"), pump(backend, caller, "bytesDown")]).then(
+    () => {
+      for (const t of timers) clearTimeout(t);
+      options.signal?.removeEventListener("abort", onAbort);
+      if (!closed) {
+        closed = true;
+        closeQuietly(caller);
+        closeQuietly(backend);
+      }
+      return { bytesUp: state.bytesUp, bytesDown: state.bytesDown, end, detail };
+    },
+  );
+  return {
+    done,
+    get bytesUp() {
+      return state.bytesUp;
+    },
+    get bytesDown() {
+      return state.bytesDown;
+    },
+  };
+}

@@ -1,0 +1,339 @@
+/**
+ * TCP listeners of the data plane: accept a tailnet connection, establish who is calling (from the
+ * PROXY header tailscaled sends in serve mode, or from the socket in direct mode), authorize, and relay
+ * to the backend — plain `tcp`, `tls` passthrough routed by SNI, or, for http/https/grpc, to Envoy with
+ * our own PROXY v2 header carrying the caller and a per-process secret.
+ *
+ * @module
+ */
+
+import { type Caller, checkL4 } from "../access/mod.ts";
+import type { Identity, IdentityResolver } from "../identity/mod.ts";
+import { splitAddr } from "../identity/mod.ts";
+import { getLogger } from "../log.ts";
+import { formatExplanation } from "../policy/mod.ts";
+import { encodeProxyV2, readProxyHeader } from "../proxy_protocol/mod.ts";
+import { readClientHello } from "../tls/client_hello.ts";
+import type { FlowTable } from "./flows.ts";
+import { relay, type RelayConn } from "./relay.ts";
+
+/** PROXY v2 TLV type carrying our per-process secret to Envoy (custom range 0xE0–0xEF). */
+export const SECRET_TLV_TYPE = 0xe0;
+
+/** How connections reach a listener. */
+export type Ingress = "serve" | "direct";
+
+/** Where an L7 listener's connections go: Envoy's loopback listener, with the secret. */
+export interface L7Target {
+  hostname: string;
+  port: number;
+  secret: Uint8Array;
+}
+
+/** What one TCP listener does. */
+export interface TcpListenerSpec {
+  /** Listener name (what grants name). */
+  name: string;
+  protocol: "tcp" | "tls" | "http" | "https" | "grpc";
+  ingress: Ingress;
+  /** Addresses to bind: serve mode `127.0.0.1:0`; direct mode the tailnet IPs or 127.0.0.1 with the port. */
+  bind: { hostname: string; port: number }[];
+  /** Backend of a tcp listener, `host:port`. */
+  backend?: string;
+  /** SNI routes of a tls listener: exact names first, then `*.` wildcards. */
+  routes?: { hostname: string; backend: string }[];
+  /** Envoy target of an http/https/grpc listener. */
+  l7?: L7Target;
+}
+
+/** Timeouts and limits of the TCP data plane, in ms. */
+export interface TcpTimeouts {
+  proxyHeader: number;
+  tlsHello: number;
+  dial: number;
+  idle?: number;
+  maxLifetime?: number;
+}
+
+/** Shared services of the listeners. */
+export interface TcpDeps {
+  resolver: IdentityResolver;
+  flows: FlowTable;
+  timeouts: TcpTimeouts;
+}
+
+const log = getLogger("l4");
+
+function isLoopback(ip: string): boolean {
+  return ip.startsWith("127.") || ip === "::1" || ip.startsWith("::ffff:127.");
+}
+
+function formatAddr(ip: string, port: number): string {
+  return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
+/** The backend for `sni` among tls routes: exact name first, then the longest `*.` wildcard. */
+export function routeBySni(
+  routes: readonly { hostname: string; backend: string }[],
+  sni: string,
+): string | undefined {
+  const name = sni.toLowerCase();
+  const exact = routes.find((r) => r.hostname.toLowerCase() === name);
+  if (exact) return exact.backend;
+  const wild = routes
+    .filter((r) => r.hostname.startsWith("*.") && name.endsWith(r.hostname.slice(1).toLowerCase()))
+    .sort((a, b) => b.hostname.length - a.hostname.length);
+  return wild[0]?.backend;
+}
+
+async function dial(addr: string, timeoutMs: number): Promise<Deno.TcpConn> {
+  const { ip, port } = splitAddr(addr);
+  const signal = AbortSignal.timeout(timeoutMs);
+  return await Deno.connect({ hostname: ip, port: port!, signal });
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
+}
+
+/** A running TCP listener. */
+export class TcpListener {
+  readonly spec: TcpListenerSpec;
+  readonly #deps: TcpDeps;
+  readonly #listeners: Deno.TcpListener[] = [];
+  readonly #pending = new Set<Deno.Conn>();
+  /** Connections refused (deny, bad header, timeout), for metrics and tests. */
+  refused = 0;
+
+  /** Binds the listener's addresses; connections are served until {@link close}. */
+  constructor(spec: TcpListenerSpec, deps: TcpDeps) {
+    this.spec = spec;
+    this.#deps = deps;
+    for (const addr of spec.bind) {
+      const l = Deno.listen({ hostname: addr.hostname, port: addr.port });
+      this.#listeners.push(l);
+      void this.#acceptLoop(l);
+    }
+  }
+
+  /** The bound addresses (with the real port when 0 was asked for). */
+  get addrs(): Deno.NetAddr[] {
+    return this.#listeners.map((l) => l.addr);
+  }
+
+  /** Stops accepting; connections still being set up are closed; open flows are the flow table's. */
+  close(): void {
+    for (const l of this.#listeners) {
+      try {
+        l.close();
+      } catch { /* closed */ }
+    }
+    for (const c of this.#pending) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+  }
+
+  async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+    while (true) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return; // listener closed
+      }
+      conn.setNoDelay(true);
+      void this.#handle(conn).catch((err) => {
+        log.error("listener {listener}: unexpected error: {error}", {
+          listener: this.spec.name,
+          error: err instanceof Error ? err.stack : String(err),
+        });
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      });
+    }
+  }
+
+  #refuse(conn: Deno.Conn, why: string, fields: Record<string, unknown> = {}): void {
+    this.refused++;
+    this.#pending.delete(conn);
+    try {
+      conn.close();
+    } catch { /* closed */ }
+    log.info("refused on {listener}: {why}", { listener: this.spec.name, why, ...fields });
+  }
+
+  async #handle(conn: Deno.TcpConn): Promise<void> {
+    this.#pending.add(conn);
+    const remote = conn.remoteAddr;
+    let caller: Caller;
+    let rest: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+    if (this.spec.ingress === "serve") {
+      // Only tailscaled (on loopback) may tell us who is calling, and it always does.
+      if (!isLoopback(remote.hostname)) return this.#refuse(conn, `non-loopback peer ${remote.hostname}`);
+      try {
+        const got = await readProxyHeader(conn, { timeoutMs: this.#deps.timeouts.proxyHeader });
+        if (got.header.command !== "PROXY" || !got.header.source) {
+          return this.#refuse(conn, "PROXY header without a source address (LOCAL command)");
+        }
+        caller = { addr: formatAddr(got.header.source.address, got.header.source.port), proto: "tcp" };
+        rest = got.rest;
+      } catch (err) {
+        return this.#refuse(conn, `no valid PROXY header: ${err instanceof Error ? err.message : err}`, {
+          peer: formatAddr(remote.hostname, remote.port),
+        });
+      }
+    } else {
+      // Direct: the socket's peer is the caller. A userspace tailscaled connects from 127.0.0.1:port,
+      // which WhoIs maps back to the peer; a PROXY header from a client is just payload here.
+      caller = { addr: formatAddr(remote.hostname, remote.port), proto: "tcp" };
+    }
+
+    if (this.spec.protocol === "tls") {
+      let hello;
+      try {
+        hello = await readClientHello(conn, { timeoutMs: this.#deps.timeouts.tlsHello, initial: rest });
+      } catch (err) {
+        return this.#refuse(conn, `no usable TLS ClientHello: ${err instanceof Error ? err.message : err}`, {
+          caller: caller.addr,
+        });
+      }
+      const sni = hello.hello.sni;
+      if (!sni) return this.#refuse(conn, "TLS ClientHello without SNI", { caller: caller.addr });
+      const backend = routeBySni(this.spec.routes ?? [], sni);
+      if (!backend) return this.#refuse(conn, `no route for SNI ${sni}`, { caller: caller.addr });
+      const { decision, identity } = await checkL4(this.#deps.resolver, caller, {
+        listener: this.spec.name,
+        sni,
+      });
+      if (!decision.allow) {
+        return this.#refuse(conn, formatExplanation(decision), this.#who(caller, identity));
+      }
+      return await this.#connect(conn, {
+        caller,
+        identity,
+        backend,
+        replay: hello.bytes,
+        sni,
+        recheck: true,
+      });
+    }
+
+    if (this.spec.protocol === "tcp") {
+      const { decision, identity } = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name });
+      if (!decision.allow) {
+        return this.#refuse(conn, formatExplanation(decision), this.#who(caller, identity));
+      }
+      return await this.#connect(conn, {
+        caller,
+        identity,
+        backend: this.spec.backend!,
+        replay: rest,
+        recheck: true,
+      });
+    }
+
+    // http/https/grpc: identity must be known; ext_authz decides each request.
+    let identity: Identity;
+    try {
+      identity = await this.#deps.resolver.resolve(caller.addr, { proto: "tcp" });
+    } catch (err) {
+      return this.#refuse(conn, `caller unknown: ${err instanceof Error ? err.message : err}`, {
+        caller: caller.addr,
+      });
+    }
+    const l7 = this.spec.l7!;
+    // Envoy must see the tailnet address, never 127.0.0.1 (userspace direct mode): use the node's own IP.
+    const { ip, port } = splitAddr(caller.addr);
+    const srcIp = isLoopback(ip) ? identity.ips.find((a) => !a.includes(":")) ?? identity.ips[0] : ip;
+    if (!srcIp) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
+    const v6 = srcIp.includes(":");
+    const header = encodeProxyV2({
+      command: "PROXY",
+      transport: "tcp",
+      source: { address: srcIp, port: port ?? 0 },
+      destination: { address: v6 ? "::1" : "127.0.0.1", port: l7.port },
+      tlvs: [{ type: SECRET_TLV_TYPE, value: l7.secret }],
+    });
+    const replay = new Uint8Array(header.length + rest.length);
+    replay.set(header);
+    replay.set(rest, header.length);
+    return await this.#connect(conn, {
+      caller,
+      identity,
+      backend: formatAddr(l7.hostname, l7.port),
+      replay,
+      recheck: false,
+    });
+  }
+
+  #who(caller: Caller, identity?: Identity): Record<string, unknown> {
+    return { caller: caller.addr, user: identity?.login, node: identity?.node, tags: identity?.tags };
+  }
+
+  async #connect(
+    conn: Deno.TcpConn,
+    flowInfo: {
+      caller: Caller;
+      identity?: Identity;
+      backend: string;
+      replay: Uint8Array;
+      sni?: string;
+      recheck: boolean;
+    },
+  ): Promise<void> {
+    let upstream: Deno.TcpConn;
+    try {
+      upstream = await dial(flowInfo.backend, this.#deps.timeouts.dial);
+      upstream.setNoDelay(true);
+      if (flowInfo.replay.length) await writeAll(upstream, flowInfo.replay);
+    } catch (err) {
+      return this.#refuse(
+        conn,
+        `backend ${flowInfo.backend} unreachable: ${err instanceof Error ? err.message : err}`,
+        {
+          caller: flowInfo.caller.addr,
+        },
+      );
+    }
+    this.#pending.delete(conn);
+    const abort = new AbortController();
+    const r = relay(conn as RelayConn, upstream as RelayConn, {
+      signal: abort.signal,
+      idleTimeoutMs: this.#deps.timeouts.idle,
+      maxLifetimeMs: this.#deps.timeouts.maxLifetime,
+    });
+    const { flow, remove } = this.#deps.flows.add({
+      listener: this.spec.name,
+      protocol: this.spec.protocol,
+      caller: flowInfo.caller,
+      identity: flowInfo.identity,
+      sni: flowInfo.sni,
+      recheck: flowInfo.recheck,
+      abort,
+      bytes: () => ({ up: r.bytesUp, down: r.bytesDown }),
+    });
+    log.info("flow {id} open on {listener} from {caller} ({user}) to {backend}", {
+      id: flow.id,
+      listener: this.spec.name,
+      backend: flowInfo.backend,
+      sni: flowInfo.sni,
+      ...this.#who(flowInfo.caller, flowInfo.identity),
+    });
+    const result = await r.done;
+    remove();
+    log.info("flow {id} closed on {listener}: {end}, {up} bytes up, {down} bytes down", {
+      id: flow.id,
+      listener: this.spec.name,
+      end: result.end,
+      detail: result.detail,
+      up: result.bytesUp,
+      down: result.bytesDown,
+      durationMs: Math.round(performance.now() - flow.openedAt),
+      ...this.#who(flowInfo.caller, flowInfo.identity),
+    });
+  }
+}
