@@ -830,8 +830,8 @@ interface EnvoyProcess {
 async function startEnvoy(vars: Record<string, number>): Promise<EnvoyProcess> {
   const dir = await Deno.makeTempDir({ prefix: "tailvoy-extauthz-" });
   let yaml = await Deno.readTextFile(join(FIXTURES, "envoy.yaml"));
-  for (const [name, value] of Object.entries(vars)) yaml = yaml.replaceAll(`{{${name}}}`, String(value));
-  assert.doesNotMatch(yaml, /\{\{/, "every placeholder filled");
+  for (const [name, value] of Object.entries(vars)) yaml = yaml.replaceAll(`__${name}__`, String(value));
+  assert.doesNotMatch(yaml, /__[A-Z_]+__/, "every placeholder filled");
   await Deno.writeTextFile(join(dir, "envoy.yaml"), yaml);
   const adminPath = join(dir, "admin");
   const child = new Deno.Command(PEER_BINS.envoy, {
@@ -918,15 +918,12 @@ Deno.test({
     // First Check answered by a capturing server (raw bytes as Envoy sent them), then by ours.
     const captured: Uint8Array[] = [];
     const check = protos.service.Check;
+    const capturing = (bytes: Buffer) => {
+      captured.push(new Uint8Array(bytes));
+      return check.requestDeserialize(bytes);
+    };
     const capture = new grpc.Server();
-    capture.addService({
-      Check: {
-        ...check,
-        requestDeserialize: (
-          bytes: Buffer,
-        ) => (captured.push(new Uint8Array(bytes)), check.requestDeserialize(bytes)),
-      },
-    }, {
+    capture.addService({ Check: { ...check, requestDeserialize: capturing } }, {
       Check: (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) =>
         void evaluateCheck(call.request, deps).then((r) => callback(null, r)),
     });

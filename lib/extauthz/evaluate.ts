@@ -24,10 +24,10 @@ import { L7_PROTOCOLS } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
 import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation } from "../policy/mod.ts";
-import { classifyAddress, joinHostPort } from "./address.ts";
-import { identityHeaders, spoofedHeaders } from "./headers.ts";
+import { type AddressKind, classifyAddress, joinHostPort } from "./address.ts";
+import { type IdentityHeaderOptions, identityHeaders, spoofedHeaders } from "./headers.ts";
 import { type CheckRequest, CheckRequestSchema, type CheckResponse } from "./schema.ts";
-import { DEFAULT_SECRET_KEY, SECRET_METADATA_NAMESPACE, secretMatches } from "./secret.ts";
+import { DEFAULT_SECRET_KEY, SECRET_METADATA_NAMESPACE, secretMatches, secretProblem } from "./secret.ts";
 
 /** What evaluation needs to know about a listener. */
 export type ListenerSettings = Pick<ListenerConfig, "protocol" | "acceptAppCaps" | "shadow">;
@@ -151,8 +151,9 @@ interface Outcome {
   settings?: ListenerSettings;
 }
 
-function refuse(code: AuthzCode, reason: string): Outcome {
-  return { allow: false, code, explanation: `DENY L7: ${reason}` };
+function refuse(code: AuthzCode, reason: string, listener = ""): Outcome {
+  const where = listener === "" ? "" : ` listener ${JSON.stringify(listener)}`;
+  return { allow: false, code, explanation: `DENY L7${where}: ${reason}` };
 }
 
 interface Context {
@@ -165,7 +166,21 @@ interface Context {
   path: string;
 }
 
-async function decide(attributes: NonNullable<CheckRequest["attributes"]>, ctx: Context, deps: AuthzDeps) {
+function sourceProblem(kind: AddressKind, ip: string): string {
+  const source = `source ${JSON.stringify(ip)}`;
+  if (kind === "loopback") return `${source} is loopback: no PROXY header named the caller`;
+  if (kind === "other") return `${source} is not a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48)`;
+  return `${source} (or its port) is missing or invalid`;
+}
+
+async function decide(
+  attributes: NonNullable<CheckRequest["attributes"]>,
+  ctx: Context,
+  deps: AuthzDeps,
+): Promise<Outcome> {
+  // Never compare against an empty or mangled secret (createAuthzServer refuses one at start).
+  const problem = secretProblem(deps.secret);
+  if (problem) return refuse("internal_error", problem);
   const namespace = deps.secretNamespace ?? SECRET_METADATA_NAMESPACE;
   const key = deps.secretKey ?? DEFAULT_SECRET_KEY;
   const presented = own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, key)
@@ -176,22 +191,12 @@ async function decide(attributes: NonNullable<CheckRequest["attributes"]>, ctx: 
       presented === undefined
         ? `connection carries no relay secret (metadata ${namespace}/${key}): it did not come through tailvoy's relay`
         : `connection carries a wrong relay secret (metadata ${namespace}/${key})`,
+      ctx.listener,
     );
   }
   const kind = classifyAddress(ctx.callerIp);
   if (kind !== "tailnet" || ctx.callerPort === undefined) {
-    return refuse(
-      "bad_source",
-      kind === "loopback"
-        ? `source ${
-          JSON.stringify(ctx.callerIp)
-        } is loopback: the connection reached Envoy without a PROXY header naming the caller`
-        : kind === "other"
-        ? `source ${
-          JSON.stringify(ctx.callerIp)
-        } is not a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48)`
-        : `source address ${JSON.stringify(ctx.callerIp)} with port ${ctx.callerPort} is missing or invalid`,
-    );
+    return refuse("bad_source", sourceProblem(kind, ctx.callerIp), ctx.listener);
   }
   if (ctx.listener === "") {
     return refuse(
@@ -206,6 +211,7 @@ async function decide(attributes: NonNullable<CheckRequest["attributes"]>, ctx: 
       settings
         ? `listener ${JSON.stringify(ctx.listener)} is a ${settings.protocol} listener, not http/https/grpc`
         : `listener ${JSON.stringify(ctx.listener)} is not configured`,
+      ctx.listener,
     );
   }
   const svcName = deps.svcNameFor?.(ctx.listener);
@@ -242,6 +248,24 @@ function denyResponse(requestId: string, grpc: boolean): CheckResponse {
       body: grpc ? DENY_MESSAGE : DENY_BODY,
     },
   };
+}
+
+function allowResponse(
+  identity: Identity,
+  requestHeaders: Readonly<Record<string, string>>,
+  options: IdentityHeaderOptions,
+): CheckResponse {
+  const set = identityHeaders(identity, options);
+  const remove = spoofedHeaders(requestHeaders, set);
+  return {
+    status: { code: 0 },
+    ok_response: { headers: set, ...(remove.length > 0 ? { headers_to_remove: remove } : {}) },
+  };
+}
+
+function malformed(issue: { path: PropertyKey[]; message: string } | undefined): string {
+  const at = issue?.path.length ? ` at ${issue.path.map(String).join(".")}` : "";
+  return `malformed CheckRequest${at}: ${issue?.message ?? "unknown problem"}`;
 }
 
 function logOutcome(record: DecisionRecord): void {
@@ -297,7 +321,7 @@ export async function evaluateCheck(request: unknown, deps: AuthzDeps): Promise<
     outcome = !attributes || !http
       ? refuse(
         "malformed",
-        parsed.success ? "not an HTTP request" : `malformed CheckRequest: ${parsed.error.message}`,
+        parsed.success ? "not an HTTP request" : malformed(parsed.error.issues[0]),
       )
       : await decide(attributes, ctx, deps);
   } catch (error) {
@@ -306,20 +330,21 @@ export async function evaluateCheck(request: unknown, deps: AuthzDeps): Promise<
       `internal error: ${error instanceof Error ? error.message : String(error)}`,
     );
   }
-  let response: CheckResponse;
+  let response = denyResponse(requestId, grpc);
   if (outcome.allow && outcome.identity && outcome.settings) {
-    const set = identityHeaders(outcome.identity, {
-      callerIp: ctx.callerIp,
-      appCapNames: outcome.settings.acceptAppCaps ? deps.appCapNames ?? DEFAULT_CAP_NAMES : undefined,
-    });
-    const remove = spoofedHeaders(headers, set);
-    response = {
-      status: { code: 0 },
-      ok_response: { headers: set, ...(remove.length > 0 ? { headers_to_remove: remove } : {}) },
-    };
-  } else {
-    outcome = outcome.allow ? refuse("internal_error", "allow without an identity") : outcome;
-    response = denyResponse(requestId, grpc);
+    try {
+      response = allowResponse(outcome.identity, headers, {
+        callerIp: ctx.callerIp,
+        appCapNames: outcome.settings.acceptAppCaps ? deps.appCapNames ?? DEFAULT_CAP_NAMES : undefined,
+      });
+    } catch (error) {
+      outcome = refuse(
+        "internal_error",
+        `internal error: ${error instanceof Error ? error.message : String(error)}`,
+      );
+    }
+  } else if (outcome.allow) {
+    outcome = refuse("internal_error", "allow without an identity");
   }
   const record: DecisionRecord = {
     time,

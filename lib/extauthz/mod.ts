@@ -10,8 +10,9 @@
  * await server.close();
  * ```
  *
- * Runs on `@grpc/grpc-js`, whose server works under Deno 2.9 (checked against Envoy 1.40 and a grpc-js
- * client in tests/extauthz_test.ts). Loading the protos needs `--allow-sys=uid` (see `protos.ts`).
+ * Runs on `@grpc/grpc-js`, whose server works under Deno 2.9 as is (checked against Envoy 1.40 and a
+ * grpc-js client in tests/extauthz_test.ts). Permissions beyond the network: `--allow-env` (grpc-js reads
+ * `GRPC_*` variables when imported), `--allow-read` on `proto/` and `--allow-sys=uid` (see `protos.ts`).
  *
  * @module
  */

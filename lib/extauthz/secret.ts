@@ -32,18 +32,23 @@ export function generateSecret(): string {
 }
 
 /**
- * Throws unless `secret` can round-trip through Envoy unchanged and is long enough to resist guessing.
- * The message names the length, never the value.
+ * Why `secret` is unusable, or `undefined`: it must round-trip through Envoy unchanged and be long
+ * enough to resist guessing. The text names the length, never the value.
  */
-export function checkSecret(secret: string): void {
-  if (!PRINTABLE.test(secret)) {
-    throw new Error(
-      `Secret of ${secret.length} characters is not printable ASCII: Envoy would alter it in metadata`,
-    );
-  }
+export function secretProblem(secret: string): string | undefined {
   if (secret.length < MIN_LENGTH) {
-    throw new Error(`Secret of ${secret.length} characters is too short: use at least ${MIN_LENGTH}`);
+    return `Secret of ${secret.length} characters is too short: use at least ${MIN_LENGTH}`;
   }
+  if (!PRINTABLE.test(secret)) {
+    return `Secret of ${secret.length} characters is not printable ASCII: Envoy would alter it in metadata`;
+  }
+  return undefined;
+}
+
+/** Throws the {@link secretProblem} of `secret`, if any. */
+export function checkSecret(secret: string): void {
+  const problem = secretProblem(secret);
+  if (problem) throw new Error(problem);
 }
 
 const encoder = new TextEncoder();

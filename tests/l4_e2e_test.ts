@@ -1,0 +1,412 @@
+/**
+ * The L4 data plane end to end: the real proxy process (`deno run main.ts`, with the binary's
+ * permissions) beside the gateway's real tailscaled, callers on real tailnet nodes, real backends.
+ * Serve ingress (tailscaled forwards with PROXY v2) and direct ingress (userspace 127.0.0.1), tcp,
+ * TLS passthrough by SNI, UDP, a client-sent PROXY header, live revocation and SIGTERM.
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { LocalApiClient } from "../lib/localapi/mod.ts";
+import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
+import { RUNTIME_PERMISSIONS } from "../scripts/compile.ts";
+import { PROJECT_ROOT } from "../scripts/peers.ts";
+import { acquireTailnet, CAP, defaultPolicy, type Policy, type Tailnet, waitFor } from "./harness/tailnet.ts";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Policy for this test: alice may use db, dns and the tls listener for app.example.com only. */
+function l4Policy(aliceRules: unknown[]): Policy {
+  const p = defaultPolicy();
+  p.grants = [
+    { src: ["*"], dst: ["*"], ip: ["*"] },
+    { src: ["group:eng"], dst: ["tag:gw"], app: { [CAP]: aliceRules } },
+  ];
+  return p;
+}
+/** Whether a WhoIs answer carries exactly this test's rules for alice (the default policy has others). */
+function hasAliceRules(who: { CapMap: Record<string, unknown[]> }): boolean {
+  return JSON.stringify(who.CapMap[CAP]) === JSON.stringify(ALICE_RULES);
+}
+const ALICE_RULES = [{ listeners: ["db", "dns"] }, { listeners: ["tls"], hostnames: ["app.example.com"] }];
+
+/** A running proxy process with its log lines. */
+class Proxy {
+  readonly lines: string[] = [];
+  readonly child: Deno.ChildProcess;
+  readonly #done: Promise<void>;
+  constructor(configPath: string, socket: string) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        ...RUNTIME_PERMISSIONS,
+        join(PROJECT_ROOT, "main.ts"),
+        "--config",
+        configPath,
+        "--socket",
+        socket,
+        "--log-format",
+        "json",
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const collect = async (stream: ReadableStream<Uint8Array>) => {
+      let buf = "";
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        buf += chunk;
+        const parts = buf.split("\n");
+        buf = parts.pop()!;
+        this.lines.push(...parts.filter(Boolean));
+      }
+    };
+    this.#done = Promise.all([collect(this.child.stdout), collect(this.child.stderr)]).then(() => {});
+  }
+  /** Waits for a log line whose message matches. */
+  waitLog(re: RegExp, what: string): Promise<string> {
+    return waitFor(() => this.lines.find((l) => re.test(l)), {
+      what: `proxy log: ${what}`,
+      timeoutMs: 20_000,
+    });
+  }
+  async stop(): Promise<number> {
+    try {
+      this.child.kill("SIGTERM");
+    } catch { /* exited */ }
+    const status = await this.child.status;
+    await this.#done;
+    return status.code;
+  }
+}
+
+async function readSome(conn: Deno.Conn, timeoutMs = 5000): Promise<string | null> {
+  const buf = new Uint8Array(4096);
+  const timer = setTimeout(() => conn.close(), timeoutMs);
+  try {
+    const n = await conn.read(buf);
+    return n === null ? null : dec.decode(buf.subarray(0, n));
+  } catch {
+    return null; // reset or closed: the proxy refused us
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function tcpEcho(): { port: number; close: () => void } {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const c of l) {
+      (async () => {
+        const buf = new Uint8Array(4096);
+        try {
+          while (true) {
+            const n = await c.read(buf);
+            if (n === null) break;
+            await c.write(new Uint8Array([...enc.encode("echo:"), ...buf.subarray(0, n)]));
+          }
+        } catch { /* reset */ }
+        try {
+          c.close();
+        } catch { /* closed */ }
+      })();
+    }
+  })();
+  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
+}
+
+async function openssl(args: string[]): Promise<void> {
+  const out = await new Deno.Command("openssl", { args, stdout: "null", stderr: "piped" }).output();
+  if (!out.success) throw new Error(`openssl ${args[0]} failed: ${dec.decode(out.stderr)}`);
+}
+
+/** A throwaway CA and a server certificate for app.example.com and admin.example.com signed by it. */
+async function makeCert(dir: string): Promise<{ ca: string; cert: string; key: string }> {
+  const p = (f: string) => join(dir, f);
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  await openssl([
+    "req",
+    "-x509",
+    ...ec,
+    "-days",
+    "1",
+    "-subj",
+    "/CN=test CA",
+    "-keyout",
+    p("ca.key"),
+    "-out",
+    p("ca.pem"),
+  ]);
+  await openssl([
+    "req",
+    ...ec,
+    "-subj",
+    "/CN=app.example.com",
+    "-keyout",
+    p("key.pem"),
+    "-out",
+    p("req.pem"),
+  ]);
+  await Deno.writeTextFile(p("ext.cnf"), "subjectAltName=DNS:app.example.com,DNS:admin.example.com\n");
+  await openssl([
+    "x509",
+    "-req",
+    "-in",
+    p("req.pem"),
+    "-CA",
+    p("ca.pem"),
+    "-CAkey",
+    p("ca.key"),
+    "-CAcreateserial",
+    "-days",
+    "1",
+    "-extfile",
+    p("ext.cnf"),
+    "-out",
+    p("cert.pem"),
+  ]);
+  const read = (f: string) => Deno.readTextFile(p(f));
+  return { ca: await read("ca.pem"), cert: await read("cert.pem"), key: await read("key.pem") };
+}
+
+function tlsBackend(tls: { cert: string; key: string }, name: string): { port: number; close: () => void } {
+  const l = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: tls.cert, key: tls.key });
+  (async () => {
+    for await (const c of l) {
+      (async () => {
+        try {
+          await c.handshake();
+          await c.write(enc.encode(`backend ${name}`));
+        } catch { /* client went away */ }
+        try {
+          c.close();
+        } catch { /* closed */ }
+      })();
+    }
+  })();
+  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
+}
+
+async function tlsVia(
+  tailnet: Tailnet,
+  from: string,
+  port: number,
+  sni: string,
+  caCert: string,
+): Promise<string | null> {
+  const raw = await tailnet.dial(from, tailnet.node("gw").ipv4, port);
+  try {
+    const tls = await Deno.startTls(raw, { hostname: sni, caCerts: [caCert] });
+    try {
+      return await readSome(tls);
+    } finally {
+      try {
+        tls.close();
+      } catch { /* closed */ }
+    }
+  } catch {
+    try {
+      raw.close();
+    } catch { /* closed */ }
+    return null; // handshake cut off: refused
+  }
+}
+
+Deno.test({
+  name: "L4 data plane against the real tailnet",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async (t) => {
+    const tailnet = await acquireTailnet();
+    const gw = tailnet.node("gw");
+    const alice = tailnet.node("alice");
+    const dir = await Deno.makeTempDir({ prefix: "tailvoy-l4-" });
+    const echo = tcpEcho();
+    const tls = await makeCert(dir);
+    const backendA = tlsBackend(tls, "A");
+    const backendB = tlsBackend(tls, "B");
+    const dgram = await import("node:dgram");
+    const udpEcho = dgram.createSocket("udp4");
+    await new Promise<void>((r) => udpEcho.bind(0, "127.0.0.1", r));
+    udpEcho.on("message", (m: Uint8Array, ri: { port: number; address: string }) => {
+      udpEcho.send(new Uint8Array([...enc.encode("echo:"), ...m]), ri.port, ri.address);
+    });
+    using api = new LocalApiClient(gw.socket);
+    const writeConfig = async (file: string, ingress: "serve" | "direct", base: number) => {
+      const udp = ingress === "direct"
+        ? `  dns:\n    port: ${
+          base + 53
+        }\n    protocol: udp\n    backend: 127.0.0.1:${udpEcho.address().port}\n`
+        : "";
+      await Deno.writeTextFile(
+        file,
+        `tailscale:\n  serviceMappings:\n    gw: [db, tls]\n` +
+          `listeners:\n` +
+          `  db:\n    port: ${base + 32}\n    protocol: tcp\n    backend: 127.0.0.1:${echo.port}\n` +
+          `  tls:\n    port: ${base + 43}\n    protocol: tls\n    routes:\n` +
+          `      - {hostname: app.example.com, backend: "127.0.0.1:${backendA.port}"}\n` +
+          `      - {hostname: admin.example.com, backend: "127.0.0.1:${backendB.port}"}\n` +
+          udp +
+          `tailvoy:\n  ingress: ${ingress}\n  timeouts: {recheck: 1s, whoisCacheTtl: 1s, drain: 2s}\n`,
+      );
+      return file;
+    };
+    await tailnet.setPolicy(l4Policy(ALICE_RULES));
+    try {
+      await waitFor(async () => hasAliceRules(await api.whois(alice.ipv4)) ? true : undefined, {
+        what: "the L4 test policy to reach the gateway",
+        timeoutMs: 15_000,
+      });
+
+      // ---- serve ingress: tailscaled forwards gw:SERVE+32 etc. to our loopback listeners with PROXY v2.
+      const SERVE = 17400;
+      const serveProxy = new Proxy(await writeConfig(join(dir, "serve.yaml"), "serve", SERVE), gw.socket);
+      try {
+        await serveProxy.waitLog(/"message":"ready:/, "ready");
+
+        await t.step("serve: tailscaled's serve config forwards our ports with PROXY v2", async () => {
+          const { config } = await api.getServeConfig();
+          const fg = Object.values(config.Foreground ?? {});
+          assert.equal(fg.length, 1);
+          assert.equal(fg[0].TCP?.[String(SERVE + 32)]?.ProxyProtocol, 2);
+          assert.match(fg[0].TCP?.[String(SERVE + 32)]?.TCPForward ?? "", /^127\.0\.0\.1:\d+$/);
+        });
+
+        await t.step("serve: alice reaches the tcp backend, bob's connection is closed", async () => {
+          const a = await tailnet.dial("alice", gw.ipv4, SERVE + 32);
+          await a.write(enc.encode("hi"));
+          assert.equal(await readSome(a), "echo:hi");
+          a.close();
+          const b = await tailnet.dial("bob", gw.ipv4, SERVE + 32);
+          await b.write(enc.encode("hi")).catch(() => {});
+          assert.equal(await readSome(b), null);
+          try {
+            b.close();
+          } catch { /* closed */ }
+          await serveProxy.waitLog(/refused on .*db.*no valid tailvoy rules/, "bob refused with the reason");
+        });
+
+        await t.step("serve: TLS passthrough routes by SNI; the hostname grant admits only app", async () => {
+          assert.equal(await tlsVia(tailnet, "alice", SERVE + 43, "app.example.com", tls.ca), "backend A");
+          assert.equal(await tlsVia(tailnet, "alice", SERVE + 43, "admin.example.com", tls.ca), null);
+          await serveProxy.waitLog(
+            /SNI \\"admin.example.com\\" matches none/,
+            "admin refused by hostname",
+          );
+        });
+
+        await t.step(
+          "serve: revoking alice's grant closes her open connection and refuses new ones",
+          async () => {
+            const a = await tailnet.dial("alice", gw.ipv4, SERVE + 32);
+            await a.write(enc.encode("before"));
+            assert.equal(await readSome(a), "echo:before");
+            await tailnet.setPolicy(l4Policy([{ listeners: ["tls"], hostnames: ["app.example.com"] }]));
+            // Propagation (headscale batch + netmap), then at most one re-check interval plus one TTL.
+            assert.equal(await readSome(a, 15_000), null, "the open connection was closed");
+            await serveProxy.waitLog(/closing flow .* no longer allowed/, "revocation logged");
+            const again = await tailnet.dial("alice", gw.ipv4, SERVE + 32);
+            await again.write(enc.encode("after")).catch(() => {});
+            assert.equal(await readSome(again), null);
+            try {
+              again.close();
+            } catch { /* closed */ }
+            await tailnet.setPolicy(l4Policy(ALICE_RULES));
+            await waitFor(
+              async () => hasAliceRules(await api.whois(alice.ipv4)) ? true : undefined,
+              {
+                what: "alice's grant to come back",
+                timeoutMs: 15_000,
+              },
+            );
+          },
+        );
+      } finally {
+        const code = await serveProxy.stop();
+        await t.step("serve: SIGTERM exits 0 and removes our serve entries", async () => {
+          assert.equal(code, 0, serveProxy.lines.slice(-5).join("\n"));
+          const { config } = await api.getServeConfig();
+          assert.deepEqual(config.Foreground ?? {}, {});
+        });
+      }
+
+      // ---- direct ingress: userspace tailscaled delivers gw:PORT to 127.0.0.1:PORT.
+      const DIRECT = 17500;
+      const directProxy = new Proxy(await writeConfig(join(dir, "direct.yaml"), "direct", DIRECT), gw.socket);
+      try {
+        await directProxy.waitLog(/"message":"ready:/, "ready");
+
+        await t.step("direct: alice reaches the backend, bob is closed", async () => {
+          const a = await tailnet.dial("alice", gw.ipv4, DIRECT + 32);
+          await a.write(enc.encode("yo"));
+          assert.equal(await readSome(a), "echo:yo");
+          a.close();
+          const b = await tailnet.dial("bob", gw.ipv4, DIRECT + 32);
+          await b.write(enc.encode("yo")).catch(() => {});
+          assert.equal(await readSome(b), null);
+          try {
+            b.close();
+          } catch { /* closed */ }
+        });
+
+        await t.step("direct: a PROXY header sent by a client does not change who it is", async () => {
+          const forged = (ip: string) =>
+            encodeProxyV2({
+              command: "PROXY",
+              transport: "tcp",
+              source: { address: ip, port: 1234 },
+              destination: { address: gw.ipv4, port: DIRECT + 32 },
+            });
+          // bob claims to be alice: still bob, still refused.
+          const b = await tailnet.dial("bob", gw.ipv4, DIRECT + 32);
+          await b.write(forged(alice.ipv4)).catch(() => {});
+          assert.equal(await readSome(b), null);
+          try {
+            b.close();
+          } catch { /* closed */ }
+          // alice's header claiming bob is only payload: she is allowed, and the backend gets the bytes.
+          const a = await tailnet.dial("alice", gw.ipv4, DIRECT + 32);
+          const header = forged(tailnet.node("bob").ipv4);
+          await a.write(header);
+          const got = await readSome(a);
+          assert.ok(got?.startsWith("echo:"), String(got));
+          a.close();
+        });
+
+        await t.step("direct: UDP echo for alice, nothing for bob", async () => {
+          const ua = await tailnet.udp("alice");
+          try {
+            const reply = await waitFor(async () => {
+              await ua.send(gw.ipv4, DIRECT + 53, enc.encode("ping"));
+              return await ua.receive(500);
+            }, { what: "alice's UDP echo", timeoutMs: 10_000 });
+            assert.equal(dec.decode(reply), "echo:ping");
+          } finally {
+            ua.close();
+          }
+          const ub = await tailnet.udp("bob");
+          try {
+            for (let i = 0; i < 3; i++) {
+              await ub.send(gw.ipv4, DIRECT + 53, enc.encode("ping"));
+              assert.equal(await ub.receive(500), undefined);
+            }
+          } finally {
+            ub.close();
+          }
+          await directProxy.waitLog(/refused on .*dns.*no valid tailvoy rules/, "bob's UDP refused");
+        });
+      } finally {
+        assert.equal(await directProxy.stop(), 0);
+      }
+    } finally {
+      await tailnet.setPolicy(defaultPolicy());
+      echo.close();
+      backendA.close();
+      backendB.close();
+      udpEcho.close();
+      await Deno.remove(dir, { recursive: true });
+      await tailnet.release();
+    }
+  },
+});
