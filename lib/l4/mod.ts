@@ -16,7 +16,7 @@ import { type L7Target, TcpListener, type TcpListenerSpec } from "./tcp.ts";
 import { UdpListener } from "./udp.ts";
 
 export { FlowTable } from "./flows.ts";
-export { relay, type RelayResult } from "./relay.ts";
+export { relay, type RelayConn, type RelayResult } from "./relay.ts";
 export { type L7Target, routeBySni, SECRET_TLV_TYPE, TcpListener } from "./tcp.ts";
 export { UdpListener, UdpSessionTable } from "./udp.ts";
 

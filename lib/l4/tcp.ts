@@ -266,6 +266,7 @@ export class TcpListener {
       identity,
       backend: formatAddr(l7.hostname, l7.port),
       replay,
+      replayedPayload: rest.length,
       recheck: false,
     });
   }
@@ -281,6 +282,8 @@ export class TcpListener {
       identity?: Identity;
       backend: string;
       replay: Uint8Array;
+      /** Bytes of `replay` that came from the caller (not our own PROXY header). */
+      replayedPayload: number;
       sni?: string;
       recheck: boolean;
     },
@@ -314,7 +317,7 @@ export class TcpListener {
       sni: flowInfo.sni,
       recheck: flowInfo.recheck,
       abort,
-      bytes: () => ({ up: r.bytesUp, down: r.bytesDown }),
+      bytes: () => ({ up: r.bytesUp + flowInfo.replayedPayload, down: r.bytesDown }),
     });
     log.info("flow {id} open on {listener} from {caller} ({user}) to {backend}", {
       id: flow.id,
@@ -330,7 +333,7 @@ export class TcpListener {
       listener: this.spec.name,
       end: result.end,
       detail: result.detail,
-      up: result.bytesUp,
+      up: result.bytesUp + flowInfo.replayedPayload,
       down: result.bytesDown,
       durationMs: Math.round(performance.now() - flow.openedAt),
       ...this.#who(flowInfo.caller, flowInfo.identity),
