@@ -217,6 +217,7 @@ export class TcpListener {
         identity,
         backend,
         replay: hello.bytes,
+        replayedPayload: hello.bytes.length,
         sni,
         recheck: true,
       });
@@ -232,6 +233,7 @@ export class TcpListener {
         identity,
         backend: this.spec.backend!,
         replay: rest,
+        replayedPayload: rest.length,
         recheck: true,
       });
     }
