@@ -248,7 +248,8 @@ Deno.test({
           `      - {hostname: app.example.com, backend: "127.0.0.1:${backendA.port}"}\n` +
           `      - {hostname: admin.example.com, backend: "127.0.0.1:${backendB.port}"}\n` +
           udp +
-          `tailvoy:\n  ingress: ${ingress}\n  timeouts: {recheck: 1s, whoisCacheTtl: 1s, drain: 2s}\n`,
+          `tailvoy:\n  ingress: ${ingress}\n  adminAddress: "127.0.0.1:0"\n` +
+          `  timeouts: {recheck: 1s, whoisCacheTtl: 1s, drain: 2s}\n`,
       );
       return file;
     };
@@ -285,6 +286,56 @@ Deno.test({
             b.close();
           } catch { /* closed */ }
           await serveProxy.waitLog(/refused on .*db.*no valid tailvoy rules/, "bob refused with the reason");
+        });
+
+        await t.step("serve: /metrics counts the decisions; the decision log has every field", async () => {
+          const adminLine = await serveProxy.waitLog(/"logger":"tailvoy.admin"/, "admin server address");
+          const base = `http://${JSON.parse(adminLine).addr}`;
+          const metrics = await (await fetch(`${base}/metrics`)).text();
+          assert.match(metrics, /tailvoy_decisions_total\{listener="db",layer="l4",result="allow"\} [1-9]/);
+          assert.match(metrics, /tailvoy_decisions_total\{listener="db",layer="l4",result="deny"\} [1-9]/);
+          assert.match(metrics, /tailvoy_whois_calls_total\{result="ok"\} [1-9]/);
+          assert.match(metrics, /tailvoy_serve_config_writes_total [1-9]/);
+          assert.match(metrics, /tailvoy_flow_bytes_total\{listener="db",direction="up"\} [1-9]/);
+          assert.equal((await fetch(`${base}/healthz`)).status, 200);
+          const ready = await fetch(`${base}/readyz`);
+          assert.deepEqual(await ready.json(), { ready: true, checks: { localapi: true, listeners: true } });
+          const records = serveProxy.lines.map((l) => JSON.parse(l)).filter((r) =>
+            r.logger === "tailvoy.decision"
+          );
+          const allow = records.find((r) => r.event === "decision" && r.decision === "allow");
+          const deny = records.find((r) => r.event === "decision" && r.decision === "deny");
+          const close = records.find((r) => r.event === "close");
+          for (const r of [allow, deny, close]) {
+            assert.ok(r, "a decision-log line of each kind");
+            for (
+              const key of [
+                "@timestamp",
+                "requestId",
+                "listener",
+                "layer",
+                "callerIp",
+                "user",
+                "node",
+                "tags",
+                "host",
+              ]
+            ) {
+              assert.ok(key in r, `${r.event} line has ${key}`);
+            }
+          }
+          assert.equal(allow.user, "alice");
+          assert.equal(allow.node, alice.fqdn);
+          assert.match(allow.callerIp, new RegExp(`^${alice.ipv4.replaceAll(".", "\\.")}:\\d+$`));
+          assert.equal(allow.rule, JSON.stringify(ALICE_RULES[0]));
+          assert.equal(allow.code, "allow");
+          assert.equal(typeof allow.latencyMs, "number");
+          assert.equal(deny.user, "bob");
+          assert.equal(deny.code, "no_rules");
+          assert.match(deny.rule, /no valid tailvoy rules/);
+          assert.equal(close.bytesUp, 2);
+          assert.equal(close.bytesDown, 7);
+          assert.equal(typeof close.durationMs, "number");
         });
 
         await t.step("serve: TLS passthrough routes by SNI; the hostname grant admits only app", async () => {

@@ -5,11 +5,13 @@
  * @module
  */
 
+import { type AdminServer, startAdminServer } from "../admin/mod.ts";
 import type { Config } from "../config/mod.ts";
 import { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
 import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
+import { Telemetry } from "../telemetry/mod.ts";
 
 /** Options of {@link runProxy}. */
 export interface RunOptions {
@@ -72,42 +74,65 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
     socket,
     authz: options.authzAddr,
   });
-  const status = await waitForLocalApi(api, { stop });
-  if (!status) return 0;
-  log.info("tailscaled {version} is running as {node} ({ips}), {mode}", {
-    version: status.Version,
-    node: status.Self?.DNSName.replace(/\.$/, "") ?? "?",
-    ips: status.TailscaleIPs.join(", "),
-    mode: status.TUN ? "kernel TUN" : "userspace networking",
-    tags: status.Self?.Tags ?? [],
-  });
-  const resolver = new IdentityResolver(api, {
-    capNames: config.tailvoy.capabilities,
-    ttlMs: config.tailvoy.timeouts.whoisCacheTtl,
-    onMalformed: (identity, issue) =>
-      getLogger("policy").warn("malformed grant rule for {node} ignored: {json} ({reason})", {
-        node: identity.node,
-        user: identity.login,
-        json: issue.json,
-        reason: issue.reason,
-      }),
-  });
-  let plane: DataPlane;
+  const telemetry = new Telemetry({ logAllows: config.tailvoy.decisionLog.allows });
+  let plane: DataPlane | undefined;
+  let admin: AdminServer;
   try {
-    plane = await DataPlane.start(config, { api, resolver, status });
-  } catch (err) {
-    log.fatal("could not start the listeners: {error}", {
-      error: err instanceof Error ? err.message : String(err),
+    admin = await startAdminServer(config.tailvoy.adminAddress, {
+      telemetry,
+      checks: {
+        localapi: async () => (await api.status({ timeoutMs: 500 })).BackendState === "Running",
+        listeners: () => plane !== undefined,
+      },
     });
+  } catch (err) {
+    log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
     return 1;
   }
-  log.info("ready: {tcp} TCP and {udp} UDP listeners", { tcp: plane.tcp.length, udp: plane.udp.length });
-  const reason = await stop;
-  log.info("stopping ({reason}): no new connections; draining open flows for up to {ms} ms", {
-    reason: String(reason),
-    ms: config.tailvoy.timeouts.drain,
-  });
-  await plane.close(config.tailvoy.timeouts.drain);
-  log.info("stopped");
-  return 0;
+  try {
+    return await serve();
+  } finally {
+    await admin.close();
+  }
+
+  async function serve(): Promise<number> {
+    const status = await waitForLocalApi(api, { stop });
+    if (!status) return 0;
+    log.info("tailscaled {version} is running as {node} ({ips}), {mode}", {
+      version: status.Version,
+      node: status.Self?.DNSName.replace(/\.$/, "") ?? "?",
+      ips: status.TailscaleIPs.join(", "),
+      mode: status.TUN ? "kernel TUN" : "userspace networking",
+      tags: status.Self?.Tags ?? [],
+    });
+    const resolver = new IdentityResolver(api, {
+      capNames: config.tailvoy.capabilities,
+      ttlMs: config.tailvoy.timeouts.whoisCacheTtl,
+      observer: telemetry.resolverObserver(),
+      onMalformed: (identity, issue) =>
+        getLogger("policy").warn("malformed grant rule for {node} ignored: {json} ({reason})", {
+          node: identity.node,
+          user: identity.login,
+          json: issue.json,
+          reason: issue.reason,
+        }),
+    });
+    try {
+      plane = await DataPlane.start(config, { api, resolver, status, telemetry });
+    } catch (err) {
+      log.fatal("could not start the listeners: {error}", {
+        error: err instanceof Error ? err.message : String(err),
+      });
+      return 1;
+    }
+    log.info("ready: {tcp} TCP and {udp} UDP listeners", { tcp: plane.tcp.length, udp: plane.udp.length });
+    const reason = await stop;
+    log.info("stopping ({reason}): no new connections; draining open flows for up to {ms} ms", {
+      reason: String(reason),
+      ms: config.tailvoy.timeouts.drain,
+    });
+    await plane.close(config.tailvoy.timeouts.drain);
+    log.info("stopped");
+    return 0;
+  }
 }

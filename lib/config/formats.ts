@@ -37,6 +37,8 @@ function isIPv6(host: string): boolean {
 export interface HostPortOptions {
   /** Allow `:port` (all interfaces), for addresses we listen on rather than dial. */
   allowEmptyHost?: boolean;
+  /** Allow port 0 (any free port), for addresses we listen on and announce in the log. */
+  allowPortZero?: boolean;
 }
 
 /**
@@ -85,7 +87,8 @@ export function checkHostPort(value: string, options: HostPortOptions = {}): Pro
       };
     }
   }
-  if (!/^\d{1,5}$/.test(port) || Number(port) < 1 || Number(port) > 65535) {
+  const min = options.allowPortZero ? 0 : 1;
+  if (!/^\d{1,5}$/.test(port) || Number(port) < min || Number(port) > 65535) {
     return {
       message: `invalid port ${quote(port)} in ${quote(value)}`,
       hint: "use a port number from 1 to 65535",

@@ -210,11 +210,17 @@ const TailvoySchema = z.strictObject({
   /** Envoy executable, a path or a name looked up in PATH (default `envoy`). */
   envoyBinary: nonEmpty("the Envoy executable").default("envoy"),
   /** Listen address of our admin server (health, metrics) (default `127.0.0.1:9002`). */
-  adminAddress: checked((value) => checkHostPort(value, { allowEmptyHost: true })).default(
-    DEFAULT_ADMIN_ADDRESS,
-  ),
+  adminAddress: checked((value) => checkHostPort(value, { allowEmptyHost: true, allowPortZero: true }))
+    .default(
+      DEFAULT_ADMIN_ADDRESS,
+    ),
   /** Timeouts and intervals. */
   timeouts: TimeoutsSchema,
+  /** Decision log: one JSON line per L4 flow (open and close) and per L7 decision. */
+  decisionLog: z.strictObject({
+    /** Log allowed decisions too (default true); denies are always logged. */
+    allows: z.boolean().default(true),
+  }).prefault({}),
 }).prefault({});
 
 const ConfigShape = z.strictObject({

@@ -54,6 +54,8 @@ export interface ResolverOptions {
   loopbackRetryMs?: number;
   /** Called once per identity and malformed rule, so bad grants are reported without flooding logs. */
   onMalformed?: (identity: Identity, issue: RuleIssue) => void;
+  /** Told about every cache hit and every WhoIs call (for metrics). */
+  observer?: { hit(): void; call(ms: number, error?: unknown): void };
   /** Clock, for tests. */
   now?: () => number;
 }
@@ -113,6 +115,7 @@ export class IdentityResolver {
   readonly #capNames?: readonly string[];
   readonly #onMalformed?: (identity: Identity, issue: RuleIssue) => void;
   readonly #now: () => number;
+  readonly #observer?: ResolverOptions["observer"];
   readonly #cache = new Map<string, Entry>();
   readonly #inflight = new Map<string, Promise<Identity>>();
   readonly #reported = new Set<string>();
@@ -128,6 +131,7 @@ export class IdentityResolver {
     this.#capNames = options.capNames;
     this.#onMalformed = options.onMalformed;
     this.#now = options.now ?? (() => performance.now());
+    this.#observer = options.observer;
   }
 
   /**
@@ -143,12 +147,14 @@ export class IdentityResolver {
     const hit = this.#cache.get(key);
     if (hit && hit.expires > now) {
       this.stats.hits++;
+      this.#observer?.hit();
       return Promise.resolve(hit.identity);
     }
     if (hit) this.#cache.delete(key);
     const pending = this.#inflight.get(key);
     if (pending) {
       this.stats.hits++;
+      this.#observer?.hit();
       return pending;
     }
     this.stats.misses++;
@@ -178,12 +184,15 @@ export class IdentityResolver {
     let delay = 5;
     while (true) {
       this.stats.calls++;
+      const t0 = performance.now();
       try {
         const res = await this.#source.whois(addr, { proto: options.proto, svcName: options.svcName });
+        this.#observer?.call(performance.now() - t0);
         const identity = identityFromWhoIs(res, { capNames: this.#capNames });
         this.#report(identity);
         return identity;
       } catch (err) {
+        this.#observer?.call(performance.now() - t0, err);
         const retry = err instanceof LocalApiError && err.kind === "not-found" &&
           this.#now() + delay < deadline;
         if (!retry) throw err;

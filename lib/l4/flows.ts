@@ -40,14 +40,22 @@ export class FlowTable {
   /** Flows closed because a re-check denied them, for metrics and tests. */
   revoked = 0;
 
+  readonly #onRevoked?: (flow: Flow) => void;
+
   /** Creates a table whose re-checks resolve identities through `resolver`. */
-  constructor(resolver: IdentityResolver) {
+  constructor(resolver: IdentityResolver, options: { onRevoked?: (flow: Flow) => void } = {}) {
     this.#resolver = resolver;
+    this.#onRevoked = options.onRevoked;
+  }
+
+  /** A new flow id (also used as the decision's request id before the flow exists). */
+  nextId(): number {
+    return this.#nextId++;
   }
 
   /** Registers a flow; call the returned function when it ends. */
-  add(flow: Omit<Flow, "id" | "openedAt">): { flow: Flow; remove: () => void } {
-    const full: Flow = { ...flow, id: this.#nextId++, openedAt: performance.now() };
+  add(flow: Omit<Flow, "id" | "openedAt"> & { id?: number }): { flow: Flow; remove: () => void } {
+    const full: Flow = { ...flow, id: flow.id ?? this.nextId(), openedAt: performance.now() };
     this.#flows.set(full.id, full);
     return { flow: full, remove: () => this.#flows.delete(full.id) };
   }
@@ -91,6 +99,7 @@ export class FlowTable {
         if (decision.allow || flow.abort.signal.aborted) return;
         closed++;
         this.revoked++;
+        this.#onRevoked?.(flow);
         log.warn("closing flow {id} on {listener} from {caller}: no longer allowed ({explanation})", {
           id: flow.id,
           listener: flow.listener,

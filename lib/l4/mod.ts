@@ -9,6 +9,7 @@
 import type { Config } from "../config/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
+import type { Telemetry } from "../telemetry/mod.ts";
 import { getLogger } from "../log.ts";
 import { type Forward, ServeSession } from "../serve/mod.ts";
 import { FlowTable } from "./flows.ts";
@@ -28,6 +29,8 @@ export interface DataPlaneDeps {
   status: Status;
   /** Envoy targets of the L7 listeners, by listener name; L7 listeners without one are not started. */
   l7Targets?: Map<string, L7Target>;
+  /** Metrics and decision log. */
+  telemetry?: Telemetry;
 }
 
 const log = getLogger("l4");
@@ -42,19 +45,25 @@ export class DataPlane {
   #forwards: Forward[] = [];
   #closing = false;
   readonly #api: LocalApiClient;
+  readonly #telemetry?: Telemetry;
 
-  private constructor(api: LocalApiClient, flows: FlowTable) {
+  private constructor(api: LocalApiClient, flows: FlowTable, telemetry?: Telemetry) {
     this.#api = api;
     this.flows = flows;
+    this.#telemetry = telemetry;
   }
 
   /** Binds every listener of `config` and, in serve mode, asks tailscaled to forward to them. */
   static async start(config: Config, deps: DataPlaneDeps): Promise<DataPlane> {
     const t = config.tailvoy.timeouts;
-    const plane = new DataPlane(deps.api, new FlowTable(deps.resolver));
+    const flows = new FlowTable(deps.resolver, {
+      onRevoked: (flow) => deps.telemetry?.revoked.inc({ listener: flow.listener }),
+    });
+    const plane = new DataPlane(deps.api, flows, deps.telemetry);
     const tcpDeps = {
       resolver: deps.resolver,
-      flows: plane.flows,
+      flows,
+      telemetry: deps.telemetry,
       timeouts: { proxyHeader: 3000, tlsHello: t.tlsHello, dial: t.dial },
     };
     // Behind a kernel TUN the tailnet IPs are ours to bind; behind userspace networking tailscaled
@@ -62,12 +71,18 @@ export class DataPlane {
     const directHosts = deps.status.TUN ? deps.status.TailscaleIPs : ["127.0.0.1"];
     try {
       for (const [name, l] of Object.entries(config.listeners)) {
+        if (l.shadow) {
+          log.warn("listener {name} is in SHADOW mode: decisions are logged, but every caller is let through", {
+            name,
+          });
+        }
         if (l.protocol === "udp") {
           plane.udp.push(
             await UdpListener.start({
               name,
               bind: directHosts.map((hostname) => ({ hostname, port: l.port })),
               backend: l.backend!,
+              shadow: l.shadow,
             }, tcpDeps),
           );
           continue;
@@ -92,7 +107,16 @@ export class DataPlane {
             r.hostname && r.backend ? [{ hostname: r.hostname, backend: r.backend }] : []
           ),
           l7,
+          shadow: l.shadow,
         };
+        if (l.shadow) {
+          log.warn(
+            "listener {name} is in SHADOW mode: decisions are logged, but every caller is let through",
+            {
+              name,
+            },
+          );
+        }
         const listener = new TcpListener(spec, tcpDeps);
         plane.tcp.push(listener);
         if (l.ingress === "serve") {
@@ -115,7 +139,9 @@ export class DataPlane {
   }
 
   async #openServe(): Promise<void> {
-    this.serve = await ServeSession.open(this.#api);
+    this.serve = await ServeSession.open(this.#api, {
+      onWrite: () => this.#telemetry?.serveConfigWrites.inc(),
+    });
     await this.serve.setForwards(this.#forwards);
     // tailscaled drops our entries when the bus stream ends (e.g. it restarted): put them back.
     const session = this.serve;

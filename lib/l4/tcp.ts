@@ -13,7 +13,9 @@ import { splitAddr } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation } from "../policy/mod.ts";
 import { encodeProxyV2, readProxyHeader } from "../proxy_protocol/mod.ts";
+import type { Telemetry } from "../telemetry/mod.ts";
 import { readClientHello } from "../tls/client_hello.ts";
+import { admit } from "./admit.ts";
 import type { FlowTable } from "./flows.ts";
 import { relay, type RelayConn } from "./relay.ts";
 
@@ -44,6 +46,8 @@ export interface TcpListenerSpec {
   routes?: { hostname: string; backend: string }[];
   /** Envoy target of an http/https/grpc listener. */
   l7?: L7Target;
+  /** Audit only: decisions are computed and logged, but denied callers are let through. */
+  shadow?: boolean;
 }
 
 /** Timeouts and limits of the TCP data plane, in ms. */
@@ -60,6 +64,8 @@ export interface TcpDeps {
   resolver: IdentityResolver;
   flows: FlowTable;
   timeouts: TcpTimeouts;
+  /** Metrics and decision log. */
+  telemetry?: Telemetry;
 }
 
 const log = getLogger("l4");
@@ -168,6 +174,8 @@ export class TcpListener {
 
   async #handle(conn: Deno.TcpConn): Promise<void> {
     this.#pending.add(conn);
+    const t0 = performance.now();
+    const id = this.#deps.flows.nextId();
     const remote = conn.remoteAddr;
     let caller: Caller;
     let rest: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
@@ -205,14 +213,13 @@ export class TcpListener {
       if (!sni) return this.#refuse(conn, "TLS ClientHello without SNI", { caller: caller.addr });
       const backend = routeBySni(this.spec.routes ?? [], sni);
       if (!backend) return this.#refuse(conn, `no route for SNI ${sni}`, { caller: caller.addr });
-      const { decision, identity } = await checkL4(this.#deps.resolver, caller, {
-        listener: this.spec.name,
-        sni,
-      });
-      if (!decision.allow) {
-        return this.#refuse(conn, formatExplanation(decision), this.#who(caller, identity));
+      const access = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name, sni });
+      if (!admit(this.spec, access, { telemetry: this.#deps.telemetry, id, caller, t0, host: sni })) {
+        return this.#refuse(conn, formatExplanation(access.decision), this.#who(caller, access.identity));
       }
+      const identity = access.identity;
       return await this.#connect(conn, {
+        id,
         caller,
         identity,
         backend,
@@ -224,11 +231,13 @@ export class TcpListener {
     }
 
     if (this.spec.protocol === "tcp") {
-      const { decision, identity } = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name });
-      if (!decision.allow) {
-        return this.#refuse(conn, formatExplanation(decision), this.#who(caller, identity));
+      const access = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name });
+      if (!admit(this.spec, access, { telemetry: this.#deps.telemetry, id, caller, t0 })) {
+        return this.#refuse(conn, formatExplanation(access.decision), this.#who(caller, access.identity));
       }
+      const identity = access.identity;
       return await this.#connect(conn, {
+        id,
         caller,
         identity,
         backend: this.spec.backend!,
@@ -264,6 +273,7 @@ export class TcpListener {
     replay.set(header);
     replay.set(rest, header.length);
     return await this.#connect(conn, {
+      id,
       caller,
       identity,
       backend: formatAddr(l7.hostname, l7.port),
@@ -280,6 +290,7 @@ export class TcpListener {
   async #connect(
     conn: Deno.TcpConn,
     flowInfo: {
+      id: number;
       caller: Caller;
       identity?: Identity;
       backend: string;
@@ -312,6 +323,7 @@ export class TcpListener {
       maxLifetimeMs: this.#deps.timeouts.maxLifetime,
     });
     const { flow, remove } = this.#deps.flows.add({
+      id: flowInfo.id,
       listener: this.spec.name,
       protocol: this.spec.protocol,
       caller: flowInfo.caller,
@@ -328,8 +340,22 @@ export class TcpListener {
       sni: flowInfo.sni,
       ...this.#who(flowInfo.caller, flowInfo.identity),
     });
+    const telemetry = this.#deps.telemetry;
+    telemetry?.openFlows.inc({ listener: this.spec.name });
     const result = await r.done;
     remove();
+    telemetry?.openFlows.dec({ listener: this.spec.name });
+    telemetry?.flowClosed({
+      listener: this.spec.name,
+      requestId: `flow-${flow.id}`,
+      caller: flowInfo.caller.addr,
+      identity: flowInfo.identity,
+      host: flowInfo.sni,
+      bytesUp: result.bytesUp + flowInfo.replayedPayload,
+      bytesDown: result.bytesDown,
+      durationMs: performance.now() - flow.openedAt,
+      end: result.end,
+    });
     log.info("flow {id} closed on {listener}: {end}, {up} bytes up, {down} bytes down", {
       id: flow.id,
       listener: this.spec.name,

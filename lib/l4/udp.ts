@@ -13,6 +13,7 @@ import type { Identity } from "../identity/mod.ts";
 import { splitAddr } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation } from "../policy/mod.ts";
+import { admit } from "./admit.ts";
 import type { TcpDeps } from "./tcp.ts";
 
 /** State of one peer's session. */
@@ -141,6 +142,8 @@ export interface UdpListenerSpec {
   backend: string;
   idleMs?: number;
   maxSessions?: number;
+  /** Audit only: decisions are computed and logged, but denied peers are let through. */
+  shadow?: boolean;
 }
 
 const log = getLogger("udp");
@@ -148,6 +151,7 @@ const log = getLogger("udp");
 interface Backend {
   socket: dgram.Socket;
   abort: AbortController;
+  counts: { up: number; down: number };
   remove: () => void;
 }
 
@@ -226,14 +230,20 @@ export class UdpListener {
       : `${rinfo.address}:${rinfo.port}`;
     const { action, session } = this.#table.packet(key, msg);
     if (action === "drop") this.dropped++;
-    if (action === "forward") session!.value!.socket.send(msg);
+    if (action === "forward") {
+      session!.value!.counts.up += msg.length;
+      session!.value!.socket.send(msg);
+    }
     if (action === "created") void this.#decide(socket, key, rinfo);
   }
 
   async #decide(socket: dgram.Socket, key: string, rinfo: dgram.RemoteInfo): Promise<void> {
+    const t0 = performance.now();
+    const id = this.#deps.flows.nextId();
     const caller: Caller = { addr: key, proto: "udp" };
-    const { decision, identity } = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name });
-    if (!decision.allow) {
+    const access = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name });
+    const { decision, identity } = access;
+    if (!admit(this.spec, access, { telemetry: this.#deps.telemetry, id, caller, t0 })) {
       this.#table.deny(key);
       log.info("refused on {listener}: {why}", {
         listener: this.spec.name,
@@ -244,8 +254,11 @@ export class UdpListener {
       return;
     }
     try {
-      const backend = await this.#openBackend(socket, key, rinfo, caller, identity);
-      for (const packet of this.#table.open(key, backend)) backend.socket.send(packet);
+      const backend = await this.#openBackend(socket, { key, id, rinfo, caller, identity });
+      for (const packet of this.#table.open(key, backend)) {
+        backend.counts.up += packet.length;
+        backend.socket.send(packet);
+      }
     } catch (err) {
       this.#table.deny(key);
       log.warn("backend {backend} for {listener} unusable: {error}", {
@@ -258,11 +271,9 @@ export class UdpListener {
 
   async #openBackend(
     socket: dgram.Socket,
-    key: string,
-    rinfo: dgram.RemoteInfo,
-    caller: Caller,
-    identity?: Identity,
+    session: { key: string; id: number; rinfo: dgram.RemoteInfo; caller: Caller; identity?: Identity },
   ): Promise<Backend> {
+    const { key, id, rinfo, caller, identity } = session;
     const { ip, port } = splitAddr(this.spec.backend);
     const upstream = dgram.createSocket(ip.includes(":") ? "udp6" : "udp4");
     await new Promise<void>((resolve, reject) => {
@@ -278,18 +289,39 @@ export class UdpListener {
       socket.send(reply, rinfo.port, rinfo.address);
     });
     const abort = new AbortController();
-    let bytes = 0;
-    upstream.on("message", (reply: Uint8Array) => bytes += reply.length);
-    const { remove } = this.#deps.flows.add({
+    const counts = { up: 0, down: 0 };
+    upstream.on("message", (reply: Uint8Array) => counts.down += reply.length);
+    const { flow, remove } = this.#deps.flows.add({
+      id,
       listener: this.spec.name,
       protocol: "udp",
       caller,
       identity,
       recheck: true,
       abort,
-      bytes: () => ({ up: 0, down: bytes }),
+      bytes: () => ({ ...counts }),
     });
-    const backend: Backend = { socket: upstream, abort, remove };
+    const telemetry = this.#deps.telemetry;
+    telemetry?.openFlows.inc({ listener: this.spec.name });
+    const backend: Backend = {
+      socket: upstream,
+      abort,
+      counts,
+      remove: () => {
+        remove();
+        telemetry?.openFlows.dec({ listener: this.spec.name });
+        telemetry?.flowClosed({
+          listener: this.spec.name,
+          requestId: `flow-${id}`,
+          caller: key,
+          identity,
+          bytesUp: counts.up,
+          bytesDown: counts.down,
+          durationMs: performance.now() - flow.openedAt,
+          end: abort.signal.aborted ? "aborted" : "idle",
+        });
+      },
+    };
     abort.signal.addEventListener("abort", () => {
       // Revoked: drop the peer's packets for a while, then it is looked up afresh.
       this.#table.deny(key);

@@ -61,6 +61,8 @@ export class ServeSession {
   readonly #api: LocalApiClient;
   readonly #abort: AbortController;
   #forwards: Forward[] = [];
+  /** Called after each successful serve-config write (metrics). */
+  onWrite?: () => void;
 
   private constructor(api: LocalApiClient, sessionId: string, abort: AbortController, lost: Promise<void>) {
     this.#api = api;
@@ -70,7 +72,10 @@ export class ServeSession {
   }
 
   /** Opens the IPN bus and waits for the session ID. */
-  static async open(api: LocalApiClient, options: { timeoutMs?: number } = {}): Promise<ServeSession> {
+  static async open(
+    api: LocalApiClient,
+    options: { timeoutMs?: number; onWrite?: () => void } = {},
+  ): Promise<ServeSession> {
     const abort = new AbortController();
     const bus = api.watchIpnBus(NOTIFY.initialState, { signal: abort.signal });
     const timer = setTimeout(() => abort.abort(), options.timeoutMs ?? 5000);
@@ -99,7 +104,9 @@ export class ServeSession {
         for await (const _ of bus) { /* drained */ }
       } catch { /* aborted or broken: lost either way */ }
     })();
-    return new ServeSession(api, sessionId, abort, lost);
+    const session = new ServeSession(api, sessionId, abort, lost);
+    session.onWrite = options.onWrite;
+    return session;
   }
 
   /**
@@ -121,6 +128,7 @@ export class ServeSession {
       try {
         await this.#api.setServeConfig(withForwards(config, this.sessionId, forwards), { etag });
         this.writes++;
+        this.onWrite?.();
         this.#forwards = [...forwards];
         getLogger("serve").info("serve config: {count} tailnet ports forwarded to us ({ports})", {
           count: forwards.length,

@@ -1,0 +1,76 @@
+/**
+ * The admin HTTP server (loopback by default): `/metrics` (Prometheus text), `/healthz` (the process
+ * is alive) and `/readyz` (every readiness check passes: LocalAPI reachable, listeners bound, Envoy
+ * ready when L7 is used), each check named in the JSON body.
+ *
+ * @module
+ */
+
+import { splitAddr } from "../identity/mod.ts";
+import { getLogger } from "../log.ts";
+import type { Telemetry } from "../telemetry/mod.ts";
+
+/** Readiness checks by name; each resolves true when ready. */
+export type ReadinessChecks = Record<string, () => boolean | Promise<boolean>>;
+
+/** A running admin server. */
+export interface AdminServer {
+  /** The bound address. */
+  addr: Deno.NetAddr;
+  /** Stops the server. */
+  close(): Promise<void>;
+}
+
+async function readiness(checks: ReadinessChecks): Promise<Response> {
+  const results = Object.fromEntries(
+    await Promise.all(
+      Object.entries(checks).map(async ([name, check]) => {
+        try {
+          return [name, await check()] as const;
+        } catch {
+          return [name, false] as const;
+        }
+      }),
+    ),
+  );
+  const ready = Object.values(results).every(Boolean);
+  return Response.json({ ready, checks: results }, { status: ready ? 200 : 503 });
+}
+
+/** Starts the admin server on `address` (`host:port`; an empty host means all interfaces). */
+export function startAdminServer(
+  address: string,
+  options: { telemetry: Telemetry; checks: ReadinessChecks },
+): Promise<AdminServer> {
+  const { ip, port } = splitAddr(address);
+  return new Promise((resolve, reject) => {
+    try {
+      const server = Deno.serve({
+        hostname: ip === "" ? "0.0.0.0" : ip,
+        port: port ?? 9002,
+        onListen: (addr) => {
+          getLogger("admin").info("admin server on http://{addr} (/metrics, /healthz, /readyz)", {
+            addr: `${addr.hostname}:${addr.port}`,
+          });
+          resolve({ addr, close: () => server.shutdown() });
+        },
+      }, async (req) => {
+        const path = new URL(req.url).pathname;
+        if (req.method !== "GET" && req.method !== "HEAD") {
+          return new Response("method not allowed\n", { status: 405 });
+        }
+        if (path === "/healthz") return new Response("ok\n");
+        if (path === "/readyz") return await readiness(options.checks);
+        if (path === "/metrics") {
+          return new Response(await options.telemetry.metrics(), {
+            headers: { "content-type": options.telemetry.registry.contentType },
+          });
+        }
+        return new Response("not found: try /metrics, /healthz or /readyz\n", { status: 404 });
+      });
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      reject(new Error(`Cannot start the admin server on ${address}: ${why}; change tailvoy.adminAddress`));
+    }
+  });
+}

@@ -1,0 +1,480 @@
+/**
+ * Renders Envoy's static bootstrap for the L7 listeners (http, https, grpc) of a parsed config.
+ *
+ * Shape, per L7 listener `NAME` (Envoy listener `NAME` on `127.0.0.1:<port>`):
+ * - listener filters: `proxy_protocol` (header mandatory, v2 only, TLV 0xE0 → connection metadata
+ *   `envoy.filters.listener.proxy_protocol/tailvoy_secret`), then `tls_inspector` when SNI picks a
+ *   certificate;
+ * - filter chains: one per per-route certificate (`server_names`) and a default chain with the
+ *   listener's certificate (https/grpc with `tls`), or plaintext (http, grpc without `tls`);
+ * - HCM: path hygiene (normalize, merge slashes, escaped slashes and underscores rejected),
+ *   `use_remote_address`, WebSocket upgrades; filters `header_mutation` (drop client
+ *   `x-tailscale-*`/`tailscale-*`) → `ext_authz` (our gRPC server) → `router`;
+ * - routes: a virtual host per route `hostname` (`*` for routes without one), path routes first (exact,
+ *   then longest prefix), then the route's `backend`; `context_extensions.listener = NAME` on every
+ *   route and virtual host, which is how the authz server learns the listener. A request no route of
+ *   ours matches gets no listener and so is denied by the authz server (and would be a 404).
+ * - clusters: one per backend and upstream protocol (HTTP/2 for grpc listeners, HTTP/1.1 otherwise),
+ *   plus `tailvoy_ext_authz` (h2c).
+ *
+ * The output is plain JSON data; {@link serializeBootstrap} sorts object keys so that an unchanged
+ * config renders byte for byte the same (reload compares the text).
+ *
+ * @module
+ */
+
+import type { Config, ListenerConfig, RouteConfig, TlsConfig } from "../config/mod.ts";
+import { L7_PROTOCOLS } from "../config/mod.ts";
+import {
+  DEFAULT_SECRET_KEY,
+  DEFAULT_SECRET_TLV_TYPE,
+  SECRET_METADATA_NAMESPACE,
+} from "../extauthz/secret.ts";
+import { EnvoyError } from "./errors.ts";
+
+/** A JSON value, as Envoy reads it. */
+export type JsonValue = string | number | boolean | null | JsonValue[] | JsonObject;
+/** A JSON object. */
+export type JsonObject = { [key: string]: JsonValue };
+
+/** A named Envoy resource (listener, cluster) in the bootstrap. */
+export type NamedResource = JsonObject & { name: string };
+
+/** The bootstrap {@link renderBootstrap} produces (passed to Envoy as JSON with `-c`). */
+export interface EnvoyBootstrap {
+  [key: string]: JsonValue;
+  /** Admin API on loopback, port chosen by the OS (read back with `--admin-address-path`). */
+  admin: JsonObject;
+  /** Listeners (one per L7 listener, sorted by name) and clusters (sorted by name). */
+  static_resources: { listeners: NamedResource[]; clusters: NamedResource[] };
+}
+
+/** Options of {@link renderBootstrap}. */
+export interface RenderOptions {
+  /** Loopback port of each L7 listener's Envoy listener, by listener name (see `allocatePorts`). */
+  listenerPorts: ReadonlyMap<string, number>;
+  /** Our ext_authz gRPC server, `host:port` (`:port` means loopback). */
+  authzAddress: string;
+  /** ext_authz call timeout in ms (default 250, tailvoy's). */
+  authzTimeoutMs?: number;
+  /** Backend connect timeout in ms (default 5000). */
+  connectTimeoutMs?: number;
+  /** PROXY v2 TLV type of the relay secret (default 0xE0). */
+  secretTlvType?: number;
+  /** Metadata key the secret is stored under (default `tailvoy_secret`). */
+  secretKey?: string;
+  /** Cap on downstream connections across all listeners (default 50000; Envoy warns without one). */
+  maxConnections?: number;
+}
+
+/** Name of the ext_authz cluster. */
+export const AUTHZ_CLUSTER = "tailvoy_ext_authz";
+
+/** Default ext_authz timeout, in ms (tailvoy's). */
+export const DEFAULT_AUTHZ_TIMEOUT_MS = 250;
+
+/** Default backend connect timeout, in ms. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
+
+/** Default cap on downstream connections. */
+export const DEFAULT_MAX_CONNECTIONS = 50_000;
+
+/** Client header prefixes removed before ext_authz: ours (`x-tailscale-`) and `tailscale serve`'s. */
+export const STRIPPED_HEADER_PREFIXES: readonly string[] = ["x-tailscale-", "tailscale-"];
+
+const TYPE = "type.googleapis.com/envoy.";
+const HCM_TYPE = `${TYPE}extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`;
+const EXT_AUTHZ = "envoy.filters.http.ext_authz";
+const PER_ROUTE_TYPE = `${TYPE}extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute`;
+const HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+type Upstream = "h1" | "h2";
+type L7Listener = Pick<ListenerConfig, "protocol" | "routes" | "tls">;
+
+/** The names of the L7 (Envoy-served) listeners of `config`, sorted. */
+export function l7ListenerNames(config: Pick<Config, "listeners">): string[] {
+  return Object.entries(config.listeners)
+    .filter(([, l]) => L7_PROTOCOLS.includes(l.protocol))
+    .map(([name]) => name)
+    .sort();
+}
+
+/** Milliseconds as an Envoy duration string (`0.25s`). */
+function duration(ms: number): string {
+  return `${ms / 1000}s`;
+}
+
+/** Splits `host:port` or `[v6]:port`; `ip` tells whether the host is an IP literal. */
+export function splitHostPort(addr: string): { host: string; port: number; ip: boolean } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(addr);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new EnvoyError("render", `Address "${addr}" is not host:port`);
+  const host = m[1] ?? m[2];
+  const ip = m[1] !== undefined || /^\d{1,3}(?:\.\d{1,3}){3}$/.test(host);
+  return { host, port, ip };
+}
+
+// Stat prefixes and cluster names become dot-separated stat paths: keep them to one segment.
+function statName(text: string): string {
+  return text.replace(/[^A-Za-z0-9_-]/g, "_");
+}
+
+function clusterName(upstream: Upstream, backend: string): string {
+  return `${upstream}_${statName(backend.toLowerCase())}`;
+}
+
+function socketAddress(host: string, port: number): JsonObject {
+  return { socket_address: { address: host, port_value: port } };
+}
+
+function httpProtocolOptions(upstream: Upstream): JsonObject {
+  return {
+    [HTTP_OPTIONS]: {
+      "@type": `${TYPE}extensions.upstreams.http.v3.HttpProtocolOptions`,
+      explicit_http_config: upstream === "h2"
+        ? { http2_protocol_options: {} }
+        : { http_protocol_options: {} },
+    },
+  };
+}
+
+function cluster(
+  name: string,
+  addr: string,
+  options: { upstream: Upstream; connectTimeoutMs: number },
+): NamedResource {
+  const { host, port, ip } = splitHostPort(addr);
+  const dns: JsonObject = ip ? {} : {
+    // STRICT_DNS keeps every address of the name; prefer IPv4 so `localhost` does not become ::1 only.
+    dns_lookup_family: "V4_PREFERRED",
+  };
+  return {
+    name,
+    type: ip ? "STATIC" : "STRICT_DNS",
+    ...dns,
+    connect_timeout: duration(options.connectTimeoutMs),
+    typed_extension_protocol_options: httpProtocolOptions(options.upstream),
+    load_assignment: {
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(host, port) } }] }],
+    },
+  };
+}
+
+function authzPerRoute(listener: string): JsonObject {
+  return {
+    [EXT_AUTHZ]: { "@type": PER_ROUTE_TYPE, check_settings: { context_extensions: { listener } } },
+  };
+}
+
+interface PathRoute {
+  /** Sort key: exact paths first, then longer prefixes, then `/`. */
+  rank: [number, number, string];
+  match: JsonObject;
+  pattern: string;
+  backend: string;
+}
+
+/** The Envoy match of a config path pattern, with its rank among a virtual host's routes. */
+export function pathMatch(pattern: string): { match: JsonObject; rank: [number, number, string] } {
+  if (pattern === "/*") return { match: { prefix: "/" }, rank: [2, 0, pattern] };
+  if (pattern.endsWith("/*")) {
+    // `/api/*` = `/api`, `/api/` and below, not `/apiv2`: exactly path_separated_prefix's semantics.
+    const prefix = pattern.slice(0, -2);
+    return { match: { path_separated_prefix: prefix }, rank: [1, -prefix.length, prefix] };
+  }
+  return { match: { path: pattern }, rank: [0, 0, pattern] };
+}
+
+function compareRank(a: PathRoute, b: PathRoute): number {
+  for (let i = 0; i < 3; i++) {
+    if (a.rank[i] < b.rank[i]) return -1;
+    if (a.rank[i] > b.rank[i]) return 1;
+  }
+  return 0;
+}
+
+interface VirtualHost {
+  paths: Map<string, PathRoute>;
+  backend?: string;
+}
+
+/** Groups routes by hostname (lowercase; `*` for none), keeping the first definition of each path. */
+function groupRoutes(routes: readonly RouteConfig[]): Map<string, VirtualHost> {
+  const hosts = new Map<string, VirtualHost>();
+  for (const route of routes) {
+    const key = route.hostname?.toLowerCase() ?? "*";
+    let vhost = hosts.get(key);
+    if (!vhost) hosts.set(key, vhost = { paths: new Map() });
+    for (const [pattern, backend] of Object.entries(route.paths ?? {})) {
+      const { match, rank } = pathMatch(pattern);
+      const id = JSON.stringify(match);
+      if (!vhost.paths.has(id)) vhost.paths.set(id, { match, rank, pattern, backend });
+    }
+    if (route.backend !== undefined) vhost.backend ??= route.backend;
+  }
+  return hosts;
+}
+
+function routeAction(cluster: string): JsonObject {
+  // No overall route timeout (Envoy's default is 15 s): gRPC streams, downloads and SSE outlive it;
+  // HCM's stream idle timeout (5 min) still reaps stuck streams.
+  return { cluster, timeout: "0s" };
+}
+
+function renderVirtualHosts(
+  name: string,
+  listener: L7Listener,
+  backendCluster: (backend: string) => string,
+): JsonObject[] {
+  const hosts = groupRoutes(listener.routes);
+  const perRoute = authzPerRoute(name);
+  const keys = [...hosts.keys()].sort((
+    a,
+    b,
+  ) => (a === "*" ? 1 : b === "*" ? -1 : a < b ? -1 : a > b ? 1 : 0));
+  const vhosts: JsonObject[] = keys.map((key) => {
+    const vhost = hosts.get(key)!;
+    const routes: JsonObject[] = [...vhost.paths.values()].sort(compareRank).map((p) => ({
+      name: `${key} ${p.pattern}`,
+      match: p.match,
+      route: routeAction(backendCluster(p.backend)),
+      typed_per_filter_config: perRoute,
+    }));
+    routes.push(
+      vhost.backend !== undefined
+        ? {
+          name: `${key} backend`,
+          match: { prefix: "/" },
+          route: routeAction(backendCluster(vhost.backend)),
+          typed_per_filter_config: perRoute,
+        }
+        : {
+          name: `${key} no route`,
+          match: { prefix: "/" },
+          direct_response: { status: 404 },
+          typed_per_filter_config: perRoute,
+        },
+    );
+    return {
+      name: key === "*" ? "catch_all" : key,
+      domains: [key],
+      routes,
+      // Also here, so that a route added at this level can never lack the listener.
+      typed_per_filter_config: perRoute,
+    };
+  });
+  if (!hosts.has("*")) {
+    // Hosts we do not serve. No listener in context_extensions, so the authz server denies (403).
+    vhosts.push({
+      name: "catch_all",
+      domains: ["*"],
+      routes: [{ name: "unknown host", match: { prefix: "/" }, direct_response: { status: 404 } }],
+    });
+  }
+  return vhosts;
+}
+
+function downstreamTls(tls: TlsConfig): JsonObject {
+  return {
+    name: "envoy.transport_sockets.tls",
+    typed_config: {
+      "@type": `${TYPE}extensions.transport_sockets.tls.v3.DownstreamTlsContext`,
+      common_tls_context: {
+        // No default ALPN in Envoy: without it, gRPC-over-TLS clients (h2 required) fail.
+        alpn_protocols: ["h2", "http/1.1"],
+        tls_certificates: [{ certificate_chain: { filename: tls.cert }, private_key: { filename: tls.key } }],
+      },
+    },
+  };
+}
+
+/**
+ * Filter chains like tailvoy's: a chain per per-route certificate, matched by SNI, then the default
+ * chain with the listener's certificate. Without a listener certificate, an https listener has no
+ * default chain (a ClientHello for another name is refused) and a grpc one stays plaintext (h2c).
+ */
+function filterChains(listener: L7Listener, hcm: JsonObject): { chains: JsonObject[]; sni: boolean } {
+  const filters = [{ name: "envoy.filters.network.http_connection_manager", typed_config: hcm }];
+  const byName = new Map<string, TlsConfig>();
+  if (listener.protocol !== "http") {
+    for (const route of listener.routes) {
+      const host = route.hostname?.toLowerCase();
+      if (route.tls && host !== undefined && !byName.has(host)) byName.set(host, route.tls);
+    }
+  }
+  const chains: JsonObject[] = [...byName.keys()].sort().map((host) => ({
+    filter_chain_match: { server_names: [host] },
+    filters,
+    transport_socket: downstreamTls(byName.get(host)!),
+  }));
+  if (listener.tls && listener.protocol !== "http") {
+    chains.push({ filters, transport_socket: downstreamTls(listener.tls) });
+  } else if (listener.protocol !== "https") {
+    chains.push({ filters });
+  }
+  return { chains, sni: byName.size > 0 };
+}
+
+function proxyProtocolFilter(options: { tlvType: number; key: string }): JsonObject {
+  return {
+    name: "envoy.filters.listener.proxy_protocol",
+    typed_config: {
+      "@type": `${TYPE}extensions.filters.listener.proxy_protocol.v3.ProxyProtocol`,
+      // Only our relay connects, always with a v2 header; anything else is refused.
+      allow_requests_without_proxy_protocol: false,
+      disallowed_versions: ["V1"],
+      rules: [{
+        tlv_type: options.tlvType,
+        on_tlv_present: { key: options.key, metadata_namespace: SECRET_METADATA_NAMESPACE },
+      }],
+    },
+  };
+}
+
+function httpFilters(authz: { timeoutMs: number }): JsonObject[] {
+  return [
+    {
+      // Before ext_authz: the identity headers a backend sees can only be the ones we add.
+      name: "envoy.filters.http.header_mutation",
+      typed_config: {
+        "@type": `${TYPE}extensions.filters.http.header_mutation.v3.HeaderMutation`,
+        mutations: {
+          request_mutations: STRIPPED_HEADER_PREFIXES.map((prefix) => ({
+            remove_on_match: { key_matcher: { prefix } },
+          })),
+        },
+      },
+    },
+    {
+      name: EXT_AUTHZ,
+      typed_config: {
+        "@type": `${TYPE}extensions.filters.http.ext_authz.v3.ExtAuthz`,
+        transport_api_version: "V3",
+        failure_mode_allow: false,
+        status_on_error: { code: "Forbidden" },
+        // Forwards the relay secret that the proxy_protocol filter stored.
+        metadata_context_namespaces: [SECRET_METADATA_NAMESPACE],
+        grpc_service: { envoy_grpc: { cluster_name: AUTHZ_CLUSTER }, timeout: duration(authz.timeoutMs) },
+      },
+    },
+    {
+      name: "envoy.filters.http.router",
+      typed_config: { "@type": `${TYPE}extensions.filters.http.router.v3.Router` },
+    },
+  ];
+}
+
+/**
+ * Renders the Envoy bootstrap for the L7 listeners of `config`. Throws an {@link EnvoyError} of kind
+ * `render` when a listener has no port in `options.listenerPorts` or an address is malformed.
+ */
+export function renderBootstrap(config: Pick<Config, "listeners">, options: RenderOptions): EnvoyBootstrap {
+  const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  const proxyProtocol = proxyProtocolFilter({
+    tlvType: options.secretTlvType ?? DEFAULT_SECRET_TLV_TYPE,
+    key: options.secretKey ?? DEFAULT_SECRET_KEY,
+  });
+  const filters = httpFilters({ timeoutMs: options.authzTimeoutMs ?? DEFAULT_AUTHZ_TIMEOUT_MS });
+  const clusters = new Map<string, NamedResource>();
+  const listeners: NamedResource[] = [];
+  const statPrefixes = new Set<string>();
+
+  for (const name of l7ListenerNames(config)) {
+    const listener = config.listeners[name];
+    const port = options.listenerPorts.get(name);
+    if (port === undefined || !Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new EnvoyError(
+        "render",
+        `Listener "${name}" has no usable Envoy port (got ${port}): pass it in listenerPorts`,
+      );
+    }
+    const upstream: Upstream = listener.protocol === "grpc" ? "h2" : "h1";
+    const backendCluster = (backend: string) => {
+      const clusterId = clusterName(upstream, backend);
+      if (!clusters.has(clusterId)) {
+        clusters.set(clusterId, cluster(clusterId, backend, { upstream, connectTimeoutMs }));
+      }
+      return clusterId;
+    };
+    // Listener names may hold dots; keep stat prefixes to one distinct segment each.
+    // ("admin" is the admin listener's, which the drain count must tell apart.)
+    let statPrefix = statName(name);
+    while (statPrefixes.has(statPrefix) || statPrefix === "admin") statPrefix += "_";
+    statPrefixes.add(statPrefix);
+    const hcm: JsonObject = {
+      "@type": HCM_TYPE,
+      stat_prefix: statPrefix,
+      codec_type: "AUTO",
+      // The PROXY source (the caller's tailnet address) is the client address; XFF is appended to.
+      use_remote_address: true,
+      normalize_path: true,
+      merge_slashes: true,
+      path_with_escaped_slashes_action: "REJECT_REQUEST",
+      common_http_protocol_options: { headers_with_underscores_action: "REJECT_REQUEST" },
+      upgrade_configs: [{ upgrade_type: "websocket" }],
+      route_config: {
+        name,
+        // Host `app.example.com:80` selects the virtual host of `app.example.com`.
+        ignore_port_in_host_matching: true,
+        virtual_hosts: renderVirtualHosts(name, listener, backendCluster),
+      },
+      http_filters: filters,
+    };
+    const { chains, sni } = filterChains(listener, hcm);
+    listeners.push({
+      name,
+      stat_prefix: statPrefix,
+      address: socketAddress("127.0.0.1", port),
+      per_connection_buffer_limit_bytes: 32768,
+      listener_filters: sni
+        ? [proxyProtocol, {
+          name: "envoy.filters.listener.tls_inspector",
+          typed_config: { "@type": `${TYPE}extensions.filters.listener.tls_inspector.v3.TlsInspector` },
+        }]
+        : [proxyProtocol],
+      filter_chains: chains,
+    });
+  }
+
+  const authz = splitHostPort(options.authzAddress);
+  const authzHost = authz.host === "" || authz.host === "0.0.0.0"
+    ? "127.0.0.1"
+    : authz.host === "::"
+    ? "::1"
+    : authz.host;
+  const authzCluster = cluster(
+    AUTHZ_CLUSTER,
+    authzHost.includes(":") ? `[${authzHost}]:${authz.port}` : `${authzHost}:${authz.port}`,
+    { upstream: "h2", connectTimeoutMs: 1000 },
+  );
+
+  return {
+    admin: { address: socketAddress("127.0.0.1", 0) },
+    static_resources: {
+      listeners,
+      clusters: [...[...clusters.values()].sort((a, b) => (a.name < b.name ? -1 : 1)), authzCluster],
+    },
+    overload_manager: {
+      resource_monitors: [{
+        name: "envoy.resource_monitors.global_downstream_max_connections",
+        typed_config: {
+          "@type":
+            `${TYPE}extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig`,
+          max_active_downstream_connections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+        },
+      }],
+    },
+  };
+}
+
+function sortKeys(value: JsonValue): JsonValue {
+  if (Array.isArray(value)) return value.map(sortKeys);
+  if (value === null || typeof value !== "object") return value;
+  return Object.fromEntries(Object.keys(value).sort().map((key) => [key, sortKeys(value[key])]));
+}
+
+/** The bootstrap as JSON text with sorted object keys: equal bootstraps give equal text. */
+export function serializeBootstrap(bootstrap: EnvoyBootstrap, options: { indent?: number } = {}): string {
+  return JSON.stringify(sortKeys(bootstrap), null, options.indent);
+}

@@ -1,0 +1,177 @@
+/**
+ * The L4 bench's load generator, in its own process so it shares no event loop with the proxy or the
+ * backend. Reads {@link LoadCommand}s as JSON lines on stdin, runs each, and answers one
+ * {@link LoadResult} line on stdout. Exits when stdin closes.
+ *
+ * @module
+ */
+
+import { encodeProxyV2 } from "../../lib/proxy_protocol/mod.ts";
+import { type LoadCommand, type LoadResult, type ProxyHeaderSpec, REQ } from "./l4_protocol.ts";
+
+/** Size of each write of the throughput rows: large, so per-op overhead is not what we measure. */
+const WRITE_SIZE = 256 * 1024;
+const payload = new Uint8Array(WRITE_SIZE);
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch { /* closed */ }
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
+}
+
+async function readByte(conn: Deno.Conn, buf: Uint8Array): Promise<void> {
+  const n = await conn.read(buf.subarray(0, 1));
+  if (n === null) throw new Error("closed before the response byte");
+}
+
+/** The request: PROXY v2 header (what tailscaled sends; a random source port like a real peer's) + body. */
+function request(proxy: ProxyHeaderSpec | undefined, body: Uint8Array): Uint8Array {
+  if (!proxy) return body;
+  const header = encodeProxyV2({
+    command: "PROXY",
+    transport: "tcp",
+    source: { address: proxy.source, port: 1024 + Math.floor(Math.random() * 64000) },
+    destination: { address: proxy.destination, port: proxy.destinationPort },
+  });
+  const out = new Uint8Array(header.length + body.length);
+  out.set(header);
+  out.set(body, header.length);
+  return out;
+}
+
+async function connect(port: number): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  conn.setNoDelay(true);
+  return conn;
+}
+
+async function stream(port: number, bytes: number, proxy?: ProxyHeaderSpec): Promise<void> {
+  const conn = await connect(port);
+  try {
+    const head = new Uint8Array(9);
+    head[0] = REQ.sink;
+    new DataView(head.buffer).setBigUint64(1, BigInt(bytes));
+    await writeAll(conn, request(proxy, head));
+    let left = bytes;
+    while (left > 0) {
+      const n = await conn.write(left >= WRITE_SIZE ? payload : payload.subarray(0, left));
+      left -= n;
+    }
+    await readByte(conn, head);
+  } finally {
+    closeQuietly(conn);
+  }
+}
+
+/** One "new connection": connect, request byte (after the PROXY header), response byte, close. */
+async function ping(port: number, proxy?: ProxyHeaderSpec): Promise<number> {
+  const t0 = performance.now();
+  const conn = await connect(port);
+  const buf = new Uint8Array(16);
+  try {
+    await writeAll(conn, request(proxy, new Uint8Array([REQ.ping])));
+    await readByte(conn, buf);
+    const ms = performance.now() - t0;
+    // The server closes first (its side keeps TIME_WAIT, not our ephemeral ports): wait for its FIN.
+    while (await conn.read(buf) !== null) { /* nothing more expected */ }
+    return ms;
+  } finally {
+    closeQuietly(conn);
+  }
+}
+
+const held: Deno.Conn[] = [];
+
+async function run(cmd: LoadCommand): Promise<LoadResult> {
+  switch (cmd.op) {
+    case "throughput": {
+      const t0 = performance.now();
+      await Promise.all(Array.from({ length: cmd.streams }, () => stream(cmd.port, cmd.bytes, cmd.proxy)));
+      return { ok: true, op: "throughput", ms: performance.now() - t0, bytes: cmd.bytes * cmd.streams };
+    }
+    case "latency": {
+      const latenciesMs: number[] = [];
+      let errors = 0;
+      for (let i = 0; i < cmd.count; i++) {
+        try {
+          latenciesMs.push(await ping(cmd.port, cmd.proxy));
+        } catch {
+          errors++;
+        }
+      }
+      return { ok: true, op: "latency", latenciesMs, errors };
+    }
+    case "rate": {
+      let done = 0;
+      let errors = 0;
+      const t0 = performance.now();
+      const deadline = t0 + cmd.durationMs;
+      await Promise.all(Array.from({ length: cmd.concurrency }, async () => {
+        while (performance.now() < deadline) {
+          try {
+            await ping(cmd.port, cmd.proxy);
+            done++;
+          } catch {
+            errors++;
+          }
+        }
+      }));
+      return { ok: true, op: "rate", ms: performance.now() - t0, done, errors };
+    }
+    case "hold": {
+      let errors = 0;
+      let firstError: string | undefined;
+      let next = 0;
+      const t0 = performance.now();
+      await Promise.all(Array.from({ length: cmd.concurrency }, async () => {
+        const buf = new Uint8Array(1);
+        while (next < cmd.count) {
+          next++;
+          let conn: Deno.TcpConn | undefined;
+          try {
+            conn = await connect(cmd.port);
+            await writeAll(conn, request(cmd.proxy, new Uint8Array([REQ.hold])));
+            await readByte(conn, buf); // the backend answered: the whole path is open
+            held.push(conn);
+          } catch (err) {
+            if (conn) closeQuietly(conn);
+            errors++;
+            firstError ??= err instanceof Error ? err.message : String(err);
+          }
+        }
+      }));
+      return { ok: true, op: "hold", ms: performance.now() - t0, open: held.length, errors, firstError };
+    }
+    case "release": {
+      const closed = held.length;
+      for (const conn of held.splice(0)) closeQuietly(conn);
+      return { ok: true, op: "release", closed };
+    }
+  }
+}
+
+if (import.meta.main) {
+  const out = new TextEncoder();
+  let buffered = "";
+  for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
+    buffered += chunk;
+    let nl;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      let result: LoadResult;
+      try {
+        result = await run(JSON.parse(line) as LoadCommand);
+      } catch (err) {
+        result = { ok: false, error: err instanceof Error ? err.message : String(err) };
+      }
+      await Deno.stdout.write(out.encode(JSON.stringify(result) + "\n"));
+    }
+  }
+  for (const conn of held) closeQuietly(conn);
+}
