@@ -79,7 +79,10 @@ if (import.meta.main) {
       try {
         child.kill(sig);
       } catch { /* already gone */ }
-      const done = await Promise.race([child.status.then(() => true), new Promise((r) => setTimeout(r, 2000))]);
+      const done = await Promise.race([
+        child.status.then(() => true),
+        new Promise((r) => setTimeout(r, 2000)),
+      ]);
       if (done) break;
     }
   }

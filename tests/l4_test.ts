@@ -18,7 +18,10 @@ const dec = new TextDecoder();
 /** A connected loopback TCP pair. */
 async function pair(): Promise<[Deno.TcpConn, Deno.TcpConn]> {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const [a, b] = await Promise.all([Deno.connect({ hostname: "127.0.0.1", port: (l.addr as Deno.NetAddr).port }), l.accept()]);
+  const [a, b] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: (l.addr as Deno.NetAddr).port }),
+    l.accept(),
+  ]);
   l.close();
   return [a, b];
 }

@@ -72,9 +72,12 @@ export class DataPlane {
     try {
       for (const [name, l] of Object.entries(config.listeners)) {
         if (l.shadow) {
-          log.warn("listener {name} is in SHADOW mode: decisions are logged, but every caller is let through", {
-            name,
-          });
+          log.warn(
+            "listener {name} is in SHADOW mode: decisions are logged, but every caller is let through",
+            {
+              name,
+            },
+          );
         }
         if (l.protocol === "udp") {
           plane.udp.push(
