@@ -74,6 +74,12 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
     socket,
     authz: options.authzAddr,
   });
+  if (config.discovery) {
+    log.fatal(
+      "discovery mode (Envoy Gateway data plane) is not implemented yet; use static listeners, or track the issue",
+    );
+    return 2;
+  }
   const telemetry = new Telemetry({ logAllows: config.tailvoy.decisionLog.allows });
   let plane: DataPlane | undefined;
   let admin: AdminServer;
