@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { Tailnet } from "../tests/harness/tailnet.ts";
 import type { LoadCommand, LoadResult, ProxyHeaderSpec } from "./bench/l4_protocol.ts";
-import { Child, cpuMs, freePort, onPath, rssMiB, threadCount } from "./bench/l4_procs.ts";
+import { Child, cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./bench/l4_procs.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 
 /** Receives each figure: name, value, unit, and the name of the figure it is compared with. */
@@ -90,6 +90,9 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
 }
 
+/** Width of the name column. */
+const ROW_NAME = 50;
+
 function formatValue(value: number, unit: string): string {
   const digits = unit === "conn/s" ? 0 : unit === "ms" ? 3 : value >= 100 ? 0 : value >= 10 ? 1 : 2;
   return `${value.toFixed(digits)} ${unit}`;
@@ -112,12 +115,13 @@ class Report {
   /** One row; `baselines` are names of earlier rows (the first is passed to `record`). */
   row(name: string, value: number, unit: string, baselines: string[] = [], note = ""): void {
     this.#values.set(name, value);
+    // "x: label" rows are compared by label alone: "0.9x envoy tcp_proxy c1".
     const ratios = baselines.flatMap((b) => {
       const base = this.#values.get(b);
-      return base ? [`${(value / base).toFixed(2)}x ${b}`] : [];
+      return base ? [`${(value / base).toFixed(2)}x ${b.slice(b.indexOf(": ") + 2)}`] : [];
     });
     const tail = [ratios.join(", "), note].filter(Boolean).join("  ");
-    console.log(`${name.padEnd(52)} ${formatValue(value, unit).padStart(14)}  ${tail}`);
+    console.log(`${name.padEnd(ROW_NAME)} ${formatValue(value, unit).padStart(14)}  ${tail}`);
     this.#record?.(name, value, unit, baselines[0]);
   }
 
@@ -172,11 +176,15 @@ function envoyBootstrap(port: number, adminPort: number, backendPort: number): s
   });
 }
 
-async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
+async function waitUntil(
+  what: () => string,
+  timeoutMs: number,
+  check: () => Promise<boolean>,
+): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (true) {
     if (await check().catch(() => false)) return;
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -187,15 +195,18 @@ async function canConnect(port: number): Promise<boolean> {
   return true;
 }
 
+/** Starts a child process, which is stopped when the bench ends. */
+type Spawn = (name: string, argv: string[]) => Child;
+
 async function startEnvoy(
-  children: Child[],
+  spawn: Spawn,
   options: { dir: string; concurrency: number; backendPort: number },
 ): Promise<Target> {
   const port = freePort();
   const adminPort = freePort();
   const file = join(options.dir, `envoy-${options.concurrency}.json`);
   await Deno.writeTextFile(file, envoyBootstrap(port, adminPort, options.backendPort));
-  const child = new Child(`envoy --concurrency ${options.concurrency}`, [
+  const child = spawn(`envoy --concurrency ${options.concurrency}`, [
     ENVOY,
     "-c",
     file,
@@ -205,8 +216,7 @@ async function startEnvoy(
     "--log-level",
     "error",
   ]);
-  children.push(child);
-  await waitUntil(`${child.name} to be ready (${child.stderrTail()})`, 20_000, async () => {
+  await waitUntil(() => `${child.name} to be ready; stderr:\n${child.stderrTail()}`, 20_000, async () => {
     const r = await fetch(`http://127.0.0.1:${adminPort}/ready`);
     const body = await r.text();
     return r.ok && body.includes("LIVE") && await canConnect(port);
@@ -219,23 +229,22 @@ async function startEnvoy(
   };
 }
 
-async function startSocat(children: Child[], backendPort: number): Promise<Target> {
+async function startSocat(spawn: Spawn, backendPort: number): Promise<Target> {
   const port = freePort();
   // -b 65536: the same 64 KiB per direction as our relay (socat's default is 8 KiB).
-  const child = new Child("socat", [
+  const child = spawn("socat", [
     "socat",
     "-b",
     "65536",
     `TCP4-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork,backlog=4096`,
     `TCP4:127.0.0.1:${backendPort}`,
   ]);
-  children.push(child);
-  await waitUntil("socat to listen", 10_000, () => canConnect(port));
-  return { key: "socat", label: "socat (fork per conn)", port, pid: child.pid };
+  await waitUntil(() => `socat to listen; stderr:\n${child.stderrTail()}`, 10_000, () => canConnect(port));
+  return { key: "socat", label: "socat", port, pid: child.pid };
 }
 
 async function startTailvoy(
-  children: Child[],
+  spawn: Spawn,
   options: { dir: string; tailnet: Tailnet; backendPort: number },
 ): Promise<Target> {
   const gw = options.tailnet.node("gw");
@@ -251,10 +260,12 @@ async function startTailvoy(
       "  ingress: serve",
       // Steady state: one WhoIs per minute per caller, not per second (the default TTL is 1 s).
       "  timeouts: {whoisCacheTtl: 60s, drain: 1s}",
+      // Not the default 9002: a `deno task dev` running beside must not make us fail.
+      `  adminAddress: "127.0.0.1:${freePort()}"`,
       "",
     ].join("\n"),
   );
-  const child = new Child("tailvoy", [
+  const child = spawn("tailvoy", [
     Deno.execPath(),
     "run",
     "--allow-all",
@@ -266,11 +277,10 @@ async function startTailvoy(
     "--log-level",
     "warn",
   ]);
-  children.push(child);
   // Our loopback listener is the target of the serve entry we registered with tailscaled.
   using api = new LocalApiClient(gw.socket, { timeoutMs: 5000 });
   let port = 0;
-  await waitUntil(`tailvoy's serve entry (stderr: ${child.stderrTail()})`, 30_000, async () => {
+  await waitUntil(() => `tailvoy's serve entry; stderr:\n${child.stderrTail()}`, 30_000, async () => {
     const { config } = await api.getServeConfig();
     for (const fg of Object.values(config.Foreground ?? {})) {
       const forward = fg.TCP?.[String(SERVE_PORT)]?.TCPForward;
@@ -281,23 +291,255 @@ async function startTailvoy(
   });
   return {
     key: "tailvoy",
-    label: "tailvoy relay (+PROXY v2, identity, policy)",
+    label: "tailvoy",
     port,
     pid: child.pid,
     proxy: { source: options.tailnet.node("alice").ipv4, destination: gw.ipv4, destinationPort: SERVE_PORT },
   };
 }
 
+type Ok<O> = Extract<LoadResult, { ok: true; op: O }>;
+
+/** What the sections share. */
+interface Bench {
+  plan: Plan;
+  report: Report;
+  /** Runs one command on the load generator. */
+  run<R extends LoadResult>(cmd: LoadCommand): Promise<R>;
+  direct: Target;
+  tailvoy: Target;
+  envoy1: Target;
+  envoy2: Target;
+  socat?: Target;
+  /** Our relay() alone: the Deno floor without header, identity, policy and bookkeeping. */
+  bare: Target;
+}
+
+/** The open-files limit our children get (see {@link Child}): asked for the way they ask for it. */
+async function childFdLimit(): Promise<number> {
+  const script = `ulimit -n ${FD_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; ulimit -n`;
+  const out = await new Deno.Command("sh", { args: ["-c", script], stdout: "piped" }).output();
+  const limit = new TextDecoder().decode(out.stdout).trim();
+  return limit === "unlimited" ? FD_LIMIT : Number(limit);
+}
+
+async function benchThroughput(b: Bench): Promise<void> {
+  const { plan, report, direct, tailvoy, envoy1, socat } = b;
+  console.log(
+    `\n## throughput (client -> backend, ${plan.streamBytes / MiB} MiB per stream in 256 KiB writes; ` +
+      `Gbit/s of payload; proxy CPU = user + system time of all its threads per GiB relayed)`,
+  );
+  const targets = [direct, tailvoy, b.bare, b.envoy1, b.envoy2, ...(socat ? [socat] : [])];
+  const gbps = new Map<string, number[]>();
+  const cpu = new Map<string, { ms: number; bytes: number }>();
+  // Round-robin over targets, so drift (thermal, page cache, other load) hits all alike.
+  for (let rep = 0; rep < plan.reps; rep++) {
+    for (const streams of [1, 8]) {
+      for (const t of targets) {
+        const key = `${t.key}/${streams}`;
+        // socat forks a child per connection, whose CPU its parent's counters do not show.
+        const pid = t === socat ? undefined : t.pid;
+        const cpu0 = pid ? await cpuMs(pid) : 0;
+        const r = await b.run<Ok<"throughput">>({
+          op: "throughput",
+          port: t.port,
+          streams,
+          bytes: plan.streamBytes,
+          proxy: t.proxy,
+        });
+        gbps.set(key, [...gbps.get(key) ?? [], (r.bytes * 8) / (r.ms / 1000) / 1e9]);
+        if (pid) {
+          const prev = cpu.get(key) ?? { ms: 0, bytes: 0 };
+          cpu.set(key, { ms: prev.ms + await cpuMs(pid) - cpu0, bytes: prev.bytes + r.bytes });
+        }
+      }
+    }
+  }
+  for (const streams of [1, 8]) {
+    const s = streams === 1 ? "1 stream" : `${streams} streams`;
+    const name = (t: Target) => `throughput ${s}: ${t.label}`;
+    const perGiB = (t: Target) => {
+      const c = cpu.get(`${t.key}/${streams}`);
+      return c && c.bytes ? c.ms / (c.bytes / (1024 * MiB)) : undefined;
+    };
+    for (const t of targets) {
+      const c = perGiB(t);
+      report.row(
+        name(t),
+        median(gbps.get(`${t.key}/${streams}`)!),
+        "Gbit/s",
+        t === direct ? [] : t === envoy1 ? [name(direct)] : [name(envoy1), name(direct)],
+        c !== undefined ? `[proxy CPU ${c.toFixed(0)} ms/GiB]` : "",
+      );
+    }
+    if (!socat) {
+      console.log(
+        `${`throughput ${s}: socat`.padEnd(ROW_NAME)} ${"skipped".padStart(14)}  ` +
+          "socat is not installed (install it: apt-get install -y socat)",
+      );
+    }
+    const ratio = report.get(name(tailvoy))! / report.get(name(envoy1))!;
+    // Throughput on a shared box also depends on what else runs; CPU per GiB says how efficient we are.
+    const cpuRatio = (perGiB(tailvoy) ?? NaN) / (perGiB(envoy1) ?? NaN);
+    report.goal(
+      `throughput ${s} >= 1.0x envoy tcp_proxy c1`,
+      `${ratio.toFixed(2)}x (CPU per GiB ${cpuRatio.toFixed(2)}x envoy's)`,
+      ratio >= 1,
+    );
+  }
+}
+
+/** "[proxy CPU 123 µs/conn]": what one connection costs the proxy, whatever else runs on the machine. */
+function perConn(c?: { ms: number; conns: number }): string {
+  return c && c.conns ? `[proxy CPU ${(c.ms * 1000 / c.conns).toFixed(0)} µs/conn]` : "";
+}
+
+async function benchConnections(b: Bench, cold: number): Promise<void> {
+  const { plan, report, direct, tailvoy, envoy1 } = b;
+  console.log(
+    `\n## new connections (connect, PROXY header if any, 1 byte, 1 byte back, close; ` +
+      `${plan.rateConcurrency} in flight for the rate; latency = connect to response byte, 1 at a time, ` +
+      `targets interleaved)`,
+  );
+  const targets = [direct, tailvoy, b.bare, envoy1, b.envoy2];
+  const rates = new Map<string, number[]>();
+  const lat = new Map<string, number[]>();
+  const cpu = new Map<string, { ms: number; conns: number }>();
+  for (let rep = 0; rep < plan.reps; rep++) {
+    for (const t of targets) {
+      const cpu0 = t.pid ? await cpuMs(t.pid) : 0;
+      const r = await b.run<Ok<"rate">>({
+        op: "rate",
+        port: t.port,
+        durationMs: plan.rateMs,
+        concurrency: plan.rateConcurrency,
+        proxy: t.proxy,
+      });
+      if (r.errors) console.log(`  (${t.label}: ${r.errors} failed connections in a rate run)`);
+      rates.set(t.key, [...rates.get(t.key) ?? [], r.done / (r.ms / 1000)]);
+      if (t.pid) {
+        const prev = cpu.get(t.key) ?? { ms: 0, conns: 0 };
+        cpu.set(t.key, { ms: prev.ms + await cpuMs(t.pid) - cpu0, conns: prev.conns + r.done });
+      }
+    }
+  }
+  // Latency: one connection at a time, the targets interleaved connection by connection.
+  for (let rep = 0; rep < plan.reps; rep++) {
+    const l = await b.run<Ok<"latency">>({
+      op: "latency",
+      targets: targets.map((t) => ({ port: t.port, proxy: t.proxy })),
+      count: plan.latencyCount,
+    });
+    targets.forEach((t, i) => {
+      if (l.errors[i]) console.log(`  (${t.label}: ${l.errors[i]} failed connections in a latency run)`);
+      lat.set(t.key, [...lat.get(t.key) ?? [], ...l.latenciesMs[i]]);
+    });
+  }
+  const rateName = (t: Target) => `new conn/s: ${t.label}`;
+  for (const t of targets) {
+    report.row(
+      rateName(t),
+      median(rates.get(t.key)!),
+      "conn/s",
+      t === direct ? [] : t === envoy1 ? [rateName(direct)] : [rateName(envoy1), rateName(direct)],
+      perConn(cpu.get(t.key)),
+    );
+  }
+  const rate = report.get(rateName(tailvoy))!;
+  // What one fully used core would give at our measured CPU cost, whatever else shares the box.
+  const c = cpu.get(tailvoy.key);
+  const perCore = c && c.conns
+    ? ` (${(c.conns / c.ms * 1000).toFixed(0)}/s per core-second of proxy CPU)`
+    : "";
+  report.goal(">= 3k new conn/s", `${rate.toFixed(0)} conn/s${perCore}`, rate >= 3000);
+
+  const sorted = new Map([...lat].map(([k, v]) => [k, [...v].sort((x, y) => x - y)]));
+  const pct = (t: Target, p: number) => percentile(sorted.get(t.key)!, p);
+  report.row("connect latency p50: direct loopback", pct(direct, 0.5), "ms");
+  report.row("connect latency p99: direct loopback", pct(direct, 0.99), "ms");
+  for (const t of targets.slice(1)) {
+    for (const p of [0.5, 0.99]) {
+      const tag = `p${p * 100}`;
+      report.row(
+        `added latency ${tag}: ${t.label}`,
+        pct(t, p) - pct(direct, p),
+        "ms",
+        [],
+        `(${tag} ${pct(t, p).toFixed(3)} ms)`,
+      );
+    }
+  }
+  report.row("first connection (WhoIs miss, cold JIT): tailvoy", cold, "ms");
+  const added = pct(tailvoy, 0.99) - pct(direct, 0.99);
+  report.goal("added latency p99 <= 1 ms", `${added.toFixed(3)} ms`, added <= 1);
+}
+
+async function benchMemory(
+  b: Bench,
+  idle: Map<Target, number>,
+  fdLimit: number,
+): Promise<void> {
+  const { report, tailvoy } = b;
+  const goalCount = b.plan.holdCount;
+  // Each relayed connection costs the proxy two descriptors; keep some for listeners, LocalAPI, logs.
+  const count = Math.min(goalCount, Math.floor((fdLimit - 100) / 2));
+  console.log(
+    `\n## memory (VmRSS; ${count} connections held open through the proxy, opened 64 at a time` +
+      (count < goalCount
+        ? `; capped by the open-files limit ${fdLimit}, which we may not raise: figures for ${goalCount} ` +
+          "are extrapolated linearly from idle"
+        : "") +
+      ")",
+  );
+  const mb = (mib: number) => (mib * MiB) / 1e6;
+  for (const [t, rss] of idle) report.row(`RSS idle: ${t.label}`, mb(rss), "MB");
+  const hold = async (t: Target) => {
+    const idleRss = idle.get(t)!;
+    const r = await b.run<Ok<"hold">>({ op: "hold", port: t.port, count, concurrency: 64, proxy: t.proxy });
+    if (r.errors) console.log(`  (${t.label}: ${r.errors} connections failed: ${r.firstError})`);
+    const rss = await rssMiB(t.pid!);
+    await b.run({ op: "release" });
+    const perConn = (rss - idleRss) / r.open;
+    report.row(
+      `RSS ${r.open} conns: ${t.label}`,
+      mb(rss),
+      "MB",
+      [],
+      `(${(perConn * 1024).toFixed(1)} KiB/conn over idle; opened in ${(r.ms / 1000).toFixed(1)} s)`,
+    );
+    const at = idleRss + perConn * goalCount;
+    if (r.open !== goalCount) report.row(`RSS ${goalCount} conns (extrapolated): ${t.label}`, mb(at), "MB");
+    return { at, open: r.open };
+  };
+  const ours = await hold(tailvoy);
+  await new Promise((r) => setTimeout(r, 1000));
+  report.row(
+    "RSS 1 s after closing them: tailvoy",
+    mb(await rssMiB(tailvoy.pid!)),
+    "MB",
+    [],
+    "(freed ArrayBuffers return only after a GC)",
+  );
+  await hold(b.bare);
+  await hold(b.envoy1);
+  const extrapolated = ours.open !== goalCount ? ` (extrapolated from ${ours.open})` : "";
+  report.goal(
+    `<= 300 MB RSS at ${goalCount / 1000}k connections`,
+    `${mb(ours.at).toFixed(0)} MB${extrapolated}`,
+    mb(ours.at) <= 300 && ours.open >= count,
+  );
+}
+
 /** Runs the L4 benchmarks once and prints (and records) every figure; see the module doc. */
 export async function benchL4(options: BenchL4Options = {}): Promise<void> {
   const plan = options.quick ? QUICK : FULL;
-  const report = new Report(options.record);
   const started = performance.now();
   console.log(
-    `\n# L4 data plane (${options.quick ? "quick" : "full"}: ${plan.streamBytes / MiB} MiB per stream, ` +
-      `median of ${plan.reps}; ${navigator.hardwareConcurrency} CPUs shared by load generator, backend and proxy)`,
+    `\n# L4 data plane (${options.quick ? "quick" : "full"}: median of ${plan.reps} runs; ` +
+      `${navigator.hardwareConcurrency} CPUs shared by load generator, backend and proxy; all on 127.0.0.1)`,
   );
   await ensurePeers();
+  const fdLimit = await childFdLimit();
   const dir = await Deno.makeTempDir({ prefix: "tailvoy-bench-l4-" });
   const children: Child[] = [];
   // Started first (it takes seconds), awaited only when the proxy needs it; released in any case.
@@ -305,211 +547,101 @@ export async function benchL4(options: BenchL4Options = {}): Promise<void> {
     nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }],
   });
   tailnetStarting.catch(() => {});
+  const spawn = (name: string, argv: string[], stdin = false) => {
+    const child = new Child(name, argv, { fdLimit, stdin });
+    children.push(child);
+    return child;
+  };
+  let cleaning: Promise<void> | undefined;
+  const cleanup = () =>
+    cleaning ??= (async () => {
+      await Promise.all(children.map((c) => c.stop()));
+      await (await tailnetStarting.catch(() => undefined))?.release();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    })();
+  // Ctrl-C must not leave tailscaled, headscale, Envoy and the proxy running.
+  const interrupted = () => void cleanup().finally(() => Deno.exit(130));
+  Deno.addSignalListener("SIGINT", interrupted);
+  Deno.addSignalListener("SIGTERM", interrupted);
   try {
     const helper = (
       file: string,
     ) => [Deno.execPath(), "run", "--allow-net", join(PROJECT_ROOT, "scripts/bench", file)];
-    const sink = new Child("backend", helper("l4_sink.ts"));
-    children.push(sink);
-    const load = new Child("load generator", helper("l4_load.ts"), { stdin: true });
-    children.push(load);
+    const sink = spawn("backend", helper("l4_sink.ts"));
+    const load = spawn("load generator", helper("l4_load.ts"), true);
     const backendPort = (JSON.parse(await sink.nextLine(30_000)) as { port: number }).port;
 
     const direct: Target = { key: "direct", label: "direct loopback", port: backendPort };
-    const envoy1 = await startEnvoy(children, { dir, concurrency: 1, backendPort });
-    const envoy2 = await startEnvoy(children, { dir, concurrency: 2, backendPort });
-    let socat: Target | undefined;
-    if (await onPath("socat")) socat = await startSocat(children, backendPort);
-    const tailnet = await tailnetStarting;
-    const tailvoy = await startTailvoy(children, { dir, tailnet, backendPort });
-    console.log(
-      `setup ${((performance.now() - started) / 1000).toFixed(1)} s; proxy pid ${tailvoy.pid} ` +
-        `(${await threadCount(tailvoy.pid!)} threads), envoy c1 ${await threadCount(envoy1.pid!)} threads; ` +
-        `envoy, direct and socat get no PROXY header, tailvoy does (and resolves + authorizes it); ` +
-        `WhoIs cache TTL 60 s`,
-    );
-
-    const run = async <R extends LoadResult>(cmd: LoadCommand, timeoutMs = 120_000): Promise<R> => {
-      const res = await load.request<LoadResult>(cmd, timeoutMs);
-      if (!res.ok) throw new Error(`load generator: ${res.error}`);
-      return res as R;
+    const envoy1 = await startEnvoy(spawn, { dir, concurrency: 1, backendPort });
+    const envoy2 = await startEnvoy(spawn, { dir, concurrency: 2, backendPort });
+    const socat = await onPath("socat") ? await startSocat(spawn, backendPort) : undefined;
+    const bareChild = spawn("bare relay", [...helper("l4_bare_relay.ts"), String(backendPort)]);
+    const bare: Target = {
+      key: "bare",
+      label: "bare relay() (Deno floor)",
+      port: (JSON.parse(await bareChild.nextLine(30_000)) as { port: number }).port,
+      pid: bareChild.pid,
     };
-    type Ok<O> = Extract<LoadResult, { ok: true; op: O }>;
+    const tailvoy = await startTailvoy(spawn, { dir, tailnet: await tailnetStarting, backendPort });
+    console.log(
+      `setup ${((performance.now() - started) / 1000).toFixed(1)} s. Our proxy: its own process ` +
+        `(${await threadCount(tailvoy.pid!)} threads, one JS thread), serve ingress, WhoIs cache TTL 60 s ` +
+        `(default 1 s). Envoy: tcp_proxy, --concurrency 1 (one worker, the same core budget as our JS ` +
+        `thread; ${await threadCount(envoy1.pid!)} threads) and 2. Clients of envoy, socat and direct send ` +
+        `no PROXY header; ours send one, which tailvoy parses, resolves (WhoIs, cached) and authorizes. ` +
+        `"bare relay()" is lib/l4/relay.ts alone in a Deno process (accept, dial, relay; nothing else).`,
+    );
+    const load1 = Number((await Deno.readTextFile("/proc/loadavg")).split(" ")[0]);
+    if (load1 > 1) {
+      console.log(
+        `warning: load average ${load1} before we start: other processes compete for the ` +
+          `${navigator.hardwareConcurrency} CPUs; absolute figures suffer, CPU per GiB and per connection less`,
+      );
+    }
+    const bench: Bench = {
+      plan,
+      report: new Report(options.record),
+      run: async <R extends LoadResult>(cmd: LoadCommand) => {
+        const res = await load.request<LoadResult>(cmd, 120_000);
+        if (!res.ok) throw new Error(`load generator: ${res.error}`);
+        return res as R;
+      },
+      direct,
+      tailvoy,
+      envoy1,
+      envoy2,
+      socat,
+      bare,
+    };
 
-    // ---- RSS idle, before any traffic.
-    const idleRss = await rssMiB(tailvoy.pid!);
-    const idleRssEnvoy = await rssMiB(envoy1.pid!);
-
-    // ---- the first connection: WhoIs miss, cold JIT.
-    const cold = await run<Ok<"latency">>({
+    // Before any traffic.
+    const idle = new Map<Target, number>();
+    for (const t of [tailvoy, bare, envoy1]) idle.set(t, await rssMiB(t.pid!));
+    // The first connection: a real WhoIs (then cached), cold JIT.
+    const cold = await bench.run<Ok<"latency">>({
       op: "latency",
-      port: tailvoy.port,
+      targets: [{ port: tailvoy.port, proxy: tailvoy.proxy }],
       count: 1,
-      proxy: tailvoy.proxy,
     });
-    if (cold.errors) {
+    if (cold.errors[0]) {
       const proxy = children.find((c) => c.pid === tailvoy.pid);
       throw new Error(`tailvoy refused the bench connection; its stderr:\n${proxy?.stderrTail()}`);
     }
-
-    // ---- throughput: round-robin over targets so drift hits all alike.
-    console.log("\n## throughput (client -> backend, 256 KiB writes; Gbit/s of payload)");
-    const tpTargets = [direct, tailvoy, envoy1, envoy2, ...(socat ? [socat] : [])];
-    const gbps = new Map<string, number[]>();
-    const cpuPerGiB = new Map<string, number[]>();
-    for (let rep = 0; rep < plan.reps; rep++) {
-      for (const streams of [1, 8]) {
-        for (const t of tpTargets) {
-          const cpu0 = t.pid && t !== socat ? await cpuMs(t.pid) : 0;
-          const r = await run<Ok<"throughput">>({
-            op: "throughput",
-            port: t.port,
-            streams,
-            bytes: plan.streamBytes,
-            proxy: t.proxy,
-          });
-          const key = `${t.key}/${streams}`;
-          gbps.set(key, [...gbps.get(key) ?? [], (r.bytes * 8) / (r.ms / 1000) / 1e9]);
-          if (t.pid && t !== socat) {
-            const perGiB = (await cpuMs(t.pid) - cpu0) / (r.bytes / (1024 * MiB));
-            cpuPerGiB.set(key, [...cpuPerGiB.get(key) ?? [], perGiB]);
-          }
-        }
-      }
-    }
-    for (const streams of [1, 8]) {
-      const s = streams === 1 ? "1 stream" : `${streams} streams`;
-      const name = (t: Target) => `throughput ${s}: ${t.label}`;
-      for (const t of tpTargets) {
-        const cpu = cpuPerGiB.get(`${t.key}/${streams}`);
-        report.row(
-          name(t),
-          median(gbps.get(`${t.key}/${streams}`)!),
-          "Gbit/s",
-          t === direct ? [] : t === envoy1 ? [name(direct)] : [name(envoy1), name(direct)],
-          cpu ? `[proxy CPU ${median(cpu).toFixed(0)} ms/GiB]` : "",
-        );
-      }
-      if (!socat) {
-        console.log(
-          `${`throughput ${s}: socat`.padEnd(52)} ${"skipped".padStart(14)}  ` +
-            "socat is not installed (apt-get install -y socat)",
-        );
-      }
-      const ratio = report.get(name(tailvoy))! / report.get(name(envoy1))!;
-      report.goal(`throughput ${s} >= 1.0x envoy tcp_proxy c1`, `${ratio.toFixed(2)}x`, ratio >= 1);
-    }
-
-    // ---- new connections/s and latency, identity cached.
-    console.log(
-      `\n## new connections (connect, PROXY header if any, 1 byte, 1 byte back, close; ` +
-        `${plan.rateConcurrency} in flight for the rate, 1 at a time for latency)`,
-    );
-    const connTargets = [direct, tailvoy, envoy1, envoy2];
-    const rates = new Map<string, number[]>();
-    const lat = new Map<string, number[]>();
-    for (let rep = 0; rep < plan.reps; rep++) {
-      for (const t of connTargets) {
-        const r = await run<Ok<"rate">>({
-          op: "rate",
-          port: t.port,
-          durationMs: plan.rateMs,
-          concurrency: plan.rateConcurrency,
-          proxy: t.proxy,
-        });
-        if (r.errors) console.log(`  (${t.label}: ${r.errors} failed connections in a rate run)`);
-        rates.set(t.key, [...rates.get(t.key) ?? [], r.done / (r.ms / 1000)]);
-        const l = await run<Ok<"latency">>({
-          op: "latency",
-          port: t.port,
-          count: plan.latencyCount,
-          proxy: t.proxy,
-        });
-        lat.set(t.key, [...lat.get(t.key) ?? [], ...l.latenciesMs]);
-      }
-    }
-    const rateName = (t: Target) => `new conn/s: ${t.label}`;
-    for (const t of connTargets) {
-      report.row(
-        rateName(t),
-        median(rates.get(t.key)!),
-        "conn/s",
-        t === direct ? [] : t === envoy1 ? [rateName(direct)] : [rateName(envoy1), rateName(direct)],
-      );
-    }
-    const tvRate = report.get(rateName(tailvoy))!;
-    report.goal(">= 3k new conn/s", `${tvRate.toFixed(0)} conn/s`, tvRate >= 3000);
-    const pct = (t: Target, p: number) => percentile([...lat.get(t.key)!].sort((a, b) => a - b), p);
-    report.row("connect latency p50: direct loopback", pct(direct, 0.5), "ms");
-    report.row("connect latency p99: direct loopback", pct(direct, 0.99), "ms");
-    for (const t of connTargets.slice(1)) {
-      report.row(
-        `added latency p50: ${t.label}`,
-        pct(t, 0.5) - pct(direct, 0.5),
-        "ms",
-        [],
-        `(p50 ${pct(t, 0.5).toFixed(3)} ms)`,
-      );
-      report.row(
-        `added latency p99: ${t.label}`,
-        pct(t, 0.99) - pct(direct, 0.99),
-        "ms",
-        [],
-        `(p99 ${pct(t, 0.99).toFixed(3)} ms)`,
-      );
-    }
-    report.row("first connection (WhoIs miss, cold): tailvoy", cold.latenciesMs[0], "ms");
-    const addedP99 = pct(tailvoy, 0.99) - pct(direct, 0.99);
-    report.goal("added latency p99 <= 1 ms", `${addedP99.toFixed(3)} ms`, addedP99 <= 1);
-
-    // ---- RSS idle and with many open connections.
-    console.log(`\n## memory (VmRSS; ${plan.holdCount} connections held open through the proxy)`);
-    const mb = (mib: number) => (mib * MiB) / 1e6;
-    report.row("RSS idle: tailvoy", mb(idleRss), "MB");
-    report.row("RSS idle: envoy tcp_proxy c1", mb(idleRssEnvoy), "MB");
-    const holdRss = async (t: Target): Promise<{ rss: number; open: number }> => {
-      const r = await run<Ok<"hold">>({
-        op: "hold",
-        port: t.port,
-        count: plan.holdCount,
-        concurrency: 64,
-        proxy: t.proxy,
-      });
-      if (r.errors) console.log(`  (${t.label}: ${r.errors} connections failed: ${r.firstError})`);
-      const rss = await rssMiB(t.pid!);
-      await run({ op: "release" });
-      return { rss, open: r.open };
+    const section = async (fn: () => Promise<void>) => {
+      const t0 = performance.now();
+      await fn();
+      console.log(`(${((performance.now() - t0) / 1000).toFixed(1)} s)`);
     };
-    const held = await holdRss(tailvoy);
-    report.row(
-      `RSS ${held.open} conns: tailvoy`,
-      mb(held.rss),
-      "MB",
-      [],
-      `(${((held.rss - idleRss) * 1024 / held.open).toFixed(1)} KiB/conn over idle)`,
-    );
-    await new Promise((r) => setTimeout(r, 1000));
-    report.row("RSS after closing them: tailvoy", mb(await rssMiB(tailvoy.pid!)), "MB");
-    const heldEnvoy = await holdRss(envoy1);
-    report.row(
-      `RSS ${heldEnvoy.open} conns: envoy tcp_proxy c1`,
-      mb(heldEnvoy.rss),
-      "MB",
-      [],
-      `(${((heldEnvoy.rss - idleRssEnvoy) * 1024 / heldEnvoy.open).toFixed(1)} KiB/conn over idle)`,
-    );
-    report.goal(
-      `<= 300 MB RSS at ${plan.holdCount / 1000}k connections`,
-      `${mb(held.rss).toFixed(0)} MB with ${held.open} open`,
-      mb(held.rss) <= 300 && held.open === plan.holdCount,
-    );
+    await section(() => benchThroughput(bench));
+    await section(() => benchConnections(bench, cold.latenciesMs[0][0]));
+    await section(() => benchMemory(bench, idle, fdLimit));
 
-    console.log(`\n## goals (L4)\n${report.goals.map((g) => `  ${g}`).join("\n")}`);
+    console.log(`\n## goals (L4)\n${bench.report.goals.map((g) => `  ${g}`).join("\n")}`);
     console.log(`L4 bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
   } finally {
-    await Promise.all(children.map((c) => c.stop()));
-    await (await tailnetStarting.catch(() => undefined))?.release();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    Deno.removeSignalListener("SIGINT", interrupted);
+    Deno.removeSignalListener("SIGTERM", interrupted);
+    await cleanup();
   }
 }
 

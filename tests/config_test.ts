@@ -115,6 +115,7 @@ Deno.test("README quickstart gets every default", async () => {
         drain: 15_000,
         recheck: 10_000,
       },
+      apiBaseUrl: "https://api.tailscale.com",
       decisionLog: { allows: true },
     },
   });
@@ -200,6 +201,7 @@ Deno.test("our additions: every key with non-default values", async () => {
     envoyBinary: "/usr/local/bin/envoy",
     adminAddress: ":9102",
     timeouts: { whois: 500, whoisCacheTtl: 0, dial: 2000, tlsHello: 1500, drain: 60_000, recheck: 5_400_000 },
+    apiBaseUrl: "https://api.tailscale.com",
     decisionLog: { allows: false },
   });
   const { web, api, dns } = config.listeners;

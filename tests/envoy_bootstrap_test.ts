@@ -402,7 +402,7 @@ Deno.test("routes: a vhost per hostname (lower-cased, merged), and a 403/404 cat
 // ---------------------------------------------------------------------------------------------
 // TLS
 
-Deno.test("tls: per-route certificates get SNI filter chains (tailvoy's), with tls_inspector after PROXY", () => {
+Deno.test("tls: per-route certificates get SNI filter chains (tailvoy's), with tls_inspector after PROXY", async () => {
   const config = configOf(`
   web:
     port: 443
@@ -412,8 +412,14 @@ Deno.test("tls: per-route certificates get SNI filter chains (tailvoy's), with t
       - hostname: admin.example.com
         backend: admin:8080
         tls: { cert: /b.crt, key: /b.key }
+      - hostname: "*.Internal.example.com"
+        backend: internal:8080
+        tls: { cert: /c.crt, key: /c.key }
       - backend: app:8080
 `);
+  // Wildcard server names are valid in Envoy's filter chain match (checked with the test certificates).
+  await requireEnvoy();
+  await new EnvoySupervisor({ binary: PEER_BINS.envoy }).validate(render(config));
   config.listeners.web.routes[0].tls = { cert: "/admin.crt", key: "/admin.key" };
   const listener = listenerOf(render(config), "web");
   assert.deepEqual(arr(listener.listener_filters).map((f) => f.name), [
@@ -422,19 +428,20 @@ Deno.test("tls: per-route certificates get SNI filter chains (tailvoy's), with t
   ]);
   const chains = arr(listener.filter_chains);
   assert.deepEqual(chains.map((c) => c.filter_chain_match), [
+    { server_names: ["*.internal.example.com"] },
     { server_names: ["admin.example.com"] },
     undefined,
   ]);
   assert.equal(
     at(
-      chains[0],
+      chains[1],
       "transport_socket.typed_config.common_tls_context.tls_certificates.0.certificate_chain.filename",
     ),
     "/admin.crt",
   );
   assert.equal(
     at(
-      chains[1],
+      chains[2],
       "transport_socket.typed_config.common_tls_context.tls_certificates.0.certificate_chain.filename",
     ),
     TEST_TLS.cert,

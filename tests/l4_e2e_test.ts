@@ -9,8 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
-import { RUNTIME_PERMISSIONS } from "../scripts/compile.ts";
-import { PROJECT_ROOT } from "../scripts/peers.ts";
+import { Proxy, tcpEcho } from "./harness/proxy.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Policy, type Tailnet, waitFor } from "./harness/tailnet.ts";
 
 const enc = new TextEncoder();
@@ -31,56 +30,6 @@ function hasAliceRules(who: { CapMap: Record<string, unknown[]> }): boolean {
 }
 const ALICE_RULES = [{ listeners: ["db", "dns"] }, { listeners: ["tls"], hostnames: ["app.example.com"] }];
 
-/** A running proxy process with its log lines. */
-class Proxy {
-  readonly lines: string[] = [];
-  readonly child: Deno.ChildProcess;
-  readonly #done: Promise<void>;
-  constructor(configPath: string, socket: string) {
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        ...RUNTIME_PERMISSIONS,
-        join(PROJECT_ROOT, "main.ts"),
-        "--config",
-        configPath,
-        "--socket",
-        socket,
-        "--log-format",
-        "json",
-      ],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const collect = async (stream: ReadableStream<Uint8Array>) => {
-      let buf = "";
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        buf += chunk;
-        const parts = buf.split("\n");
-        buf = parts.pop()!;
-        this.lines.push(...parts.filter(Boolean));
-      }
-    };
-    this.#done = Promise.all([collect(this.child.stdout), collect(this.child.stderr)]).then(() => {});
-  }
-  /** Waits for a log line whose message matches. */
-  waitLog(re: RegExp, what: string): Promise<string> {
-    return waitFor(() => this.lines.find((l) => re.test(l)), {
-      what: `proxy log: ${what}`,
-      timeoutMs: 20_000,
-    });
-  }
-  async stop(): Promise<number> {
-    try {
-      this.child.kill("SIGTERM");
-    } catch { /* exited */ }
-    const status = await this.child.status;
-    await this.#done;
-    return status.code;
-  }
-}
-
 async function readSome(conn: Deno.Conn, timeoutMs = 5000): Promise<string | null> {
   const buf = new Uint8Array(4096);
   const timer = setTimeout(() => conn.close(), timeoutMs);
@@ -92,28 +41,6 @@ async function readSome(conn: Deno.Conn, timeoutMs = 5000): Promise<string | nul
   } finally {
     clearTimeout(timer);
   }
-}
-
-function tcpEcho(): { port: number; close: () => void } {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const c of l) {
-      (async () => {
-        const buf = new Uint8Array(4096);
-        try {
-          while (true) {
-            const n = await c.read(buf);
-            if (n === null) break;
-            await c.write(new Uint8Array([...enc.encode("echo:"), ...buf.subarray(0, n)]));
-          }
-        } catch { /* reset */ }
-        try {
-          c.close();
-        } catch { /* closed */ }
-      })();
-    }
-  })();
-  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
 }
 
 async function openssl(args: string[]): Promise<void> {

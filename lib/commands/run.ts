@@ -6,11 +6,12 @@
  */
 
 import { type AdminServer, startAdminServer } from "../admin/mod.ts";
-import type { Config } from "../config/mod.ts";
+import { type Config, readCredentials } from "../config/mod.ts";
 import { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
 import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
+import { ensureLoggedIn, LoginError } from "../login/mod.ts";
 import { Telemetry } from "../telemetry/mod.ts";
 
 /** Options of {@link runProxy}. */
@@ -34,7 +35,7 @@ function signalled(): Promise<string> {
 /** Waits until the LocalAPI answers `status`, logging each distinct failure once. */
 export async function waitForLocalApi(
   api: LocalApiClient,
-  options: { stop: Promise<unknown>; intervalMs?: number },
+  options: { stop: Promise<unknown>; intervalMs?: number; anyState?: boolean },
 ): Promise<Status | undefined> {
   const log = getLogger("localapi");
   let lastKind = "";
@@ -43,7 +44,8 @@ export async function waitForLocalApi(
   while (!stopped) {
     try {
       const status = await api.status();
-      if (status.BackendState === "Running") return status;
+      // With credentials we can log tailscaled in ourselves: any answer will do.
+      if (status.BackendState === "Running" || options.anyState) return status;
       if (lastKind !== status.BackendState) {
         log.warn(
           "tailscaled is {state}, not Running; waiting (log it in with `tailscale up` or TS_AUTHKEY)",
@@ -102,8 +104,27 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
   }
 
   async function serve(): Promise<number> {
-    const status = await waitForLocalApi(api, { stop });
+    const credentials = readCredentials();
+    let status = await waitForLocalApi(api, { stop, anyState: !credentials.isEmpty });
     if (!status) return 0;
+    try {
+      status = await ensureLoggedIn(api, {
+        credentials,
+        tags: config.tailscale.tags,
+        hostname: config.tailscale.hostname,
+        controlUrl: config.tailvoy.controlUrl,
+        apiBaseUrl: config.tailvoy.apiBaseUrl,
+      });
+    } catch (err) {
+      if (!(err instanceof LoginError)) throw err;
+      log.fatal("{error}", { error: err.message });
+      return 1;
+    }
+    if (status.BackendState !== "Running") {
+      const running = await waitForLocalApi(api, { stop });
+      if (!running) return 0;
+      status = running;
+    }
     log.info("tailscaled {version} is running as {node} ({ips}), {mode}", {
       version: status.Version,
       node: status.Self?.DNSName.replace(/\.$/, "") ?? "?",

@@ -216,6 +216,13 @@ const TailvoySchema = z.strictObject({
     ),
   /** Timeouts and intervals. */
   timeouts: TimeoutsSchema,
+  /**
+   * Control server tailscaled logs in to when tailvoy logs it in (TS_AUTHKEY or OAuth), for
+   * self-hosted control such as headscale; unset keeps tailscaled's own (Tailscale's by default).
+   */
+  controlUrl: checked(checkHttpUrl).optional(),
+  /** Tailscale API base URL for the OAuth client exchange (default `https://api.tailscale.com`). */
+  apiBaseUrl: checked(checkHttpUrl).default("https://api.tailscale.com"),
   /** Decision log: one JSON line per L4 flow (open and close) and per L7 decision. */
   decisionLog: z.strictObject({
     /** Log allowed decisions too (default true); denies are always logged. */

@@ -25,6 +25,7 @@
 
 import type { Config, ListenerConfig, RouteConfig, TlsConfig } from "../config/mod.ts";
 import { L7_PROTOCOLS } from "../config/mod.ts";
+import { RESERVED_HEADER_PREFIXES } from "../extauthz/headers.ts";
 import {
   DEFAULT_SECRET_KEY,
   DEFAULT_SECRET_TLV_TYPE,
@@ -42,6 +43,7 @@ export type NamedResource = JsonObject & { name: string };
 
 /** The bootstrap {@link renderBootstrap} produces (passed to Envoy as JSON with `-c`). */
 export interface EnvoyBootstrap {
+  /** Other top-level bootstrap fields (`overload_manager`). */
   [key: string]: JsonValue;
   /** Admin API on loopback, port chosen by the OS (read back with `--admin-address-path`). */
   admin: JsonObject;
@@ -78,9 +80,6 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
 
 /** Default cap on downstream connections. */
 export const DEFAULT_MAX_CONNECTIONS = 50_000;
-
-/** Client header prefixes removed before ext_authz: ours (`x-tailscale-`) and `tailscale serve`'s. */
-export const STRIPPED_HEADER_PREFIXES: readonly string[] = ["x-tailscale-", "tailscale-"];
 
 const TYPE = "type.googleapis.com/envoy.";
 const HCM_TYPE = `${TYPE}extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`;
@@ -335,12 +334,13 @@ function proxyProtocolFilter(options: { tlvType: number; key: string }): JsonObj
 function httpFilters(authz: { timeoutMs: number }): JsonObject[] {
   return [
     {
-      // Before ext_authz: the identity headers a backend sees can only be the ones we add.
+      // Before ext_authz: the identity headers a backend sees (x-tailscale-*, and tailscale serve's
+      // tailscale-*) can only be the ones we add.
       name: "envoy.filters.http.header_mutation",
       typed_config: {
         "@type": `${TYPE}extensions.filters.http.header_mutation.v3.HeaderMutation`,
         mutations: {
-          request_mutations: STRIPPED_HEADER_PREFIXES.map((prefix) => ({
+          request_mutations: RESERVED_HEADER_PREFIXES.map((prefix) => ({
             remove_on_match: { key_matcher: { prefix } },
           })),
         },

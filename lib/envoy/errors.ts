@@ -16,6 +16,7 @@ export type EnvoyErrorKind = "render" | "validate" | "spawn" | "start" | "state"
 
 /** A failed Envoy operation. The message names the offending value; `output` holds Envoy's own words. */
 export class EnvoyError extends Error {
+  /** Always `EnvoyError`. */
   override name = "EnvoyError";
   /** The failure class. */
   readonly kind: EnvoyErrorKind;

@@ -56,5 +56,6 @@ export function envoyErrorSummary(output: string): string {
   });
   const errors = parsed.filter((p) => p.level === "error" || p.level === "fatal");
   const picked = errors.length > 0 ? errors : parsed.slice(-5);
-  return picked.map((p) => p.message).join("\n");
+  // Protobuf's messages pad with a random number of spaces (on purpose, against exact matching).
+  return picked.map((p) => p.message.replace(/ {2,}/g, " ")).join("\n");
 }

@@ -31,7 +31,6 @@ export {
   type RenderOptions,
   serializeBootstrap,
   splitHostPort,
-  STRIPPED_HEADER_PREFIXES,
 } from "./bootstrap.ts";
 export { EnvoyError, type EnvoyErrorKind } from "./errors.ts";
 export { envoyErrorSummary, type EnvoyLogLine, parseEnvoyLogLine } from "./log_lines.ts";

@@ -70,8 +70,8 @@ interface Instance {
   pumps: Promise<void>;
   /** Last lines of output, for error messages. */
   tail: string[];
-  /** A stop or a forwarded terminating signal: the exit is not a crash. */
-  expectedExit: boolean;
+  /** Why the exit is not a crash: our stop (or a failed start-up), or a forwarded terminating signal. */
+  exitExpected?: "stop" | "signal";
 }
 
 interface Deferred {
@@ -110,8 +110,8 @@ const TERMINATING: ReadonlySet<Deno.Signal> = new Set(["SIGTERM", "SIGINT", "SIG
 const TAIL_LINES = 50;
 const KILL_AFTER_MS = 5000;
 const DEFAULT_DRAIN_MS = 15_000;
-// Listener connections, excluding the admin listener's (our own polling).
-const ACTIVE_STATS = "^listener\\.[^.]+\\.downstream_cx_active$";
+// Per-listener open connections and per-HCM requests in flight (admin's are ours, and skipped).
+const ACTIVE_STATS = "^(listener\\.[^.]+\\.downstream_cx_active|http\\.[^.]+\\.downstream_rq_active)$";
 
 /** Splits a text stream into lines. */
 function lineSplitter(): TransformStream<string, string> {
@@ -196,7 +196,7 @@ export class EnvoySupervisor {
 
   /** Envoy's admin address (`127.0.0.1:port`), once the current Envoy has written it. */
   get adminAddress(): string | undefined {
-    return this.#current?.admin;
+    return this.#current?.exit ? undefined : this.#current?.admin;
   }
 
   /** Process id of the current Envoy. */
@@ -217,7 +217,12 @@ export class EnvoySupervisor {
         ["--mode", "validate", "-c", path, "--disable-hot-restart", "--log-level", "warn"],
         this.#options.extraArgs ?? [],
       );
-      const output = await this.#command(args).output();
+      let output: Deno.CommandOutput;
+      try {
+        output = await this.#command(args).output();
+      } catch (error) {
+        throw this.#spawnError(error);
+      }
       if (output.success) return;
       const decoder = new TextDecoder();
       const text = `${decoder.decode(output.stderr)}${decoder.decode(output.stdout)}`;
@@ -241,7 +246,8 @@ export class EnvoySupervisor {
 
   /**
    * Stops Envoy gracefully: fails its health check, drains its listeners, waits up to `drainMs` for
-   * open connections to close, then SIGTERM, and SIGKILL after 5 s. Resolves when the process is gone.
+   * the requests in flight to finish (idle keep-alive connections are not waited for: Envoy never
+   * closes them itself), then SIGTERM, and SIGKILL after 5 s. Resolves when the process is gone.
    */
   stop(options: StopOptions = {}): Promise<void> {
     this.#stopping ??= this.#stop(options.drainMs ?? DEFAULT_DRAIN_MS).finally(() => {
@@ -276,7 +282,7 @@ export class EnvoySupervisor {
   forward(signal: Deno.Signal): boolean {
     const instance = this.#current;
     if (!instance || instance.exit) return false;
-    if (TERMINATING.has(signal)) instance.expectedExit = true;
+    if (TERMINATING.has(signal)) instance.exitExpected ??= "signal";
     this.#log.info("Forwarding {signal} to Envoy (pid {pid})", { signal, pid: instance.pid });
     return this.#signal(instance, signal);
   }
@@ -296,6 +302,13 @@ export class EnvoySupervisor {
       // Own session and process group (see the module comment).
       detached: options.spawn === true,
     });
+  }
+
+  #spawnError(error: unknown): EnvoyError {
+    const why = error instanceof Deno.errors.NotFound
+      ? "was not found: install Envoy, or set tailvoy.envoyBinary or ENVOY_BIN"
+      : `could not be run: ${error instanceof Error ? error.message : error}`;
+    return new EnvoyError("spawn", `Envoy binary "${this.#binary}" ${why}`, { cause: error });
   }
 
   #setState(state: EnvoyState): void {
@@ -357,10 +370,7 @@ export class EnvoySupervisor {
       try {
         child = this.#command(args, { spawn: true }).spawn();
       } catch (error) {
-        const why = error instanceof Deno.errors.NotFound
-          ? "was not found: install Envoy, or set tailvoy.envoyBinary or ENVOY_BIN"
-          : `could not be run: ${error instanceof Error ? error.message : error}`;
-        throw new EnvoyError("spawn", `Envoy binary "${this.#binary}" ${why}`, { cause: error });
+        throw this.#spawnError(error);
       }
       const started: Instance = {
         child,
@@ -371,7 +381,6 @@ export class EnvoySupervisor {
         status: child.status,
         pumps: Promise.resolve(),
         tail: [],
-        expectedExit: false,
       };
       instance = started;
       started.pumps = Promise.all([
@@ -388,9 +397,10 @@ export class EnvoySupervisor {
       await this.#waitReady(started, generation);
     } catch (error) {
       if (instance) {
-        instance.expectedExit = true;
-        await this.#terminate(instance);
+        // Detach first: this exit is the start-up's failure to report, not a crash to restart.
         if (this.#current === instance) this.#current = undefined;
+        instance.exitExpected = "stop";
+        await this.#terminate(instance);
       }
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw error;
@@ -479,8 +489,8 @@ export class EnvoySupervisor {
     instance.exit = status;
     if (this.#current !== instance) return; // a start-up failure or an old instance: handled there
     const uptimeMs = Math.round(performance.now() - instance.startedAt);
-    if (instance.expectedExit) {
-      if (this.#state === "stopping") return; // stop() finishes the job
+    if (instance.exitExpected === "stop") return; // stop() finishes the job
+    if (instance.exitExpected === "signal") {
       this.#log.info("Envoy exited ({how}) after a forwarded signal", { how: describeExit(status) });
       this.#current = undefined;
       this.#generation++;
@@ -556,7 +566,7 @@ export class EnvoySupervisor {
     if (this.#state === "stopped" && !instance) return;
     this.#setState("stopping");
     if (instance && !instance.exit) {
-      instance.expectedExit = true;
+      instance.exitExpected = "stop";
       if (drainMs > 0) await this.#drain(instance, drainMs);
       await this.#terminate(instance);
     }
@@ -571,36 +581,58 @@ export class EnvoySupervisor {
     this.#ready.reject(new EnvoyError("state", "Envoy was stopped"));
   }
 
-  /** Fails the health check, drains the listeners and waits for their connections to close. */
+  /**
+   * Fails the health check, drains the listeners, and waits until no request is in flight (or no
+   * connection is open) on our listeners, or `drainMs` has passed.
+   *
+   * Why requests and not only connections: a drained Envoy answers the next HTTP/1.1 request with
+   * `connection: close` and sends HTTP/2 a GOAWAY, but it never closes an *idle* keep-alive connection
+   * itself (envoyproxy/envoy#42305), so waiting for zero connections would always take `drainMs`.
+   * Closing an idle HTTP connection is ordinary HTTP; a request in flight, a gRPC stream or a
+   * WebSocket (each an active request) is what the drain protects.
+   */
   async #drain(instance: Instance, drainMs: number): Promise<void> {
     const deadline = performance.now() + drainMs;
     await this.#admin(instance, "/healthcheck/fail", { method: "POST" });
-    // skip_exit: we decide when Envoy exits (below), not the drain timer.
+    // skip_exit: we decide when Envoy exits (below), not Envoy's drain timer.
     await this.#admin(instance, "/drain_listeners?graceful&skip_exit", { method: "POST" });
+    let idlePolls = 0;
     while (true) {
-      const stats = await this.#admin(
-        instance,
-        `/stats?format=json&filter=${encodeURIComponent(ACTIVE_STATS)}`,
-      );
-      if (!stats || stats.status !== 200) return; // Envoy is gone or not answering: SIGTERM next
-      let active = 0;
-      try {
-        const parsed = JSON.parse(stats.body) as { stats?: { name?: string; value?: number }[] };
-        for (const s of parsed.stats ?? []) {
-          if (s.name && !s.name.startsWith("listener.admin.")) active += Number(s.value ?? 0);
-        }
-      } catch {
-        return;
-      }
-      if (active === 0) return;
+      const counts = await this.#activeCounts(instance);
+      if (!counts) return; // Envoy is gone or not answering: SIGTERM next
+      // Twice in a row, so a request racing the drain on an idle connection gets its answer.
+      idlePolls = counts.connections === 0 || counts.requests === 0 ? idlePolls + 1 : 0;
+      if (counts.connections === 0 || idlePolls >= 2) return;
       if (performance.now() >= deadline) {
-        this.#log.warn("Envoy drain ended after {drainMs} ms with {active} connections still open", {
+        this.#log.warn("Envoy drain ended after {drainMs} ms with {requests} requests still in flight", {
           drainMs,
-          active,
+          ...counts,
         });
         return;
       }
       await delay(Math.min(100, Math.max(0, deadline - performance.now())), instance.status);
+    }
+  }
+
+  /** Open connections and requests in flight on our listeners (not the admin one). */
+  async #activeCounts(instance: Instance): Promise<{ connections: number; requests: number } | undefined> {
+    const stats = await this.#admin(
+      instance,
+      `/stats?format=json&filter=${encodeURIComponent(ACTIVE_STATS)}`,
+    );
+    if (!stats || stats.status !== 200) return undefined;
+    try {
+      const parsed = JSON.parse(stats.body) as { stats?: { name?: string; value?: number }[] };
+      const counts = { connections: 0, requests: 0 };
+      for (const { name = "", value = 0 } of parsed.stats ?? []) {
+        const [kind, prefix] = name.split(".");
+        if (prefix === "admin") continue;
+        if (kind === "listener") counts.connections += Number(value);
+        else if (kind === "http") counts.requests += Number(value);
+      }
+      return counts;
+    } catch {
+      return undefined;
     }
   }
 

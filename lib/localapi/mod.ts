@@ -127,6 +127,18 @@ export const NotifySchema = z.looseObject({
   State: z.number().nullish(),
 });
 
+/** The fields of tailscaled's prefs (ipn.Prefs) tailvoy reads; the rest are kept on a write. */
+export const PrefsSchema = z.looseObject({
+  ControlURL: z.string().default(""),
+  WantRunning: z.boolean().default(false),
+  Hostname: z.string().default(""),
+  AdvertiseTags: nullableArray(z.string()),
+  AdvertiseServices: nullableArray(z.string()),
+});
+
+/** Parsed prefs. */
+export type Prefs = z.infer<typeof PrefsSchema>;
+
 /** One IPN bus notification. */
 export type Notify = z.infer<typeof NotifySchema>;
 
@@ -224,6 +236,42 @@ export class LocalApiClient {
         if (line) yield parse(NotifySchema, JSON.parse(line), "watch-ipn-bus");
       }
     }
+  }
+
+  /** tailscaled's current prefs. */
+  async getPrefs(options: { timeoutMs?: number } = {}): Promise<Prefs> {
+    return parse(PrefsSchema, await this.#request("GET", "prefs", options), "prefs");
+  }
+
+  /**
+   * Changes some prefs (`PATCH prefs` with a MaskedPrefs: each `Xxx` field with `XxxSet: true`).
+   * Needs LocalAPI write access. Resolves with the new prefs.
+   */
+  async editPrefs(changes: Partial<Prefs>, options: { timeoutMs?: number } = {}): Promise<Prefs> {
+    const masked: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(changes)) {
+      masked[key] = value;
+      masked[`${key}Set`] = true;
+    }
+    const { body } = await this.#call("PATCH", "prefs", { ...options, body: JSON.stringify(masked) });
+    return parse(PrefsSchema, body, "prefs");
+  }
+
+  /**
+   * Starts tailscaled's backend with `prefs` (which replace the stored ones) and, when given, an auth
+   * key to log in with (`POST /start`). Needs LocalAPI write access. The key is never logged.
+   */
+  async start(prefs: Prefs, options: { authKey?: string; timeoutMs?: number } = {}): Promise<void> {
+    const body = JSON.stringify({ UpdatePrefs: prefs, AuthKey: options.authKey ?? "" });
+    await this.#call("POST", "start", { timeoutMs: options.timeoutMs ?? 10_000, body });
+  }
+
+  /**
+   * Starts the login (`POST /login-interactive`). With an auth key given to {@link start} it completes
+   * without interaction, as `tailscale up --auth-key` does.
+   */
+  async startLogin(options: { timeoutMs?: number } = {}): Promise<void> {
+    await this.#call("POST", "login-interactive", { timeoutMs: options.timeoutMs ?? 10_000 });
   }
 
   /** Releases the HTTP client. */

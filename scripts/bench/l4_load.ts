@@ -12,6 +12,8 @@ import { type LoadCommand, type LoadResult, type ProxyHeaderSpec, REQ } from "./
 /** Size of each write of the throughput rows: large, so per-op overhead is not what we measure. */
 const WRITE_SIZE = 256 * 1024;
 const payload = new Uint8Array(WRITE_SIZE);
+/** How long one held connection may take to be answered. */
+const HOLD_TIMEOUT_MS = 5000;
 
 function closeQuietly(conn: Deno.Conn): void {
   try {
@@ -95,13 +97,17 @@ async function run(cmd: LoadCommand): Promise<LoadResult> {
       return { ok: true, op: "throughput", ms: performance.now() - t0, bytes: cmd.bytes * cmd.streams };
     }
     case "latency": {
-      const latenciesMs: number[] = [];
-      let errors = 0;
+      const latenciesMs: number[][] = cmd.targets.map(() => []);
+      const errors = cmd.targets.map(() => 0);
       for (let i = 0; i < cmd.count; i++) {
-        try {
-          latenciesMs.push(await ping(cmd.port, cmd.proxy));
-        } catch {
-          errors++;
+        for (let j = 0; j < cmd.targets.length; j++) {
+          // Rotate who goes first, so no target always follows the same one.
+          const k = (i + j) % cmd.targets.length;
+          try {
+            latenciesMs[k].push(await ping(cmd.targets[k].port, cmd.targets[k].proxy));
+          } catch {
+            errors[k]++;
+          }
         }
       }
       return { ok: true, op: "latency", latenciesMs, errors };
@@ -136,7 +142,15 @@ async function run(cmd: LoadCommand): Promise<LoadResult> {
           try {
             conn = await connect(cmd.port);
             await writeAll(conn, request(cmd.proxy, new Uint8Array([REQ.hold])));
-            await readByte(conn, buf); // the backend answered: the whole path is open
+            // The backend answered: the whole path is open. A proxy that stopped accepting must not
+            // hang the bench: give up on this connection after a while.
+            const c = conn;
+            const timer = setTimeout(() => closeQuietly(c), HOLD_TIMEOUT_MS);
+            try {
+              await readByte(conn, buf);
+            } finally {
+              clearTimeout(timer);
+            }
             held.push(conn);
           } catch (err) {
             if (conn) closeQuietly(conn);

@@ -28,7 +28,8 @@ export interface ProxyHeaderSpec {
 /** One command to the load generator (one JSON line on its stdin). */
 export type LoadCommand =
   | { op: "throughput"; port: number; streams: number; bytes: number; proxy?: ProxyHeaderSpec }
-  | { op: "latency"; port: number; count: number; proxy?: ProxyHeaderSpec }
+  /** `count` sequential connections to each target, interleaved so that noise hits all alike. */
+  | { op: "latency"; targets: { port: number; proxy?: ProxyHeaderSpec }[]; count: number }
   | { op: "rate"; port: number; durationMs: number; concurrency: number; proxy?: ProxyHeaderSpec }
   | { op: "hold"; port: number; count: number; concurrency: number; proxy?: ProxyHeaderSpec }
   | { op: "release" };
@@ -36,7 +37,7 @@ export type LoadCommand =
 /** The load generator's answer (one JSON line on its stdout). */
 export type LoadResult =
   | { ok: true; op: "throughput"; ms: number; bytes: number }
-  | { ok: true; op: "latency"; latenciesMs: number[]; errors: number }
+  | { ok: true; op: "latency"; latenciesMs: number[][]; errors: number[] }
   | { ok: true; op: "rate"; ms: number; done: number; errors: number }
   | { ok: true; op: "hold"; ms: number; open: number; errors: number; firstError?: string }
   | { ok: true; op: "release"; closed: number }

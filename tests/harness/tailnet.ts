@@ -322,6 +322,7 @@ export class Tailnet {
   readonly #owned: boolean;
   // Processes this object started (all of them if it owns the tailnet; added nodes otherwise).
   readonly #children: Deno.ChildProcess[];
+  readonly #bare = new Map<string, { socket: string; socksPort: number; pid: number }>();
 
   private constructor(desc: TailnetDescription, owned: boolean, children: Deno.ChildProcess[] = []) {
     this.#desc = desc;
@@ -416,6 +417,69 @@ export class Tailnet {
     if (this.nodes[spec.name]) throw new Error(`Node "${spec.name}" already exists`);
     const node = await launchNode(this.#desc, spec, this.#children);
     this.nodes[spec.name] = node;
+    const all = Object.values(this.nodes);
+    for (const n of all) await waitMeshed(n, all);
+    return node;
+  }
+
+  /** A fresh pre-auth key (valid 1 h) for a user's node or a tagged node. */
+  async preauthKey(spec: { user?: string; tags?: string[] }): Promise<string> {
+    const cfg = this.#desc.headscaleConfig;
+    const args = ["preauthkeys", "create", "--expiration", "1h"];
+    if (spec.user) args.push("--user", await userId(cfg, spec.user));
+    if (spec.tags?.length) args.push("--tags", spec.tags.join(","));
+    return (JSON.parse(await headscaleCli(cfg, ...args)) as { key: string }).key;
+  }
+
+  /**
+   * Starts a tailscaled that is NOT logged in (for tests of tailvoy logging it in). Once something
+   * has logged it in, {@link adoptNode} makes it a full node of this tailnet.
+   */
+  async startBareNode(name: string): Promise<{ socket: string; pid: number; serverUrl: string }> {
+    const nodeDir = join(this.#desc.dir, name);
+    await Deno.mkdir(nodeDir, { recursive: true });
+    const socket = join(nodeDir, "tailscaled.sock");
+    const socksPort = freePort();
+    const child = spawnLogged(
+      this.#children,
+      PEER_BINS.tailscaled,
+      tailscaledArgs(nodeDir, socket, socksPort),
+      {
+        env: tailscaledEnv(nodeDir),
+        logFile: join(nodeDir, "tailscaled.log"),
+      },
+    );
+    await waitFor(() => Deno.stat(socket).then(() => true), {
+      what: `tailscaled ${name} socket`,
+      timeoutMs: 15_000,
+    });
+    this.#bare.set(name, { socket, socksPort, pid: child.pid });
+    return { socket, pid: child.pid, serverUrl: this.#desc.serverUrl };
+  }
+
+  /** Registers a bare node that has been logged in, and waits until it and the others are meshed. */
+  async adoptNode(name: string): Promise<TailnetNode> {
+    const bare = this.#bare.get(name);
+    if (!bare) throw new Error(`No bare node "${name}"; start it with startBareNode`);
+    const status = JSON.parse(
+      await runOk(
+        PEER_BINS.tailscale,
+        [`--socket=${bare.socket}`, "status", "--json", "--peers=false"],
+        "status",
+      ),
+    ) as { Self: { TailscaleIPs: string[]; DNSName: string; Tags?: string[] } };
+    const ips = status.Self.TailscaleIPs;
+    const node: TailnetNode = {
+      name,
+      tags: status.Self.Tags ?? [],
+      socket: bare.socket,
+      socksPort: bare.socksPort,
+      ipv4: ips.find((ip) => !ip.includes(":"))!,
+      ipv6: ips.find((ip) => ip.includes(":"))!,
+      fqdn: status.Self.DNSName.replace(/\.$/, ""),
+      pid: bare.pid,
+    };
+    this.nodes[name] = node;
     const all = Object.values(this.nodes);
     for (const n of all) await waitMeshed(n, all);
     return node;

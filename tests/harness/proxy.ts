@@ -1,0 +1,95 @@
+/**
+ * Test helpers around the real proxy process: {@link Proxy} runs `main.ts` as a user would (with the
+ * compiled binary's permissions) and collects its JSON log lines; {@link tcpEcho} is a backend.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { RUNTIME_PERMISSIONS } from "../../scripts/compile.ts";
+import { PROJECT_ROOT } from "../../scripts/peers.ts";
+import { waitFor } from "./tailnet.ts";
+
+const enc = new TextEncoder();
+
+/** A running proxy process with its log lines. */
+export class Proxy {
+  readonly lines: string[] = [];
+  readonly child: Deno.ChildProcess;
+  readonly #done: Promise<void>;
+  /** Starts `tailvoy --config configPath --socket socket`, with extra environment variables. */
+  constructor(configPath: string, socket: string, options: { env?: Record<string, string> } = {}) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        ...RUNTIME_PERMISSIONS,
+        join(PROJECT_ROOT, "main.ts"),
+        "--config",
+        configPath,
+        "--socket",
+        socket,
+        "--log-format",
+        "json",
+      ],
+      env: options.env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const collect = async (stream: ReadableStream<Uint8Array>) => {
+      let buf = "";
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        buf += chunk;
+        const parts = buf.split("\n");
+        buf = parts.pop()!;
+        this.lines.push(...parts.filter(Boolean));
+      }
+    };
+    this.#done = Promise.all([collect(this.child.stdout), collect(this.child.stderr)]).then(() => {});
+  }
+  /** Waits for a log line whose message matches. */
+  waitLog(re: RegExp, what: string): Promise<string> {
+    return waitFor(() => this.lines.find((l) => re.test(l)), {
+      what: `proxy log: ${what}`,
+      timeoutMs: 20_000,
+    });
+  }
+  /** Resolves with the exit code once the process has exited by itself. */
+  async exited(): Promise<number> {
+    const status = await this.child.status;
+    await this.#done;
+    return status.code;
+  }
+  /** SIGTERM, then the exit code. */
+  async stop(): Promise<number> {
+    try {
+      this.child.kill("SIGTERM");
+    } catch { /* exited */ }
+    const status = await this.child.status;
+    await this.#done;
+    return status.code;
+  }
+}
+
+/** A TCP echo backend on 127.0.0.1 that answers every chunk with `echo:` + the chunk. */
+export function tcpEcho(): { port: number; close: () => void } {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const c of l) {
+      (async () => {
+        const buf = new Uint8Array(4096);
+        try {
+          while (true) {
+            const n = await c.read(buf);
+            if (n === null) break;
+            await c.write(new Uint8Array([...enc.encode("echo:"), ...buf.subarray(0, n)]));
+          }
+        } catch { /* reset */ }
+        try {
+          c.close();
+        } catch { /* closed */ }
+      })();
+    }
+  })();
+  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
+}
