@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { Proxy, tcpEcho } from "./harness/proxy.ts";
-import { acquireTailnet, type Tailnet, waitFor } from "./harness/tailnet.ts";
+import { acquireTailnet, type Tailnet } from "./harness/tailnet.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
