@@ -226,7 +226,10 @@ Deno.test({
           assert.match(metrics, /tailvoy_flow_bytes_total\{listener="db",direction="up"\} [1-9]/);
           assert.equal((await fetch(`${base}/healthz`)).status, 200);
           const ready = await fetch(`${base}/readyz`);
-          assert.deepEqual(await ready.json(), { ready: true, checks: { localapi: true, listeners: true } });
+          assert.deepEqual(await ready.json(), {
+            ready: true,
+            checks: { localapi: true, listeners: true, envoy: true },
+          });
           const records = serveProxy.lines.map((l) => JSON.parse(l)).filter((r) =>
             r.logger === "tailvoy.decision"
           );

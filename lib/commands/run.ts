@@ -9,6 +9,7 @@ import { type AdminServer, startAdminServer } from "../admin/mod.ts";
 import { type Config, readCredentials } from "../config/mod.ts";
 import { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
+import { isConfigRejected, L7Stack } from "../l7/mod.ts";
 import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
 import { ensureLoggedIn, LoginError } from "../login/mod.ts";
@@ -84,6 +85,7 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
   }
   const telemetry = new Telemetry({ logAllows: config.tailvoy.decisionLog.allows });
   let plane: DataPlane | undefined;
+  let l7: L7Stack | undefined;
   let admin: AdminServer;
   try {
     admin = await startAdminServer(config.tailvoy.adminAddress, {
@@ -91,6 +93,7 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
       checks: {
         localapi: async () => (await api.status({ timeoutMs: 500 })).BackendState === "Running",
         listeners: () => plane !== undefined,
+        envoy: () => l7 === undefined ? plane !== undefined : l7.ready,
       },
     });
   } catch (err) {
@@ -145,8 +148,22 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
         }),
     });
     try {
-      plane = await DataPlane.start(config, { api, resolver, status, telemetry });
+      l7 = await L7Stack.start(config, {
+        resolver,
+        telemetry,
+        authzAddr: options.authzAddr,
+        envoyArgs: options.envoyArgs,
+      });
     } catch (err) {
+      log.fatal("could not start Envoy and ext_authz: {error}", {
+        error: err instanceof Error ? err.message : String(err),
+      });
+      return isConfigRejected(err) ? 2 : 1;
+    }
+    try {
+      plane = await DataPlane.start(config, { api, resolver, status, telemetry, l7Targets: l7?.targets });
+    } catch (err) {
+      await l7?.close(0);
       log.fatal("could not start the listeners: {error}", {
         error: err instanceof Error ? err.message : String(err),
       });
@@ -159,6 +176,7 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
       ms: config.tailvoy.timeouts.drain,
     });
     await plane.close(config.tailvoy.timeouts.drain);
+    await l7?.close(config.tailvoy.timeouts.drain);
     log.info("stopped");
     return 0;
   }

@@ -28,6 +28,8 @@ export interface DecisionEvent {
   decision: Decision;
   /** Audit-only listener: the decision is logged but traffic is allowed. */
   shadow?: boolean;
+  /** A finer outcome than the decision's code (e.g. ext_authz's `bad_secret`), for the log. */
+  code?: string;
   latencyMs: number;
 }
 
@@ -162,7 +164,7 @@ export class Telemetry {
       path: event.decision.canonicalPath ?? event.path ?? null,
       decision: allow ? "allow" : "deny",
       shadow: event.shadow ?? false,
-      code: event.decision.code,
+      code: event.code ?? event.decision.code,
       rule: ruleOf(event.decision),
       latencyMs: Math.round(event.latencyMs * 1000) / 1000,
     };
