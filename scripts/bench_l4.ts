@@ -1,12 +1,14 @@
 /**
  * The L4 part of `deno task bench`: our TCP relay (the real proxy process, serve ingress with the PROXY
  * v2 header tailscaled sends, real WhoIs against a tailnet in a box, then cached) against baselines
- * measured in the same run — direct loopback, Envoy's `tcp_proxy` and `socat`. Prints throughput,
- * new connections/s, added latency and RSS, each goal of the issue next to its figure.
+ * measured in the same run — direct loopback, Envoy's `tcp_proxy` (`--concurrency 1` and 2), `socat`,
+ * and our `relay()` alone (`bench/l4_bare_relay.ts`: what the Deno runtime costs before any of our
+ * per-connection logic). Prints throughput, new connections/s, added latency and RSS, with the proxy's
+ * CPU per GiB and per connection (robust on a shared machine), each goal of the issue next to its figure.
  *
  * Every program runs in its own process: the proxy under test, the backend (`bench/l4_sink.ts`) and the
  * load generator (`bench/l4_load.ts`), so none shares an event loop with another. Everything on
- * 127.0.0.1. Run alone with `deno run -A scripts/bench_l4.ts [--quick]`.
+ * 127.0.0.1. Run alone with `deno run -A scripts/bench_l4.ts [--quick]` (about 45 s; full about 90 s).
  *
  * @module
  */
@@ -176,15 +178,17 @@ function envoyBootstrap(port: number, adminPort: number, backendPort: number): s
   });
 }
 
+/** Polls `check` until it holds; gives up after `timeoutMs`, or at once when `child` exits. */
 async function waitUntil(
-  what: () => string,
-  timeoutMs: number,
-  check: () => Promise<boolean>,
+  child: Child,
+  what: string,
+  options: { timeoutMs: number; check: () => Promise<boolean> },
 ): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
+  const deadline = performance.now() + options.timeoutMs;
   while (true) {
-    if (await check().catch(() => false)) return;
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what()}`);
+    if (await options.check().catch(() => false)) return;
+    const why = child.exited ? "it exited" : performance.now() > deadline ? "timed out" : "";
+    if (why) throw new Error(`${child.name}: ${why} waiting for ${what}; stderr:\n${child.stderrTail()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -216,10 +220,13 @@ async function startEnvoy(
     "--log-level",
     "error",
   ]);
-  await waitUntil(() => `${child.name} to be ready; stderr:\n${child.stderrTail()}`, 20_000, async () => {
-    const r = await fetch(`http://127.0.0.1:${adminPort}/ready`);
-    const body = await r.text();
-    return r.ok && body.includes("LIVE") && await canConnect(port);
+  await waitUntil(child, "/ready to say LIVE", {
+    timeoutMs: 20_000,
+    check: async () => {
+      const r = await fetch(`http://127.0.0.1:${adminPort}/ready`);
+      const body = await r.text();
+      return r.ok && body.includes("LIVE") && await canConnect(port);
+    },
   });
   return {
     key: `envoy${options.concurrency}`,
@@ -239,7 +246,7 @@ async function startSocat(spawn: Spawn, backendPort: number): Promise<Target> {
     `TCP4-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork,backlog=4096`,
     `TCP4:127.0.0.1:${backendPort}`,
   ]);
-  await waitUntil(() => `socat to listen; stderr:\n${child.stderrTail()}`, 10_000, () => canConnect(port));
+  await waitUntil(child, "it to listen", { timeoutMs: 10_000, check: () => canConnect(port) });
   return { key: "socat", label: "socat", port, pid: child.pid };
 }
 
@@ -280,14 +287,17 @@ async function startTailvoy(
   // Our loopback listener is the target of the serve entry we registered with tailscaled.
   using api = new LocalApiClient(gw.socket, { timeoutMs: 5000 });
   let port = 0;
-  await waitUntil(() => `tailvoy's serve entry; stderr:\n${child.stderrTail()}`, 30_000, async () => {
-    const { config } = await api.getServeConfig();
-    for (const fg of Object.values(config.Foreground ?? {})) {
-      const forward = fg.TCP?.[String(SERVE_PORT)]?.TCPForward;
-      const m = forward && /^127\.0\.0\.1:(\d+)$/.exec(forward);
-      if (m) port = Number(m[1]);
-    }
-    return port > 0;
+  await waitUntil(child, "its serve entry in tailscaled", {
+    timeoutMs: 30_000,
+    check: async () => {
+      const { config } = await api.getServeConfig();
+      for (const fg of Object.values(config.Foreground ?? {})) {
+        const forward = fg.TCP?.[String(SERVE_PORT)]?.TCPForward;
+        const m = forward && /^127\.0\.0\.1:(\d+)$/.exec(forward);
+        if (m) port = Number(m[1]);
+      }
+      return port > 0;
+    },
   });
   return {
     key: "tailvoy",
@@ -578,7 +588,7 @@ export async function benchL4(options: BenchL4Options = {}): Promise<void> {
     const bareChild = spawn("bare relay", [...helper("l4_bare_relay.ts"), String(backendPort)]);
     const bare: Target = {
       key: "bare",
-      label: "bare relay() (Deno floor)",
+      label: "bare relay()",
       port: (JSON.parse(await bareChild.nextLine(30_000)) as { port: number }).port,
       pid: bareChild.pid,
     };

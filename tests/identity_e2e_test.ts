@@ -195,6 +195,15 @@ Deno.test({
         // A hung tailscaled (stopped with SIGSTOP): the call times out and the caller is denied.
         Deno.kill(gw2.pid, "SIGSTOP");
         try {
+          // The signal is queued at once but takes effect asynchronously: wait until it is stopped.
+          await waitFor(
+            async () => / T /.test(await Deno.readTextFile(`/proc/${gw2.pid}/stat`)) ? true : undefined,
+            {
+              what: "tailscaled to be stopped",
+              timeoutMs: 5000,
+              intervalMs: 10,
+            },
+          );
           const hung = await checkL4(resolver, { addr: `${alice.ipv4}:1` }, request);
           assert.equal(hung.decision.code, "unknown_caller");
           assert.equal(JSON.parse(logs.at(-1)!).kind, "timeout");

@@ -16,6 +16,7 @@ export class Child {
   readonly #waiters: ((line: string | undefined) => void)[] = [];
   readonly #stderr: string[] = [];
   #ended = false;
+  #exited = false;
   readonly #writer?: WritableStreamDefaultWriter<Uint8Array>;
 
   /**
@@ -33,6 +34,7 @@ export class Child {
       stderr: "piped",
     }).spawn();
     if (options.stdin) this.#writer = this.process.stdin.getWriter();
+    this.process.status.then(() => this.#exited = true, () => this.#exited = true);
     void this.#read(this.process.stdout, (line) => {
       const waiter = this.#waiters.shift();
       if (waiter) waiter(line);
@@ -65,6 +67,11 @@ export class Child {
       }
     } catch { /* killed */ }
     if (buf) onLine(buf);
+  }
+
+  /** Whether it has exited. */
+  get exited(): boolean {
+    return this.#exited;
   }
 
   /** The last lines of its stderr, for error messages. */
