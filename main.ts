@@ -98,6 +98,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       case "run":
         return await runProxy(config!, {
+          configPath,
           socket: v.socket,
           authzAddr: v["authz-addr"] ?? DEFAULT_AUTHZ_ADDR,
           envoyArgs: args.envoyArgs,

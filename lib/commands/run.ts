@@ -6,9 +6,10 @@
  */
 
 import { type AdminServer, startAdminServer } from "../admin/mod.ts";
-import { type Config, readCredentials } from "../config/mod.ts";
+import { type Config, ConfigError, loadConfig, readCredentials } from "../config/mod.ts";
 import { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
+import { l7ListenerNames } from "../envoy/mod.ts";
 import { isConfigRejected, L7Stack } from "../l7/mod.ts";
 import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
@@ -25,6 +26,8 @@ export interface RunOptions {
   envoyArgs?: string[];
   /** Resolves when the process should stop (default: SIGINT or SIGTERM). */
   stopSignal?: Promise<unknown>;
+  /** Config file re-read on SIGHUP (reload is off without it). */
+  configPath?: string;
 }
 
 function signalled(): Promise<string> {
@@ -67,7 +70,8 @@ export async function waitForLocalApi(
 }
 
 /** Runs the proxy until stopped; resolves with the exit code. */
-export async function runProxy(config: Config, options: RunOptions): Promise<number> {
+export async function runProxy(initial: Config, options: RunOptions): Promise<number> {
+  let config = initial;
   const log = getLogger();
   const socket = options.socket ?? config.tailvoy.localApiSocket;
   const stop = options.stopSignal ?? signalled();
@@ -170,7 +174,9 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
       return 1;
     }
     log.info("ready: {tcp} TCP and {udp} UDP listeners", { tcp: plane.tcp.length, udp: plane.udp.length });
+    const reloads = options.configPath ? onHangup(() => reload(options.configPath!)) : undefined;
     const reason = await stop;
+    reloads?.();
     log.info("stopping ({reason}): no new connections; draining open flows for up to {ms} ms", {
       reason: String(reason),
       ms: config.tailvoy.timeouts.drain,
@@ -179,5 +185,70 @@ export async function runProxy(config: Config, options: RunOptions): Promise<num
     await l7?.close(config.tailvoy.timeouts.drain);
     log.info("stopped");
     return 0;
+
+    // SIGHUP: re-read the config; an invalid one is rejected and the running one stays.
+    async function reload(path: string): Promise<void> {
+      let next: Config;
+      try {
+        next = await loadConfig(path);
+        if (next.discovery) {
+          throw new ConfigError([{ path: ["discovery"], message: "discovery mode is not implemented yet" }]);
+        }
+      } catch (err) {
+        telemetry.configReloads.inc({ result: "invalid" });
+        log.error("reload rejected, still running the previous config: {errors}", {
+          errors: err instanceof Error ? err.message : String(err),
+        });
+        return;
+      }
+      const restartOnly = (c: Config) => JSON.stringify({ ...c.tailvoy, decisionLog: undefined });
+      if (restartOnly(next) !== restartOnly(config)) {
+        log.warn("changes under tailvoy: (other than decisionLog) take effect after a restart");
+      }
+      try {
+        const drainMs = next.tailvoy.timeouts.drain;
+        if (l7 && l7ListenerNames(next).length) await l7.reload(next, { drainMs });
+        else if (l7) {
+          await l7.close(drainMs);
+          l7 = undefined;
+        } else if (l7ListenerNames(next).length) {
+          l7 = await L7Stack.start(next, {
+            resolver,
+            telemetry,
+            authzAddr: options.authzAddr,
+            envoyArgs: options.envoyArgs,
+          });
+        }
+        const summary = await plane!.reload(next, { l7Targets: l7?.targets });
+        telemetry.logAllows = next.tailvoy.decisionLog.allows;
+        config = next;
+        telemetry.configReloads.inc({ result: "ok" });
+        log.info(
+          "reloaded {path}: added [{added}], removed [{removed}], changed [{changed}], kept [{kept}]",
+          {
+            path,
+            added: summary.added.join(", "),
+            removed: summary.removed.join(", "),
+            changed: summary.changed.join(", "),
+            kept: summary.kept.join(", "),
+          },
+        );
+      } catch (err) {
+        telemetry.configReloads.inc({ result: "failed" });
+        log.error("reload failed part-way: {error}", {
+          error: err instanceof Error ? err.message : String(err),
+        });
+      }
+    }
   }
+}
+
+/** Runs `fn` on each SIGHUP, one at a time; returns a function that stops listening. */
+function onHangup(fn: () => Promise<void>): () => void {
+  let chain = Promise.resolve();
+  const handler = () => {
+    chain = chain.then(fn, fn);
+  };
+  Deno.addSignalListener("SIGHUP", handler);
+  return () => Deno.removeSignalListener("SIGHUP", handler);
 }

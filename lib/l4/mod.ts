@@ -6,14 +6,14 @@
  * @module
  */
 
-import type { Config } from "../config/mod.ts";
+import type { Config, ListenerConfig } from "../config/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { getLogger } from "../log.ts";
 import { type Forward, ServeSession } from "../serve/mod.ts";
 import { FlowTable } from "./flows.ts";
-import { type L7Target, TcpListener, type TcpListenerSpec } from "./tcp.ts";
+import { type L7Target, type TcpDeps, TcpListener, type TcpListenerSpec } from "./tcp.ts";
 import { UdpListener } from "./udp.ts";
 
 export { FlowTable } from "./flows.ts";
@@ -36,116 +36,179 @@ export interface DataPlaneDeps {
 const log = getLogger("l4");
 const L7 = new Set(["http", "https", "grpc"]);
 
+/** One running listener and what it was built from (to tell on reload whether it changed). */
+interface Entry {
+  key: string;
+  tcp?: TcpListener;
+  udp?: UdpListener;
+  forward?: Forward;
+}
+
+/** What a reload changed. */
+export interface ReloadSummary {
+  added: string[];
+  removed: string[];
+  changed: string[];
+  kept: string[];
+}
+
 /** A running data plane. */
 export class DataPlane {
   readonly flows: FlowTable;
-  readonly tcp: TcpListener[] = [];
-  readonly udp: UdpListener[] = [];
   serve?: ServeSession;
-  #forwards: Forward[] = [];
+  #entries = new Map<string, Entry>();
   #closing = false;
-  readonly #api: LocalApiClient;
-  readonly #telemetry?: Telemetry;
+  readonly #deps: DataPlaneDeps;
+  readonly #tcpDeps: TcpDeps;
+  readonly #directHosts: string[];
 
-  private constructor(api: LocalApiClient, flows: FlowTable, telemetry?: Telemetry) {
-    this.#api = api;
-    this.flows = flows;
-    this.#telemetry = telemetry;
-  }
-
-  /** Binds every listener of `config` and, in serve mode, asks tailscaled to forward to them. */
-  static async start(config: Config, deps: DataPlaneDeps): Promise<DataPlane> {
-    const t = config.tailvoy.timeouts;
-    const flows = new FlowTable(deps.resolver, {
+  private constructor(config: Config, deps: DataPlaneDeps) {
+    this.#deps = deps;
+    this.flows = new FlowTable(deps.resolver, {
       onRevoked: (flow) => deps.telemetry?.revoked.inc({ listener: flow.listener }),
     });
-    const plane = new DataPlane(deps.api, flows, deps.telemetry);
-    const tcpDeps = {
+    const t = config.tailvoy.timeouts;
+    this.#tcpDeps = {
       resolver: deps.resolver,
-      flows,
+      flows: this.flows,
       telemetry: deps.telemetry,
       timeouts: { proxyHeader: 3000, tlsHello: t.tlsHello, dial: t.dial },
     };
     // Behind a kernel TUN the tailnet IPs are ours to bind; behind userspace networking tailscaled
     // delivers to 127.0.0.1:PORT and WhoIs maps that address back to the peer.
-    const directHosts = deps.status.TUN ? deps.status.TailscaleIPs : ["127.0.0.1"];
+    this.#directHosts = deps.status.TUN ? deps.status.TailscaleIPs : ["127.0.0.1"];
+  }
+
+  /** Running TCP listeners. */
+  get tcp(): TcpListener[] {
+    return [...this.#entries.values()].flatMap((e) => e.tcp ? [e.tcp] : []);
+  }
+
+  /** Running UDP listeners. */
+  get udp(): UdpListener[] {
+    return [...this.#entries.values()].flatMap((e) => e.udp ? [e.udp] : []);
+  }
+
+  /** Binds every listener of `config` and, in serve mode, asks tailscaled to forward to them. */
+  static async start(config: Config, deps: DataPlaneDeps): Promise<DataPlane> {
+    const plane = new DataPlane(config, deps);
     try {
       for (const [name, l] of Object.entries(config.listeners)) {
-        if (l.shadow) {
-          log.warn(
-            "listener {name} is in SHADOW mode: decisions are logged, but every caller is let through",
-            {
-              name,
-            },
-          );
-        }
-        if (l.protocol === "udp") {
-          plane.udp.push(
-            await UdpListener.start({
-              name,
-              bind: directHosts.map((hostname) => ({ hostname, port: l.port })),
-              backend: l.backend!,
-              shadow: l.shadow,
-            }, tcpDeps),
-          );
-          continue;
-        }
-        const l7 = deps.l7Targets?.get(name);
-        if (L7.has(l.protocol) && !l7) {
-          log.error("listener {name} ({protocol}) needs Envoy, which is not running: not started", {
-            name,
-            protocol: l.protocol,
-          });
-          continue;
-        }
-        const spec: TcpListenerSpec = {
-          name,
-          protocol: l.protocol as TcpListenerSpec["protocol"],
-          ingress: l.ingress,
-          bind: l.ingress === "serve"
-            ? [{ hostname: "127.0.0.1", port: 0 }]
-            : directHosts.map((hostname) => ({ hostname, port: l.port })),
-          backend: l.backend,
-          routes: l.routes.flatMap((r) =>
-            r.hostname && r.backend ? [{ hostname: r.hostname, backend: r.backend }] : []
-          ),
-          l7,
-          shadow: l.shadow,
-        };
-        if (l.shadow) {
-          log.warn(
-            "listener {name} is in SHADOW mode: decisions are logged, but every caller is let through",
-            {
-              name,
-            },
-          );
-        }
-        const listener = new TcpListener(spec, tcpDeps);
-        plane.tcp.push(listener);
-        if (l.ingress === "serve") {
-          plane.#forwards.push({ port: l.port, target: `127.0.0.1:${listener.addrs[0].port}` });
-        }
-        log.info("listener {name} ({protocol}, {ingress}) on {addrs}", {
-          name,
-          protocol: l.protocol,
-          ingress: l.ingress,
-          addrs: listener.addrs.map((a) => `${a.hostname}:${a.port}`).join(", "),
-        });
+        const entry = await plane.#startListener(name, l, deps.l7Targets);
+        if (entry) plane.#entries.set(name, entry);
       }
-      if (plane.#forwards.length) await plane.#openServe();
+      if (plane.#forwards().length) await plane.#openServe();
     } catch (err) {
       await plane.close(0);
       throw err;
     }
-    plane.flows.startRecheck(t.recheck);
+    plane.flows.startRecheck(config.tailvoy.timeouts.recheck);
     return plane;
   }
 
-  async #openServe(): Promise<void> {
-    this.serve = await ServeSession.open(this.#api, {
-      onWrite: () => this.#telemetry?.serveConfigWrites.inc(),
+  /**
+   * Applies a new config: listeners whose settings did not change keep running (and their open
+   * connections with them); added ones start, removed ones stop accepting, changed ones are rebuilt.
+   * Open flows of removed or changed listeners are left to finish.
+   */
+  async reload(config: Config, options: { l7Targets?: Map<string, L7Target> } = {}): Promise<ReloadSummary> {
+    const summary: ReloadSummary = { added: [], removed: [], changed: [], kept: [] };
+    const next = new Map<string, Entry>();
+    for (const [name, l] of Object.entries(config.listeners)) {
+      const old = this.#entries.get(name);
+      if (old && old.key === entryKey(l, options.l7Targets?.get(name))) {
+        next.set(name, old);
+        summary.kept.push(name);
+        continue;
+      }
+      if (old) this.#stopEntry(old);
+      const entry = await this.#startListener(name, l, options.l7Targets);
+      if (entry) next.set(name, entry);
+      (old ? summary.changed : summary.added).push(name);
+    }
+    for (const [name, old] of this.#entries) {
+      if (!next.has(name)) {
+        this.#stopEntry(old);
+        summary.removed.push(name);
+      }
+    }
+    this.#entries = next;
+    const forwards = this.#forwards();
+    if (this.serve) await this.serve.setForwards(forwards);
+    else if (forwards.length) await this.#openServe();
+    this.flows.startRecheck(config.tailvoy.timeouts.recheck);
+    return summary;
+  }
+
+  #forwards(): Forward[] {
+    return [...this.#entries.values()].flatMap((e) => e.forward ? [e.forward] : []);
+  }
+
+  #stopEntry(entry: Entry): void {
+    entry.tcp?.close();
+    entry.udp?.close();
+  }
+
+  async #startListener(
+    name: string,
+    l: ListenerConfig,
+    l7Targets?: Map<string, L7Target>,
+  ): Promise<Entry | undefined> {
+    if (l.shadow) {
+      log.warn("listener {name} is in SHADOW mode: decisions are logged, but every caller is let through", {
+        name,
+      });
+    }
+    const l7 = l7Targets?.get(name);
+    const key = entryKey(l, l7);
+    if (l.protocol === "udp") {
+      const udp = await UdpListener.start({
+        name,
+        bind: this.#directHosts.map((hostname) => ({ hostname, port: l.port })),
+        backend: l.backend!,
+        shadow: l.shadow,
+      }, this.#tcpDeps);
+      return { key, udp };
+    }
+    if (L7.has(l.protocol) && !l7) {
+      log.error("listener {name} ({protocol}) needs Envoy, which is not running: not started", {
+        name,
+        protocol: l.protocol,
+      });
+      return undefined;
+    }
+    const spec: TcpListenerSpec = {
+      name,
+      protocol: l.protocol as TcpListenerSpec["protocol"],
+      ingress: l.ingress,
+      bind: l.ingress === "serve"
+        ? [{ hostname: "127.0.0.1", port: 0 }]
+        : this.#directHosts.map((hostname) => ({ hostname, port: l.port })),
+      backend: l.backend,
+      routes: l.routes.flatMap((r) =>
+        r.hostname && r.backend ? [{ hostname: r.hostname, backend: r.backend }] : []
+      ),
+      l7,
+      shadow: l.shadow,
+    };
+    const tcp = new TcpListener(spec, this.#tcpDeps);
+    log.info("listener {name} ({protocol}, {ingress}) on {addrs}", {
+      name,
+      protocol: l.protocol,
+      ingress: l.ingress,
+      addrs: tcp.addrs.map((a) => `${a.hostname}:${a.port}`).join(", "),
     });
-    await this.serve.setForwards(this.#forwards);
+    const forward = l.ingress === "serve"
+      ? { port: l.port, target: `127.0.0.1:${tcp.addrs[0].port}` }
+      : undefined;
+    return { key, tcp, forward };
+  }
+
+  async #openServe(): Promise<void> {
+    this.serve = await ServeSession.open(this.#deps.api, {
+      onWrite: () => this.#deps.telemetry?.serveConfigWrites.inc(),
+    });
+    await this.serve.setForwards(this.#forwards());
     // tailscaled drops our entries when the bus stream ends (e.g. it restarted): put them back.
     const session = this.serve;
     void session.lost.then(async () => {
@@ -171,4 +234,9 @@ export class DataPlane {
     await this.flows.drain(drainMs);
     for (const l of this.udp) l.close();
   }
+}
+
+// What a listener is built from: equal keys mean a reload can keep the running listener.
+function entryKey(l: ListenerConfig, l7?: L7Target): string {
+  return JSON.stringify({ l, l7: l7 ? { host: l7.hostname, port: l7.port } : null });
 }

@@ -36,18 +36,32 @@ export interface L7Options {
 /** A running L7 stack. */
 export class L7Stack {
   /** Envoy targets by listener name, for the L4 relay. */
-  readonly targets: Map<string, L7Target>;
+  targets: Map<string, L7Target>;
+  readonly #ports: Map<string, number>;
+  readonly #secret: string;
+  readonly #current: { lookup: ReturnType<typeof listenersFromConfig> };
+  readonly #authzAddress: string;
   readonly #authz: AuthzServer;
   readonly #envoy: EnvoySupervisor;
   readonly #gauges: ReturnType<typeof setInterval>;
 
   private constructor(
-    targets: Map<string, L7Target>,
+    state: {
+      targets: Map<string, L7Target>;
+      ports: Map<string, number>;
+      secret: string;
+      current: { lookup: ReturnType<typeof listenersFromConfig> };
+      authzAddress: string;
+    },
     authz: AuthzServer,
     envoy: EnvoySupervisor,
     telemetry?: Telemetry,
   ) {
-    this.targets = targets;
+    this.targets = state.targets;
+    this.#ports = state.ports;
+    this.#secret = state.secret;
+    this.#current = state.current;
+    this.#authzAddress = state.authzAddress;
     this.#authz = authz;
     this.#envoy = envoy;
     let restarts = 0;
@@ -67,9 +81,11 @@ export class L7Stack {
     if (!names.length) return undefined;
     const log = getLogger("l7");
     const secret = generateSecret();
+    // ext_authz reads the listener settings through this holder, so a reload can swap them.
+    const current = { lookup: listenersFromConfig(config) };
     const authz = createAuthzServer({
       resolver: options.resolver,
-      listeners: listenersFromConfig(config),
+      listeners: (name) => current.lookup(name),
       secret,
       appCapNames: config.tailvoy.capabilities,
       onDecision: (record) =>
@@ -97,10 +113,8 @@ export class L7Stack {
     const envoy = new EnvoySupervisor({ binary: config.tailvoy.envoyBinary, extraArgs: options.envoyArgs });
     try {
       const ports = allocatePorts(names);
-      const bootstrap = renderBootstrap(config, {
-        listenerPorts: ports,
-        authzAddress: `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`,
-      });
+      const authzAddress = `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`;
+      const bootstrap = renderBootstrap(config, { listenerPorts: ports, authzAddress });
       await envoy.validate(bootstrap);
       await envoy.start(bootstrap);
       await envoy.ready;
@@ -115,12 +129,33 @@ export class L7Stack {
         ports: Object.fromEntries(ports),
         pid: envoy.pid,
       });
-      return new L7Stack(targets, authz, envoy, options.telemetry);
+      return new L7Stack({ targets, ports, secret, current, authzAddress }, authz, envoy, options.telemetry);
     } catch (err) {
       await envoy.stop({ drainMs: 0 }).catch(() => {});
       await authz.close({ graceMs: 0 });
       throw err;
     }
+  }
+
+  /**
+   * Applies a new config: listener ports are kept for listeners that stay, new ones get free ports, and
+   * Envoy restarts (with drain) only if its rendered config changed. Resolves true when Envoy was
+   * restarted.
+   */
+  async reload(config: Config, options: { drainMs: number }): Promise<boolean> {
+    const names = l7ListenerNames(config);
+    const fresh = allocatePorts(names.filter((n) => !this.#ports.has(n)));
+    const ports = new Map(names.map((n) => [n, this.#ports.get(n) ?? fresh.get(n)!]));
+    const bootstrap = renderBootstrap(config, { listenerPorts: ports, authzAddress: this.#authzAddress });
+    const restarted = await this.#envoy.reload(bootstrap, { drainMs: options.drainMs });
+    this.#current.lookup = listenersFromConfig(config);
+    this.#ports.clear();
+    for (const [n, p] of ports) this.#ports.set(n, p);
+    const bytes = new TextEncoder().encode(this.#secret);
+    this.targets = new Map(
+      names.map((n) => [n, { hostname: "127.0.0.1", port: ports.get(n)!, secret: bytes }]),
+    );
+    return restarted;
   }
 
   /** Whether Envoy answers /ready. */
