@@ -14,15 +14,16 @@
 
 import { join } from "node:path";
 import { RUNTIME_PERMISSIONS } from "./compile.ts";
-import { ensurePeers, PROJECT_ROOT } from "./peers.ts";
+import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 import { Tailnet } from "../tests/harness/tailnet.ts";
 
 const EXAMPLE_CONFIG = join(PROJECT_ROOT, "examples", "config.yaml");
 
-function proxy(args: string[]): Deno.ChildProcess {
+function proxy(args: string[], options: { env?: Record<string, string> } = {}): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", ...RUNTIME_PERMISSIONS, "--watch=lib/,main.ts", "main.ts", ...args],
     cwd: PROJECT_ROOT,
+    env: options.env,
     stdin: "null",
     stdout: "inherit",
     stderr: "inherit",
@@ -68,7 +69,10 @@ if (import.meta.main) {
     "",
   ];
   console.error(lines.join("\n"));
-  const child = proxy(["--config", EXAMPLE_CONFIG, "--socket", gw.socket, "--log-format", "text"]);
+  // The example's Envoy is the pinned peer (tailvoy.envoyBinary "envoy" defers to ENVOY_BIN).
+  const child = proxy(["--config", EXAMPLE_CONFIG, "--socket", gw.socket, "--log-format", "text"], {
+    env: { ENVOY_BIN: PEER_BINS.envoy },
+  });
   const stopped = new Promise<string>((resolve) => {
     for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => resolve(sig));
   });
