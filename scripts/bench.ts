@@ -7,6 +7,10 @@
  *   request target with `new URL()`.
  * - whois: identity lookups through the resolver, cache hit and miss over the real tailscaled socket
  *   of a tailnet in a box, vs a bare LocalAPI `status` round trip on the same socket.
+ * - l4: throughput, new connections/s, added latency and RSS of the relay vs direct loopback, Envoy's
+ *   tcp_proxy and socat (see scripts/bench_l4.ts).
+ *
+ * `--quick` shortens the long sections.
  *
  * @module
  */
@@ -15,6 +19,7 @@ import { IdentityResolver } from "../lib/identity/mod.ts";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { decideL4, decideL7, parseCapRules } from "../lib/policy/mod.ts";
 import { Tailnet } from "../tests/harness/tailnet.ts";
+import { benchL4 } from "./bench_l4.ts";
 import { ensurePeers } from "./peers.ts";
 
 interface Figure {
@@ -144,8 +149,14 @@ async function benchWhois(): Promise<void> {
 }
 
 if (import.meta.main) {
-  const sections: Record<string, () => void | Promise<void>> = { policy: benchPolicy, whois: benchWhois };
-  const wanted = Deno.args.length ? Deno.args : Object.keys(sections);
+  const quick = Deno.args.includes("--quick");
+  const sections: Record<string, () => void | Promise<void>> = {
+    policy: benchPolicy,
+    whois: benchWhois,
+    l4: () => benchL4({ quick }),
+  };
+  const named = Deno.args.filter((a) => !a.startsWith("--"));
+  const wanted = named.length ? named : Object.keys(sections);
   for (const name of wanted) {
     const run = sections[name];
     if (!run) {

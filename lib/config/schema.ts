@@ -197,6 +197,8 @@ const TimeoutsSchema = z.strictObject({
   drain: duration("15s", { allowZero: true }),
   /** How often long-lived connections are re-authorized (default 10s; 0 disables). */
   recheck: duration("10s", { allowZero: true }),
+  /** On shutdown, time between unadvertising our Tailscale Services and draining, so clients move to other replicas (default 5s). */
+  unadvertiseGrace: duration("5s", { allowZero: true }),
 }).prefault({});
 
 /** `tailvoy:` block: our additions, all optional. */

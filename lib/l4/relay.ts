@@ -29,7 +29,7 @@ export interface RelayOptions {
   maxLifetimeMs?: number;
   /** Aborting closes both sides at once (revocation, drain). */
   signal?: AbortSignal;
-  /** Buffer size per direction. */
+  /** Largest buffer per direction (buffers start at 4 KiB and grow on full reads). */
   bufferSize?: number;
 }
 
@@ -53,7 +53,7 @@ function closeQuietly(conn: Deno.Conn): void {
 
 /** Relays bytes between `caller` and `backend` until both directions end or it is stopped. */
 export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptions = {}): Relay {
-  const size = options.bufferSize ?? 64 * 1024;
+  const size = options.bufferSize ?? 256 * 1024;
   const state = { bytesUp: 0, bytesDown: 0, lastActivity: performance.now() };
   let end: RelayEnd = "done";
   let detail: string | undefined;
@@ -67,16 +67,20 @@ export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptio
     closeQuietly(backend);
   };
 
+  const trackIdle = Boolean(options.idleTimeoutMs);
   const pump = async (from: Deno.Conn, to: RelayConn, count: "bytesUp" | "bytesDown") => {
-    const buf = new Uint8Array(size);
+    // Start small and grow on full reads: most flows are chatty and small (memory at 10k flows),
+    // bulk transfers reach the full size within a few reads (throughput).
+    let buf = new Uint8Array(Math.min(4096, size));
     try {
       while (true) {
         const n = await from.read(buf);
         if (n === null) break;
         state[count] += n;
-        state.lastActivity = performance.now();
+        if (trackIdle) state.lastActivity = performance.now();
         let off = 0;
         while (off < n) off += await to.write(buf.subarray(off, n));
+        if (n === buf.length && buf.length < size) buf = new Uint8Array(Math.min(buf.length * 4, size));
       }
       if (!closed) await to.closeWrite().catch(() => {});
     } catch (err) {

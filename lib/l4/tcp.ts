@@ -94,8 +94,17 @@ export function routeBySni(
 
 async function dial(addr: string, timeoutMs: number): Promise<Deno.TcpConn> {
   const { ip, port } = splitAddr(addr);
-  const signal = AbortSignal.timeout(timeoutMs);
-  return await Deno.connect({ hostname: ip, port: port!, signal });
+  // Not AbortSignal.timeout: its timer would outlive every successful connect by `timeoutMs`.
+  const abort = new AbortController();
+  const timer = setTimeout(
+    () => abort.abort(new Error(`connect timed out after ${timeoutMs} ms`)),
+    timeoutMs,
+  );
+  try {
+    return await Deno.connect({ hostname: ip, port: port!, signal: abort.signal });
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
@@ -109,6 +118,7 @@ export class TcpListener {
   readonly #deps: TcpDeps;
   readonly #listeners: Deno.TcpListener[] = [];
   readonly #pending = new Set<Deno.Conn>();
+  #closed = false;
   /** Connections refused (deny, bad header, timeout), for metrics and tests. */
   refused = 0;
 
@@ -130,6 +140,7 @@ export class TcpListener {
 
   /** Stops accepting; connections still being set up are closed; open flows are the flow table's. */
   close(): void {
+    this.#closed = true;
     for (const l of this.#listeners) {
       try {
         l.close();
@@ -143,12 +154,23 @@ export class TcpListener {
   }
 
   async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+    let backoff = 50;
     while (true) {
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
-      } catch {
-        return; // listener closed
+        backoff = 50;
+      } catch (err) {
+        if (this.#closed) return;
+        // E.g. out of file descriptors: the listener is fine, keep accepting once there is room.
+        log.error("listener {listener}: accept failed ({error}); retrying in {ms} ms", {
+          listener: this.spec.name,
+          error: err instanceof Error ? err.message : String(err),
+          ms: backoff,
+        });
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, 1000);
+        continue;
       }
       conn.setNoDelay(true);
       void this.#handle(conn).catch((err) => {
@@ -156,6 +178,7 @@ export class TcpListener {
           listener: this.spec.name,
           error: err instanceof Error ? err.stack : String(err),
         });
+        this.#pending.delete(conn);
         try {
           conn.close();
         } catch { /* closed */ }
