@@ -10,7 +10,7 @@ import { type Config, ConfigError, loadConfig, readCredentials } from "../config
 import { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
 import { l7ListenerNames } from "../envoy/mod.ts";
-import { isConfigRejected, L7Stack } from "../l7/mod.ts";
+import type { L7Options, L7Stack } from "../l7/mod.ts";
 import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
 import { ensureLoggedIn, LoginError } from "../login/mod.ts";
@@ -152,7 +152,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
         }),
     });
     try {
-      l7 = await L7Stack.start(config, {
+      l7 = await startL7(config, {
         resolver,
         telemetry,
         authzAddr: options.authzAddr,
@@ -162,6 +162,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       log.fatal("could not start Envoy and ext_authz: {error}", {
         error: err instanceof Error ? err.message : String(err),
       });
+      const { isConfigRejected } = await import("../l7/mod.ts");
       return isConfigRejected(err) ? 2 : 1;
     }
     try {
@@ -212,7 +213,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
           await l7.close(drainMs);
           l7 = undefined;
         } else if (l7ListenerNames(next).length) {
-          l7 = await L7Stack.start(next, {
+          l7 = await startL7(next, {
             resolver,
             telemetry,
             authzAddr: options.authzAddr,
@@ -241,6 +242,16 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       }
     }
   }
+}
+
+/**
+ * The L7 stack, loaded only when the config has http/https/grpc listeners: gRPC and the protos cost
+ * tens of MB of memory that an L4-only proxy should not pay.
+ */
+async function startL7(config: Config, options: L7Options): Promise<L7Stack | undefined> {
+  if (!l7ListenerNames(config).length) return undefined;
+  const { L7Stack } = await import("../l7/mod.ts");
+  return await L7Stack.start(config, options);
 }
 
 /** Runs `fn` on each SIGHUP, one at a time; returns a function that stops listening. */
