@@ -533,11 +533,17 @@ async function waitForCaps(
   }, { what, timeoutMs: 20_000, intervalMs: 200 });
 }
 
-/** A tailvoy config file (YAML) with `listeners`, admin on a free port, our Envoy. */
+/**
+ * A tailvoy config file (YAML) with `listeners` (YAML lines, each top-level one `name: ...`), each
+ * published as a Service of its own name as in tailvoy's README, admin on a free port, our Envoy.
+ */
 async function writeConfig(file: string, listeners: string[]): Promise<string> {
+  const names = listeners.filter((l) => /^\w/.test(l)).map((l) => l.slice(0, l.indexOf(":")));
   await Deno.writeTextFile(
     file,
     [
+      "tailscale:",
+      `  serviceMappings: {${names.map((n) => `${n}: [${n}]`).join(", ")}}`,
       "listeners:",
       ...listeners.map((l) => `  ${l}`),
       "tailvoy:",
@@ -728,17 +734,38 @@ Deno.test({
               (await https("alice", "app.example.com", { target: "/", host: "other.example.com" })).status,
               403,
             );
-            // Absolute-form target naming another host than the Host header: one authority for both.
+            // An absolute-form target names another authority than the Host header: Envoy replaces
+            // Host with it, and that one authority is both judged and routed.
             const abs = await https("alice", "app.example.com", {
               target: "https://admin.example.com/x",
               host: "app.example.com",
             });
-            assert.ok(
-              abs.status === 403 || abs.status === 400 || (abs.status === 200 && abs.json.backend === "app"),
-              `absolute-form: ${abs.status} ${abs.body}`,
-            );
+            assert.equal(abs.status, 403, "judged as admin.example.com");
+            const abs2 = await https("alice", "app.example.com", {
+              target: "https://app.example.com/x",
+              host: "admin.example.com",
+            });
+            assert.equal(abs2.status, 200);
+            assert.equal(abs2.json.backend, "app");
+            assert.equal(abs2.json.headers.host, "app.example.com");
           },
         );
+
+        await t.step({
+          name: "KNOWN BUG: Host with a trailing dot routes to the catch-all backend but is judged as the " +
+            "dotless host (run with TAILVOY_KNOWN_BUGS=1)",
+          // Envoy matches `app.example.com.` against no virtual host (strip_trailing_host_dot is off)
+          // and routes it to the listener's catch-all backend, while the policy strips the dot and
+          // allows it as app.example.com: alice reaches a backend her hostname grant does not cover.
+          ignore: !Deno.env.get("TAILVOY_KNOWN_BUGS"),
+          fn: async () => {
+            const r = await https("alice", "app.example.com", { target: "/", host: "app.example.com." });
+            assert.ok(
+              r.status === 403 || (r.status === 200 && r.json.backend === "app"),
+              `${r.status} from backend ${r.json?.backend}`,
+            );
+          },
+        });
 
         // -- WebSocket
         await t.step(

@@ -182,7 +182,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       reason: String(reason),
       ms: config.tailvoy.timeouts.drain,
     });
-    await plane.close(config.tailvoy.timeouts.drain);
+    await plane.close(config.tailvoy.timeouts.drain, { graceMs: config.tailvoy.timeouts.unadvertiseGrace });
     await l7?.close(config.tailvoy.timeouts.drain);
     log.info("stopped");
     return 0;

@@ -6,12 +6,12 @@
  * @module
  */
 
-import type { Config, ListenerConfig } from "../config/mod.ts";
+import { type Config, createServiceMatcher, type ListenerConfig } from "../config/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { getLogger } from "../log.ts";
-import { type Forward, ServeSession } from "../serve/mod.ts";
+import { type Entries, type Forward, ServeSession } from "../serve/mod.ts";
 import { FlowTable } from "./flows.ts";
 import { type L7Target, type TcpDeps, TcpListener, type TcpListenerSpec } from "./tcp.ts";
 import { UdpListener } from "./udp.ts";
@@ -42,6 +42,8 @@ interface Entry {
   tcp?: TcpListener;
   udp?: UdpListener;
   forward?: Forward;
+  /** One listener per Tailscale Service this listener is mapped to (serve ingress). */
+  services?: { svc: string; tcp: TcpListener; forward: Forward }[];
 }
 
 /** What a reload changed. */
@@ -61,9 +63,13 @@ export class DataPlane {
   readonly #deps: DataPlaneDeps;
   readonly #tcpDeps: TcpDeps;
   readonly #directHosts: string[];
+  #servicesOf: (listener: string) => string[];
+  /** Services we added to AdvertiseServices (to remove exactly those). */
+  #advertised: string[] = [];
 
   private constructor(config: Config, deps: DataPlaneDeps) {
     this.#deps = deps;
+    this.#servicesOf = createServiceMatcher(config);
     this.flows = new FlowTable(deps.resolver, {
       onRevoked: (flow) => deps.telemetry?.revoked.inc({ listener: flow.listener }),
     });
@@ -97,13 +103,75 @@ export class DataPlane {
         const entry = await plane.#startListener(name, l, deps.l7Targets);
         if (entry) plane.#entries.set(name, entry);
       }
-      if (plane.#forwards().length) await plane.#openServe();
+      await plane.#publish();
     } catch (err) {
       await plane.close(0);
       throw err;
     }
     plane.flows.startRecheck(config.tailvoy.timeouts.recheck);
     return plane;
+  }
+
+  // Writes our serve entries and advertises our Services (read-modify-write of the prefs).
+  async #publish(): Promise<void> {
+    const entries = this.#serveEntries();
+    const services = Object.keys(entries.services);
+    if (services.length && !this.#deps.status.Self?.Tags.length) {
+      throw new Error(
+        `Tailscale Services (${
+          services.join(", ")
+        }) need a tagged node, and this one has no tags: log tailscaled in with tags (tailscale.tags + TS_AUTHKEY or OAuth), or set tailvoy.ingress: direct`,
+      );
+    }
+    if (this.serve) await this.serve.setEntries(entries);
+    else if (entries.node.length || services.length) await this.#openServe(entries);
+    await this.#advertise(services);
+  }
+
+  async #advertise(services: string[]): Promise<void> {
+    if (!services.length && !this.#advertised.length) return;
+    const prefs = await this.#deps.api.getPrefs();
+    const current = new Set(prefs.AdvertiseServices);
+    const added = services.filter((s) => !current.has(s));
+    const stale = this.#advertised.filter((s) => !services.includes(s));
+    if (added.length || stale.length) {
+      const next = [...prefs.AdvertiseServices.filter((s) => !stale.includes(s)), ...added];
+      await this.#deps.api.editPrefs({ AdvertiseServices: next });
+      log.info("advertising Tailscale Services [{services}]", { services: next.join(", ") });
+    }
+    this.#advertised = [...this.#advertised.filter((s) => !stale.includes(s)), ...added];
+    if (services.length) void this.#checkApproved(services);
+  }
+
+  // The control server must approve a Service host (autoApprovers.services or the admin console);
+  // until it does, the Service's address does not reach us. Say so instead of failing silently.
+  async #checkApproved(services: string[]): Promise<void> {
+    await new Promise((r) => setTimeout(r, 10_000));
+    if (this.#closing) return;
+    try {
+      const status = await this.#deps.api.status();
+      const self = status.Self as { CapMap?: Record<string, unknown> } | null | undefined;
+      const hosted = JSON.stringify(self?.CapMap?.["service-host"] ?? {});
+      for (const svc of services) {
+        if (!hosted.includes(`"${svc}"`)) {
+          log.warn(
+            "{svc} is advertised but the control server has not made this node a host of it; approve it in the admin console or with autoApprovers.services in the tailnet policy",
+            { svc },
+          );
+        }
+      }
+    } catch { /* best effort */ }
+  }
+
+  /** Removes our Services from AdvertiseServices, so clients move to other replicas. */
+  async unadvertise(): Promise<void> {
+    if (!this.#advertised.length) return;
+    const prefs = await this.#deps.api.getPrefs();
+    await this.#deps.api.editPrefs({
+      AdvertiseServices: prefs.AdvertiseServices.filter((s) => !this.#advertised.includes(s)),
+    });
+    log.info("no longer advertising [{services}]", { services: this.#advertised.join(", ") });
+    this.#advertised = [];
   }
 
   /**
@@ -114,9 +182,10 @@ export class DataPlane {
   async reload(config: Config, options: { l7Targets?: Map<string, L7Target> } = {}): Promise<ReloadSummary> {
     const summary: ReloadSummary = { added: [], removed: [], changed: [], kept: [] };
     const next = new Map<string, Entry>();
+    this.#servicesOf = createServiceMatcher(config);
     for (const [name, l] of Object.entries(config.listeners)) {
       const old = this.#entries.get(name);
-      if (old && old.key === entryKey(l, options.l7Targets?.get(name))) {
+      if (old && old.key === entryKey(l, options.l7Targets?.get(name), this.#servicesOf(name))) {
         next.set(name, old);
         summary.kept.push(name);
         continue;
@@ -133,20 +202,22 @@ export class DataPlane {
       }
     }
     this.#entries = next;
-    const forwards = this.#forwards();
-    if (this.serve) await this.serve.setForwards(forwards);
-    else if (forwards.length) await this.#openServe();
+    await this.#publish();
     this.flows.startRecheck(config.tailvoy.timeouts.recheck);
     return summary;
   }
 
-  #forwards(): Forward[] {
-    return [...this.#entries.values()].flatMap((e) => e.forward ? [e.forward] : []);
+  #serveEntries(): Entries {
+    const entries = [...this.#entries.values()];
+    const services: Record<string, Forward[]> = {};
+    for (const e of entries) for (const s of e.services ?? []) (services[s.svc] ??= []).push(s.forward);
+    return { node: entries.flatMap((e) => e.forward ? [e.forward] : []), services };
   }
 
   #stopEntry(entry: Entry): void {
     entry.tcp?.close();
     entry.udp?.close();
+    for (const s of entry.services ?? []) s.tcp.close();
   }
 
   async #startListener(
@@ -160,7 +231,8 @@ export class DataPlane {
       });
     }
     const l7 = l7Targets?.get(name);
-    const key = entryKey(l, l7);
+    const svcs = l.ingress === "serve" && l.protocol !== "udp" ? this.#servicesOf(name) : [];
+    const key = entryKey(l, l7, svcs);
     if (l.protocol === "udp") {
       const udp = await UdpListener.start({
         name,
@@ -201,21 +273,26 @@ export class DataPlane {
     const forward = l.ingress === "serve"
       ? { port: l.port, target: `127.0.0.1:${tcp.addrs[0].port}` }
       : undefined;
-    return { key, tcp, forward };
+    // A listener of its own per Service, so each connection's Service is known and scopes WhoIs.
+    const services = svcs.map((svc) => {
+      const svcTcp = new TcpListener({ ...spec, svcName: svc }, this.#tcpDeps);
+      return { svc, tcp: svcTcp, forward: { port: l.port, target: `127.0.0.1:${svcTcp.addrs[0].port}` } };
+    });
+    return { key, tcp, forward, services };
   }
 
-  async #openServe(): Promise<void> {
+  async #openServe(entries: Entries): Promise<void> {
     this.serve = await ServeSession.open(this.#deps.api, {
       onWrite: () => this.#deps.telemetry?.serveConfigWrites.inc(),
     });
-    await this.serve.setForwards(this.#forwards());
+    await this.serve.setEntries(entries);
     // tailscaled drops our entries when the bus stream ends (e.g. it restarted): put them back.
     const session = this.serve;
     void session.lost.then(async () => {
       while (!this.#closing && this.serve === session) {
         log.warn("lost the tailscaled session that owns our serve entries; re-registering");
         try {
-          await this.#openServe();
+          await this.#openServe(this.#serveEntries());
           return;
         } catch (err) {
           log.warn("re-registering serve entries failed: {error}; retrying", { error: String(err) });
@@ -225,11 +302,21 @@ export class DataPlane {
     });
   }
 
-  /** Stops accepting, removes our serve entries, lets open flows finish for `drainMs`, then closes them. */
-  async close(drainMs: number): Promise<void> {
+  /**
+   * Shuts down in order: our Services are unadvertised and, after `graceMs`, our serve entries are
+   * removed and listeners stop accepting; open flows get `drainMs` to finish, then are closed.
+   */
+  async close(drainMs: number, options: { graceMs?: number } = {}): Promise<void> {
     this.#closing = true;
     this.flows.stopRecheck();
+    if (this.#advertised.length) {
+      await this.unadvertise().catch((err) =>
+        log.warn("unadvertising failed: {error}", { error: String(err) })
+      );
+      await new Promise((r) => setTimeout(r, options.graceMs ?? 0));
+    }
     await this.serve?.close();
+    for (const e of this.#entries.values()) for (const s of e.services ?? []) s.tcp.close();
     for (const l of this.tcp) l.close();
     await this.flows.drain(drainMs);
     for (const l of this.udp) l.close();
@@ -237,6 +324,6 @@ export class DataPlane {
 }
 
 // What a listener is built from: equal keys mean a reload can keep the running listener.
-function entryKey(l: ListenerConfig, l7?: L7Target): string {
-  return JSON.stringify({ l, l7: l7 ? { host: l7.hostname, port: l7.port } : null });
+function entryKey(l: ListenerConfig, l7: L7Target | undefined, services: string[]): string {
+  return JSON.stringify({ l, l7: l7 ? { host: l7.hostname, port: l7.port } : null, services });
 }

@@ -48,6 +48,8 @@ export interface TcpListenerSpec {
   l7?: L7Target;
   /** Audit only: decisions are computed and logged, but denied callers are let through. */
   shadow?: boolean;
+  /** The Tailscale Service (`svc:NAME`) this listener serves: WhoIs is scoped to it. */
+  svcName?: string;
 }
 
 /** Timeouts and limits of the TCP data plane, in ms. */
@@ -210,7 +212,11 @@ export class TcpListener {
         if (got.header.command !== "PROXY" || !got.header.source) {
           return this.#refuse(conn, "PROXY header without a source address (LOCAL command)");
         }
-        caller = { addr: formatAddr(got.header.source.address, got.header.source.port), proto: "tcp" };
+        caller = {
+          addr: formatAddr(got.header.source.address, got.header.source.port),
+          proto: "tcp",
+          svcName: this.spec.svcName,
+        };
         rest = got.rest;
       } catch (err) {
         return this.#refuse(conn, `no valid PROXY header: ${err instanceof Error ? err.message : err}`, {
@@ -273,7 +279,7 @@ export class TcpListener {
     // http/https/grpc: identity must be known; ext_authz decides each request.
     let identity: Identity;
     try {
-      identity = await this.#deps.resolver.resolve(caller.addr, { proto: "tcp" });
+      identity = await this.#deps.resolver.resolve(caller.addr, { proto: "tcp", svcName: caller.svcName });
     } catch (err) {
       return this.#refuse(conn, `caller unknown: ${err instanceof Error ? err.message : err}`, {
         caller: caller.addr,

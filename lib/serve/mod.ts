@@ -18,25 +18,77 @@ export interface Forward {
   target: string;
 }
 
-/** The serve config with our foreground entries set to exactly `forwards` (pure, for tests). */
+/** Our entries: node-level forwards (foreground) and per-Service forwards (top level). */
+export interface Entries {
+  node: readonly Forward[];
+  /** `svc:NAME` → its forwards. */
+  services: Readonly<Record<string, readonly Forward[]>>;
+}
+
+const NONE: Entries = { node: [], services: {} };
+
+function handler(f: Forward) {
+  return { TCPForward: f.target, ProxyProtocol: 2 };
+}
+
+/**
+ * The serve config with our entries set to exactly `ours` (pure, for tests): node-level forwards under
+ * our foreground session, Service forwards at top level (Services cannot be foreground). Service
+ * entries we wrote before (`previous`) are removed first; nobody else's entry is touched.
+ */
+export function withEntries(
+  config: ServeConfig,
+  sessionId: string,
+  ours: Entries,
+  previous: Entries = NONE,
+): ServeConfig {
+  const foreground = { ...(config.Foreground ?? {}) };
+  if (ours.node.length) {
+    foreground[sessionId] = {
+      ...(foreground[sessionId] ?? {}),
+      TCP: Object.fromEntries(ours.node.map((f) => [String(f.port), handler(f)])),
+    };
+  } else delete foreground[sessionId];
+  const services = structuredClone(config.Services ?? {});
+  for (const [svc, forwards] of Object.entries(previous.services)) {
+    const tcp = services[svc]?.TCP;
+    if (!tcp) continue;
+    for (const f of forwards) if (tcp[String(f.port)]?.TCPForward === f.target) delete tcp[String(f.port)];
+    if (!Object.keys(tcp).length && !Object.keys(services[svc].Web ?? {}).length) delete services[svc];
+  }
+  for (const [svc, forwards] of Object.entries(ours.services)) {
+    if (!forwards.length) continue;
+    const entry = services[svc] ?? {};
+    services[svc] = {
+      ...entry,
+      TCP: { ...(entry.TCP ?? {}), ...Object.fromEntries(forwards.map((f) => [String(f.port), handler(f)])) },
+    };
+  }
+  return {
+    ...config,
+    Foreground: Object.keys(foreground).length ? foreground : undefined,
+    Services: Object.keys(services).length ? services : undefined,
+  };
+}
+
+/** The serve config with our foreground entries set to exactly `forwards` (no Services). */
 export function withForwards(
   config: ServeConfig,
   sessionId: string,
   forwards: readonly Forward[],
 ): ServeConfig {
-  const ours = Object.fromEntries(
-    forwards.map((f) => [String(f.port), { TCPForward: f.target, ProxyProtocol: 2 }]),
-  );
-  const foreground = { ...(config.Foreground ?? {}) };
-  if (forwards.length) foreground[sessionId] = { ...(foreground[sessionId] ?? {}), TCP: ours };
-  else delete foreground[sessionId];
-  return { ...config, Foreground: Object.keys(foreground).length ? foreground : undefined };
+  return withEntries(config, sessionId, { node: forwards, services: {} });
 }
 
-/** Ports in `forwards` that someone else already serves on this node, with who. */
-export function conflicts(config: ServeConfig, sessionId: string, forwards: readonly Forward[]): string[] {
+/** Ports in `ours` that someone else already serves on this node, with who. */
+export function conflicts(
+  config: ServeConfig,
+  sessionId: string,
+  ours: Entries,
+  previous: Entries = NONE,
+): string[] {
   const found: string[] = [];
-  for (const { port } of forwards) {
+  for (const { port } of ours.node) {
     const key = String(port);
     if (config.TCP?.[key]) {
       found.push(`port ${port} is served by a background entry (\`tailscale serve status\`)`);
@@ -44,6 +96,15 @@ export function conflicts(config: ServeConfig, sessionId: string, forwards: read
     for (const [sid, fg] of Object.entries(config.Foreground ?? {})) {
       if (sid !== sessionId && fg.TCP?.[key]) {
         found.push(`port ${port} is served by another foreground session`);
+      }
+    }
+  }
+  for (const [svc, forwards] of Object.entries(ours.services)) {
+    const mine = new Set((previous.services[svc] ?? []).map((f) => `${f.port}|${f.target}`));
+    for (const { port } of forwards) {
+      const existing = config.Services?.[svc]?.TCP?.[String(port)];
+      if (existing && !mine.has(`${port}|${existing.TCPForward}`)) {
+        found.push(`port ${port} of ${svc} is served by an entry tailvoy did not write`);
       }
     }
   }
@@ -60,7 +121,7 @@ export class ServeSession {
   writes = 0;
   readonly #api: LocalApiClient;
   readonly #abort: AbortController;
-  #forwards: Forward[] = [];
+  #entries: Entries = NONE;
   /** Called after each successful serve-config write (metrics). */
   onWrite?: () => void;
 
@@ -110,14 +171,19 @@ export class ServeSession {
   }
 
   /**
-   * Makes our entries exactly `forwards`, read-modify-write with the ETag, retried when someone else
-   * wrote in between. Throws if a port is already served by someone else.
+   * Makes our node-level entries exactly `forwards` (keeping our Service entries), read-modify-write
+   * with the ETag, retried when someone else wrote in between. Throws if a port is taken by someone else.
    */
-  async setForwards(forwards: readonly Forward[], options: { retries?: number } = {}): Promise<void> {
+  setForwards(forwards: readonly Forward[], options: { retries?: number } = {}): Promise<void> {
+    return this.setEntries({ node: forwards, services: this.#entries.services }, options);
+  }
+
+  /** Makes all our entries (node-level and Service) exactly `entries`; see {@link setForwards}. */
+  async setEntries(entries: Entries, options: { retries?: number } = {}): Promise<void> {
     const retries = options.retries ?? 10;
     for (let attempt = 0;; attempt++) {
       const { config, etag } = await this.#api.getServeConfig();
-      const taken = conflicts(config, this.sessionId, forwards);
+      const taken = conflicts(config, this.sessionId, entries, this.#entries);
       if (taken.length) {
         throw new Error(
           `Cannot serve on the tailnet: ${
@@ -126,13 +192,18 @@ export class ServeSession {
         );
       }
       try {
-        await this.#api.setServeConfig(withForwards(config, this.sessionId, forwards), { etag });
+        await this.#api.setServeConfig(withEntries(config, this.sessionId, entries, this.#entries), { etag });
         this.writes++;
         this.onWrite?.();
-        this.#forwards = [...forwards];
+        this.#entries = { node: [...entries.node], services: { ...entries.services } };
         getLogger("serve").info("serve config: {count} tailnet ports forwarded to us ({ports})", {
-          count: forwards.length,
-          ports: forwards.map((f) => `${f.port}→${f.target}`).join(", "),
+          count: entries.node.length + Object.values(entries.services).flat().length,
+          ports: [
+            ...entries.node.map((f) => `${f.port}→${f.target}`),
+            ...Object.entries(entries.services).flatMap(([svc, fs]) =>
+              fs.map((f) => `${svc}:${f.port}→${f.target}`)
+            ),
+          ].join(", "),
         });
         return;
       } catch (err) {
@@ -143,15 +214,17 @@ export class ServeSession {
     }
   }
 
-  /** The forwards currently written. */
+  /** The node-level forwards currently written. */
   get forwards(): readonly Forward[] {
-    return this.#forwards;
+    return this.#entries.node;
   }
 
   /** Removes our entries (best effort: they vanish with the session anyway) and ends the session. */
   async close(): Promise<void> {
     try {
-      if (this.#forwards.length) await this.setForwards([]);
+      if (this.#entries.node.length || Object.keys(this.#entries.services).length) {
+        await this.setEntries(NONE);
+      }
     } catch (err) {
       getLogger("serve").warn("could not remove our serve entries: {error}; they go with the session", {
         error: String(err),
