@@ -411,6 +411,8 @@ export function renderBootstrap(config: Pick<Config, "listeners">, options: Rend
       normalize_path: true,
       merge_slashes: true,
       path_with_escaped_slashes_action: "REJECT_REQUEST",
+      // `app.example.com.` must pick the same virtual host that ext_authz (which drops the dot) judges.
+      strip_trailing_host_dot: true,
       common_http_protocol_options: { headers_with_underscores_action: "REJECT_REQUEST" },
       upgrade_configs: [{ upgrade_type: "websocket" }],
       route_config: {

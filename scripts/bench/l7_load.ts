@@ -1,0 +1,250 @@
+/**
+ * The L7 bench's load generator, in its own process so it shares no event loop with what it measures.
+ * Reads {@link L7LoadCommand}s as JSON lines on stdin and answers each with one {@link L7LoadResult}
+ * line on stdout; exits when stdin closes.
+ *
+ * HTTP: keep-alive HTTP/1.1 connections, each starting with an optional preamble (the PROXY v2 header
+ * tailscaled, or our relay, would send), then one request at a time; latency is from writing a request
+ * to the last byte of its response. ext_authz: grpc-js unary `Check` calls with pre-encoded bytes.
+ *
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import { type HttpTarget, type L7LoadCommand, type L7LoadResult, latencyOf } from "./l7_protocol.ts";
+
+const enc = new TextEncoder();
+const latin1 = new TextDecoder("latin1");
+
+/** One keep-alive HTTP/1.1 client connection. */
+class HttpConn {
+  readonly #target: HttpTarget;
+  readonly #request: Uint8Array;
+  readonly #first: Uint8Array;
+  #conn?: Deno.TcpConn;
+  #buf = new Uint8Array(64 * 1024);
+  #len = 0;
+  #fresh = true;
+
+  constructor(target: HttpTarget) {
+    this.#target = target;
+    this.#request = enc.encode(`GET ${target.path} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`);
+    const preamble = target.preamble
+      ? Uint8Array.from(atob(target.preamble), (c) => c.charCodeAt(0))
+      : undefined;
+    this.#first = preamble ? new Uint8Array([...preamble, ...this.#request]) : this.#request;
+  }
+
+  async open(): Promise<void> {
+    this.#conn = await Deno.connect({ hostname: "127.0.0.1", port: this.#target.port });
+    this.#conn.setNoDelay(true);
+    this.#len = 0;
+    this.#fresh = true;
+  }
+
+  close(): void {
+    try {
+      this.#conn?.close();
+    } catch { /* closed */ }
+    this.#conn = undefined;
+  }
+
+  async #write(bytes: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < bytes.length) off += await this.#conn!.write(bytes.subarray(off));
+  }
+
+  async #read(): Promise<void> {
+    if (this.#len === this.#buf.length) {
+      const bigger = new Uint8Array(this.#buf.length * 2);
+      bigger.set(this.#buf);
+      this.#buf = bigger;
+    }
+    const n = await this.#conn!.read(this.#buf.subarray(this.#len));
+    if (n === null) throw new Error("connection closed by the server");
+    this.#len += n;
+  }
+
+  /** Sends one request and reads its response (Content-Length framing); resolves with the status. */
+  async exchange(): Promise<number> {
+    if (!this.#conn) await this.open();
+    await this.#write(this.#fresh ? this.#first : this.#request);
+    this.#fresh = false;
+    let scan = 0;
+    while (true) {
+      const b = this.#buf;
+      let end = -1;
+      for (let i = Math.max(0, scan - 3); i + 3 < this.#len; i++) {
+        if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) {
+          end = i;
+          break;
+        }
+      }
+      if (end < 0) {
+        scan = this.#len;
+        await this.#read();
+        continue;
+      }
+      const head = latin1.decode(b.subarray(0, end));
+      const status = Number(head.slice(9, 12));
+      const m = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+      if (!m) throw new Error(`response without Content-Length: ${head.split("\r\n")[0]}`);
+      const total = end + 4 + Number(m[1]);
+      while (this.#len < total) await this.#read();
+      this.#buf.copyWithin(0, total, this.#len);
+      this.#len -= total;
+      if (/\r\nconnection:\s*close/i.test(head)) this.close();
+      return status;
+    }
+  }
+}
+
+interface Tally {
+  requests: number;
+  non2xx: number;
+  errors: number;
+  firstError?: string;
+  samples: number[];
+}
+
+async function oneRequest(conn: HttpConn, tally: Tally): Promise<void> {
+  const t0 = performance.now();
+  try {
+    const status = await conn.exchange();
+    tally.samples.push(performance.now() - t0);
+    tally.requests++;
+    if (status < 200 || status > 299) tally.non2xx++;
+  } catch (err) {
+    tally.errors++;
+    tally.firstError ??= err instanceof Error ? err.message : String(err);
+    conn.close();
+    // Do not spin on a target that refuses everything.
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function closedLoop(cmd: Extract<L7LoadCommand, { op: "closed" }>): Promise<L7LoadResult> {
+  const tally: Tally = { requests: 0, non2xx: 0, errors: 0, samples: [] };
+  const t0 = performance.now();
+  const deadline = t0 + cmd.durationMs;
+  await Promise.all(Array.from({ length: cmd.connections }, async () => {
+    const conn = new HttpConn(cmd.target);
+    try {
+      while (performance.now() < deadline) await oneRequest(conn, tally);
+    } finally {
+      conn.close();
+    }
+  }));
+  const { samples, ...rest } = tally;
+  return { ok: true, op: "closed", ...rest, ms: performance.now() - t0, latency: latencyOf(samples) };
+}
+
+async function openLoop(cmd: Extract<L7LoadCommand, { op: "open" }>): Promise<L7LoadResult> {
+  const tally: Tally = { requests: 0, non2xx: 0, errors: 0, samples: [] };
+  const t0 = performance.now();
+  const deadline = t0 + cmd.durationMs;
+  // Each connection sends every `interval` ms, the connections staggered evenly.
+  const interval = (cmd.connections * 1000) / cmd.rate;
+  await Promise.all(Array.from({ length: cmd.connections }, async (_, i) => {
+    const conn = new HttpConn(cmd.target);
+    await conn.open().catch(() => {});
+    let next = t0 + (i * interval) / cmd.connections;
+    try {
+      while (next < deadline) {
+        const wait = next - performance.now();
+        if (wait > 0) await sleep(wait);
+        await oneRequest(conn, tally);
+        next += interval;
+      }
+    } finally {
+      conn.close();
+    }
+  }));
+  const { samples, ...rest } = tally;
+  return { ok: true, op: "open", ...rest, ms: performance.now() - t0, latency: latencyOf(samples) };
+}
+
+async function authz(cmd: Extract<L7LoadCommand, { op: "authz" }>): Promise<L7LoadResult> {
+  // Imported here: only this command needs grpc-js and the protos.
+  const grpc = await import("@grpc/grpc-js");
+  const { CHECK_PATH, loadAuthzProtos } = await import("../../lib/extauthz/protos.ts");
+  const protos = loadAuthzProtos();
+  const bytes = Buffer.from(cmd.request, "base64");
+  const client = new grpc.Client(`127.0.0.1:${cmd.port}`, grpc.credentials.createInsecure());
+  const samples: number[] = [];
+  let calls = 0;
+  let allowed = 0;
+  let errors = 0;
+  let firstError: string | undefined;
+  const call = () =>
+    new Promise<Buffer>((resolve, reject) =>
+      client.makeUnaryRequest(
+        CHECK_PATH,
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        bytes,
+        (error, response) => error ? reject(error) : resolve(response!),
+      )
+    );
+  const t0 = performance.now();
+  const deadline = t0 + cmd.durationMs;
+  try {
+    await Promise.all(Array.from({ length: cmd.concurrency }, async () => {
+      while (performance.now() < deadline) {
+        const start = performance.now();
+        try {
+          const response = protos.decodeCheckResponse(await call()) as { http_response?: string };
+          samples.push(performance.now() - start);
+          calls++;
+          if (response.http_response === "ok_response") allowed++;
+        } catch (err) {
+          errors++;
+          firstError ??= err instanceof Error ? err.message : String(err);
+          await sleep(10);
+        }
+      }
+    }));
+  } finally {
+    client.close();
+  }
+  return {
+    ok: true,
+    op: "authz",
+    calls,
+    allowed,
+    errors,
+    firstError,
+    ms: performance.now() - t0,
+    latency: latencyOf(samples),
+  };
+}
+
+function run(cmd: L7LoadCommand): Promise<L7LoadResult> {
+  switch (cmd.op) {
+    case "closed":
+      return closedLoop(cmd);
+    case "open":
+      return openLoop(cmd);
+    case "authz":
+      return authz(cmd);
+  }
+}
+
+let buf = "";
+for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
+  buf += chunk;
+  let nl;
+  while ((nl = buf.indexOf("\n")) >= 0) {
+    const line = buf.slice(0, nl);
+    buf = buf.slice(nl + 1);
+    let result: L7LoadResult;
+    try {
+      result = await run(JSON.parse(line) as L7LoadCommand);
+    } catch (err) {
+      result = { ok: false, error: err instanceof Error ? err.message : String(err) };
+    }
+    console.log(JSON.stringify(result));
+  }
+}
