@@ -30,19 +30,61 @@ function proxy(args: string[], options: { env?: Record<string, string> } = {}): 
   }).spawn();
 }
 
-/** The commands printed for each client, with the decision the example grants give. */
-export function tryCommands(tailnet: Tailnet): { who: string; command: string; expect: "ALLOW" | "DENY" }[] {
-  const socket = tailnet.node("gw").socket;
+/** One command printed for a client, with the result the example grants give. */
+export interface TryCommand {
+  who: string;
+  command: string;
+  /** `200`/`403` for curl (the HTTP status it prints), `ALLOW`/`DENY` for `tailvoy check`. */
+  expect: string;
+}
+
+/** The commands printed for each client: curl through the client's SOCKS5 listener, and `check`. */
+export function tryCommands(tailnet: Tailnet): TryCommand[] {
+  const gw = tailnet.node("gw");
+  const curl = (who: string, path: string) =>
+    `curl -s -o /dev/null -w '%{http_code}\\n' --socks5-hostname 127.0.0.1:${
+      tailnet.node(who).socksPort
+    } http://${gw.ipv4}${path}`;
   const check = (who: string, rest: string) =>
-    `deno task start check --socket ${socket} --config examples/config.yaml --as ${
+    `deno task start check --socket ${gw.socket} --config examples/config.yaml --as ${
       tailnet.node(who).ipv4
     } ${rest}`;
   return [
-    { who: "alice", command: check("alice", "--listener web --path /api/users"), expect: "ALLOW" },
-    { who: "alice", command: check("alice", "--listener web --path /admin"), expect: "DENY" },
+    { who: "alice", command: curl("alice", "/api/users"), expect: "200" },
+    { who: "alice", command: curl("alice", "/admin"), expect: "403" },
+    { who: "bob", command: curl("bob", "/api/users"), expect: "403" },
     { who: "alice", command: check("alice", "--listener db"), expect: "ALLOW" },
-    { who: "bob", command: check("bob", "--listener web --path /api/users"), expect: "DENY" },
+    { who: "bob", command: check("bob", "--listener db"), expect: "DENY" },
   ];
+}
+
+/** Example backends of examples/config.yaml: HTTP on :8080 (web), TCP echo on :15432 (db). */
+function exampleBackends(): { close: () => void } {
+  const closers: (() => void)[] = [];
+  try {
+    const http = Deno.serve(
+      { hostname: "127.0.0.1", port: 8080, onListen: () => {} },
+      (req) =>
+        Response.json({
+          hello: req.headers.get("x-tailscale-user") || "tagged node",
+          node: req.headers.get("x-tailscale-node"),
+          path: new URL(req.url).pathname,
+        }),
+    );
+    closers.push(() => void http.shutdown());
+  } catch (err) {
+    console.error(`dev: example HTTP backend not started on 127.0.0.1:8080: ${err}`);
+  }
+  try {
+    const tcp = Deno.listen({ hostname: "127.0.0.1", port: 15432 });
+    closers.push(() => tcp.close());
+    (async () => {
+      for await (const c of tcp) void c.readable.pipeTo(c.writable).catch(() => {});
+    })().catch(() => {});
+  } catch (err) {
+    console.error(`dev: example TCP echo backend not started on 127.0.0.1:15432: ${err}`);
+  }
+  return { close: () => closers.forEach((c) => c()) };
 }
 
 if (import.meta.main) {
@@ -66,9 +108,11 @@ if (import.meta.main) {
     "",
     "Try, in another terminal:",
     ...tryCommands(tailnet).map((c) => `  # ${c.who}: expect ${c.expect}\n  ${c.command}`),
+    "(backends: HTTP echo on 127.0.0.1:8080, TCP echo on 127.0.0.1:15432; the others in examples/config.yaml are not started)",
     "",
   ];
   console.error(lines.join("\n"));
+  const backends = exampleBackends();
   // The example's Envoy is the pinned peer (tailvoy.envoyBinary "envoy" defers to ENVOY_BIN).
   const child = proxy(["--config", EXAMPLE_CONFIG, "--socket", gw.socket, "--log-format", "text"], {
     env: { ENVOY_BIN: PEER_BINS.envoy },
@@ -90,6 +134,7 @@ if (import.meta.main) {
       if (done) break;
     }
   }
+  backends.close();
   console.error("dev: tearing down the tailnet in a box");
   await tailnet.release();
   Deno.exit(0);
