@@ -145,13 +145,16 @@ function assertInvariants(
       port_value: ports.get(name),
     });
 
-    // PROXY v2 mandatory, the secret TLV into metadata.
+    // PROXY v2 mandatory, the secret TLV and the Service TLV into metadata.
     const pp = obj(at(listener, "listener_filters.0"));
     assert.equal(pp.name, "envoy.filters.listener.proxy_protocol", where);
     assert.equal(at(pp, "typed_config.allow_requests_without_proxy_protocol"), false);
     assert.deepEqual(at(pp, "typed_config.rules"), [{
       tlv_type: 0xe0,
       on_tlv_present: { key: "tailvoy_secret", metadata_namespace: "envoy.filters.listener.proxy_protocol" },
+    }, {
+      tlv_type: 0xe1,
+      on_tlv_present: { key: "tailvoy_svc", metadata_namespace: "envoy.filters.listener.proxy_protocol" },
     }]);
 
     // HCM hygiene.

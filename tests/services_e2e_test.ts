@@ -20,7 +20,7 @@ function whoisAlice(svcName?: string) {
     Node: { ID: 2, StableID: "nAlice", Name: "alice.fake.test.", Addresses: ["100.64.0.2/32"], Tags: [] },
     UserProfile: { ID: 1, LoginName: "alice@example.com", DisplayName: "Alice" },
     // The grant targets svc:web only: caps appear only for a service-scoped WhoIs.
-    CapMap: svcName === "svc:web" ? { [CAP]: [{ listeners: ["db"] }] } : null,
+    CapMap: svcName === "svc:web" ? { [CAP]: [{ listeners: ["db", "www"] }] } : null,
   };
 }
 
@@ -65,19 +65,25 @@ Deno.test({
       (config.TCP as Record<string, unknown>)["9999"] = { TCPForward: "127.0.0.1:9999" };
     };
     const echo = tcpEcho();
+    const web = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+      (req) => new Response(req.headers.get("x-tailscale-user") ?? "nobody"),
+    );
     const dir = await Deno.makeTempDir({ prefix: "tailvoy-svc-" });
     const file = join(dir, "svc.yaml");
     await Deno.writeTextFile(
       file,
       [
         "tailscale:",
-        "  serviceMappings: {web: [db]}",
+        "  serviceMappings: {web: [db, www]}",
         `  tags: ["tag:gw"]`,
         "listeners:",
         `  db: {port: 5432, protocol: tcp, backend: "127.0.0.1:${echo.port}"}`,
+        `  www: {port: 80, protocol: http, backend: "127.0.0.1:${web.addr.port}"}`,
         "tailvoy:",
         `  adminAddress: "127.0.0.1:0"`,
         "  timeouts: {unadvertiseGrace: 1s, drain: 1s}",
+        `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
         "",
       ].join("\n"),
     );
@@ -118,6 +124,27 @@ Deno.test({
           assert.equal(await viaProxyHeader(nodePort, "hi"), null);
         },
       );
+
+      await t.step(
+        "L7 too: ext_authz scopes WhoIs to the Service the relay saw (TLV next to the secret)",
+        async () => {
+          const cfg = fake.serveConfig as {
+            Services: Record<string, { TCP: Record<string, { TCPForward: string }> }>;
+            Foreground: Record<string, { TCP: Record<string, { TCPForward: string }> }>;
+          };
+          const svcPort = Number(cfg.Services["svc:web"].TCP["80"].TCPForward.split(":")[1]);
+          const nodePort = Number(Object.values(cfg.Foreground)[0].TCP["80"].TCPForward.split(":")[1]);
+          const get = async (port: number) => {
+            const reply = await viaProxyHeader(
+              port,
+              "GET / HTTP/1.1\r\nHost: www\r\nConnection: close\r\n\r\n",
+            );
+            return reply?.split("\r\n")[0];
+          };
+          assert.equal(await get(svcPort), "HTTP/1.1 200 OK");
+          assert.equal(await get(nodePort), "HTTP/1.1 403 Forbidden");
+        },
+      );
     } finally {
       const stoppedAt = performance.now();
       code = await proxy.stop();
@@ -139,6 +166,7 @@ Deno.test({
         },
       );
       echo.close();
+      await web.shutdown();
       await fake.close();
       await Deno.remove(dir, { recursive: true });
     }

@@ -30,6 +30,8 @@ import {
   DEFAULT_SECRET_KEY,
   DEFAULT_SECRET_TLV_TYPE,
   SECRET_METADATA_NAMESPACE,
+  SERVICE_KEY,
+  SERVICE_TLV_TYPE,
 } from "../extauthz/secret.ts";
 import { EnvoyError } from "./errors.ts";
 
@@ -323,10 +325,16 @@ function proxyProtocolFilter(options: { tlvType: number; key: string }): JsonObj
       // Only our relay connects, always with a v2 header; anything else is refused.
       allow_requests_without_proxy_protocol: false,
       disallowed_versions: ["V1"],
-      rules: [{
-        tlv_type: options.tlvType,
-        on_tlv_present: { key: options.key, metadata_namespace: SECRET_METADATA_NAMESPACE },
-      }],
+      rules: [
+        {
+          tlv_type: options.tlvType,
+          on_tlv_present: { key: options.key, metadata_namespace: SECRET_METADATA_NAMESPACE },
+        },
+        {
+          tlv_type: SERVICE_TLV_TYPE,
+          on_tlv_present: { key: SERVICE_KEY, metadata_namespace: SECRET_METADATA_NAMESPACE },
+        },
+      ],
     },
   };
 }

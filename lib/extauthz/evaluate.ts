@@ -27,7 +27,13 @@ import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation 
 import { type AddressKind, classifyAddress, joinHostPort } from "./address.ts";
 import { type IdentityHeaderOptions, identityHeaders, spoofedHeaders } from "./headers.ts";
 import { type CheckRequest, CheckRequestSchema, type CheckResponse } from "./schema.ts";
-import { DEFAULT_SECRET_KEY, SECRET_METADATA_NAMESPACE, secretMatches, secretProblem } from "./secret.ts";
+import {
+  DEFAULT_SECRET_KEY,
+  SECRET_METADATA_NAMESPACE,
+  secretMatches,
+  secretProblem,
+  SERVICE_KEY,
+} from "./secret.ts";
 
 /** What evaluation needs to know about a listener. */
 export type ListenerSettings = Pick<ListenerConfig, "protocol" | "acceptAppCaps" | "shadow">;
@@ -214,7 +220,10 @@ async function decide(
       ctx.listener,
     );
   }
-  const svcName = deps.svcNameFor?.(ctx.listener);
+  // The Service the relay saw the connection arrive through (same authenticated header as the secret).
+  const fromRelay = own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, SERVICE_KEY)
+    ?.stringValue;
+  const svcName = (fromRelay?.startsWith("svc:") ? fromRelay : undefined) ?? deps.svcNameFor?.(ctx.listener);
   const { decision, identity } = await checkL7(
     deps.resolver,
     { addr: joinHostPort(ctx.callerIp, ctx.callerPort), ...(svcName ? { svcName } : {}) },

@@ -19,6 +19,15 @@ export const DEFAULT_SECRET_TLV_TYPE = 0xe0;
 /** Metadata key the proxy_protocol filter rule stores the TLV under. */
 export const DEFAULT_SECRET_KEY = "tailvoy_secret";
 
+/**
+ * PROXY v2 TLV type carrying the Tailscale Service (`svc:NAME`) a connection arrived through, next to
+ * the secret; only believed when the secret in the same header matches.
+ */
+export const SERVICE_TLV_TYPE = 0xe1;
+
+/** Metadata key Envoy stores the Service TLV under. */
+export const SERVICE_KEY = "tailvoy_svc";
+
 /** Metadata namespace the rule writes to, and ext_authz's `metadata_context_namespaces` forwards. */
 export const SECRET_METADATA_NAMESPACE = "envoy.filters.listener.proxy_protocol";
 

@@ -19,8 +19,9 @@ import { admit } from "./admit.ts";
 import type { FlowTable } from "./flows.ts";
 import { relay, type RelayConn } from "./relay.ts";
 
-/** PROXY v2 TLV type carrying our per-process secret to Envoy (custom range 0xE0–0xEF). */
-export const SECRET_TLV_TYPE = 0xe0;
+// The TLVs ext_authz checks: our per-process secret, and the Service the connection came through.
+import { DEFAULT_SECRET_TLV_TYPE as SECRET_TLV_TYPE, SERVICE_TLV_TYPE } from "../extauthz/secret.ts";
+export { SECRET_TLV_TYPE, SERVICE_TLV_TYPE };
 
 /** How connections reach a listener. */
 export type Ingress = "serve" | "direct";
@@ -296,7 +297,13 @@ export class TcpListener {
       transport: "tcp",
       source: { address: srcIp, port: port ?? 0 },
       destination: { address: v6 ? "::1" : "127.0.0.1", port: l7.port },
-      tlvs: [{ type: SECRET_TLV_TYPE, value: l7.secret }],
+      tlvs: [
+        { type: SECRET_TLV_TYPE, value: l7.secret },
+        // Lets ext_authz scope WhoIs to the Service this connection came through.
+        ...(this.spec.svcName
+          ? [{ type: SERVICE_TLV_TYPE, value: new TextEncoder().encode(this.spec.svcName) }]
+          : []),
+      ],
     });
     const replay = new Uint8Array(header.length + rest.length);
     replay.set(header);
