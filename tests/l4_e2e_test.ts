@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
+import { makeCert } from "./harness/certs.ts";
 import { Proxy, tcpEcho } from "./harness/proxy.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Policy, type Tailnet, waitFor } from "./harness/tailnet.ts";
 
@@ -41,60 +42,6 @@ async function readSome(conn: Deno.Conn, timeoutMs = 5000): Promise<string | nul
   } finally {
     clearTimeout(timer);
   }
-}
-
-async function openssl(args: string[]): Promise<void> {
-  const out = await new Deno.Command("openssl", { args, stdout: "null", stderr: "piped" }).output();
-  if (!out.success) throw new Error(`openssl ${args[0]} failed: ${dec.decode(out.stderr)}`);
-}
-
-/** A throwaway CA and a server certificate for app.example.com and admin.example.com signed by it. */
-async function makeCert(dir: string): Promise<{ ca: string; cert: string; key: string }> {
-  const p = (f: string) => join(dir, f);
-  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-  await openssl([
-    "req",
-    "-x509",
-    ...ec,
-    "-days",
-    "1",
-    "-subj",
-    "/CN=test CA",
-    "-keyout",
-    p("ca.key"),
-    "-out",
-    p("ca.pem"),
-  ]);
-  await openssl([
-    "req",
-    ...ec,
-    "-subj",
-    "/CN=app.example.com",
-    "-keyout",
-    p("key.pem"),
-    "-out",
-    p("req.pem"),
-  ]);
-  await Deno.writeTextFile(p("ext.cnf"), "subjectAltName=DNS:app.example.com,DNS:admin.example.com\n");
-  await openssl([
-    "x509",
-    "-req",
-    "-in",
-    p("req.pem"),
-    "-CA",
-    p("ca.pem"),
-    "-CAkey",
-    p("ca.key"),
-    "-CAcreateserial",
-    "-days",
-    "1",
-    "-extfile",
-    p("ext.cnf"),
-    "-out",
-    p("cert.pem"),
-  ]);
-  const read = (f: string) => Deno.readTextFile(p(f));
-  return { ca: await read("ca.pem"), cert: await read("cert.pem"), key: await read("key.pem") };
 }
 
 function tlsBackend(tls: { cert: string; key: string }, name: string): { port: number; close: () => void } {
