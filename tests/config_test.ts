@@ -269,7 +269,7 @@ Deno.test("examples/config.yaml parses to the listeners the dev task uses", asyn
     grpc: "grpc/50051",
     db: "tcp/5432",
     tls: "tls/443",
-    dns: "udp/53",
+    dns: "udp/5353",
   });
   const { web, grpc, db, tls, dns } = config.listeners;
   assert.deepEqual(web.routes, [{ paths: { "/api/*": "127.0.0.1:8080" } }, { backend: "127.0.0.1:8080" }]);
