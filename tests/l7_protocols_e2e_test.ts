@@ -752,12 +752,10 @@ Deno.test({
         );
 
         await t.step({
-          name: "KNOWN BUG: Host with a trailing dot routes to the catch-all backend but is judged as the " +
-            "dotless host (run with TAILVOY_KNOWN_BUGS=1)",
-          // Envoy matches `app.example.com.` against no virtual host (strip_trailing_host_dot is off)
-          // and routes it to the listener's catch-all backend, while the policy strips the dot and
-          // allows it as app.example.com: alice reaches a backend her hostname grant does not cover.
-          ignore: !Deno.env.get("TAILVOY_KNOWN_BUGS"),
+          name: "a Host with a trailing dot reaches the same backend the policy judged (regression)",
+          // Was a bypass: Envoy matched `app.example.com.` against no virtual host and routed it to the
+          // catch-all backend, while the policy stripped the dot and allowed it as app.example.com.
+          // Fixed with the HCM's strip_trailing_host_dot.
           fn: async () => {
             const r = await https("alice", "app.example.com", { target: "/", host: "app.example.com." });
             assert.ok(
