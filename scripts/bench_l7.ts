@@ -53,7 +53,7 @@ interface Plan {
   latencyReps: number;
   /** Connections of the fixed-rate runs. */
   latencyConnections: number;
-  /** `Check` calls in flight, one run each. */
+  /** `Check` calls in flight, one run each (1 shows the per-call floor; the goal counts 16 and up). */
   authzConcurrency: number[];
   authzMs: number;
   /** Warm-up (JIT, connection pools) per target, not reported. */
@@ -67,7 +67,7 @@ const FULL: Plan = {
   latencyMs: 6000,
   latencyReps: 2,
   latencyConnections: 16,
-  authzConcurrency: [16, 32, 64],
+  authzConcurrency: [1, 16, 32, 64],
   authzMs: 4000,
   warmupMs: 1000,
 };
@@ -78,7 +78,7 @@ const QUICK: Plan = {
   latencyMs: 3000,
   latencyReps: 1,
   latencyConnections: 16,
-  authzConcurrency: [16, 64],
+  authzConcurrency: [1, 16, 64],
   authzMs: 2000,
   warmupMs: 500,
 };
@@ -102,6 +102,11 @@ interface Target {
 
 type Ok<O extends string> = Extract<L7LoadResult, { ok: true; op: O }>;
 
+/** CPU time of `pid` so far in ms; NaN once it has exited (the figure then shows as NaN, not a crash). */
+function cpuOf(pid: number): Promise<number> {
+  return cpuMs(pid).catch(() => NaN);
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
@@ -117,7 +122,7 @@ class Report {
     console.log(`${name.padEnd(ROW_NAME)} ${value.padStart(16)}  ${note}`);
   }
   goal(text: string, measured: string, pass: boolean): void {
-    const line = `${pass ? "PASS" : "MISS"}  ${text.padEnd(52)} measured ${measured}`;
+    const line = `${pass ? "PASS" : "MISS"}  ${text.padEnd(62)} measured ${measured}`;
     this.goals.push(line);
     console.log(`  goal: ${line}`);
   }
@@ -276,9 +281,10 @@ function luaBytes(bytes: Uint8Array): string {
 }
 
 /**
- * The wrk script: the preamble (PROXY header) goes in front of the first `connections` requests,
- * which wrk issues one per connection before any response can arrive (every connection writes as soon
- * as it is connected, in the thread's first event-loop pass); `done` prints the figures as JSON.
+ * The wrk script: the preamble (PROXY header) goes in front of the first `connections` requests of
+ * the (single) thread, which wrk issues one per connection before any response can arrive (every
+ * connection writes as soon as it is connected, in the thread's first event-loop pass; a request
+ * without the header would be refused and counted as an error); `done` prints the figures as JSON.
  */
 function wrkScript(target: HttpTarget, connections: number): string {
   const request = new TextEncoder().encode(`GET ${target.path} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`);
@@ -289,9 +295,12 @@ function wrkScript(target: HttpTarget, connections: number): string {
     `local req = ${luaBytes(request)}`,
     `local first = ${preamble ? luaBytes(preamble) : '""'} .. req`,
     `local n = 0`,
+    // wrk parses the thread's first request() at start-up to check it (src/wrk.c
+    // script_verify_request): that one must be plain HTTP (a PROXY header is not a method).
     `request = function()`,
     `  n = n + 1`,
-    `  if n <= ${connections} then return first end`,
+    `  if n == 1 then return req end`,
+    `  if n <= ${connections + 1} then return first end`,
     `  return req`,
     `end`,
     `done = function(summary, latency, requests)`,
@@ -518,7 +527,7 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
     for (let rep = 0; rep < plan.reps; rep++) {
       for (const t of targets) {
         const pids = [...t.pids, { name: "backend", pid: backendChild.pid }];
-        const before = await Promise.all(pids.map((p) => cpuMs(p.pid)));
+        const before = await Promise.all(pids.map((p) => cpuOf(p.pid)));
         const r = haveWrk
           ? await runWrk(dir, t.http, { connections: plan.connections, durationMs: plan.rpsMs })
           : await run<Ok<"closed">>({
@@ -527,7 +536,7 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
             connections: plan.connections,
             durationMs: plan.rpsMs,
           });
-        const after = await Promise.all(pids.map((p) => cpuMs(p.pid)));
+        const after = await Promise.all(pids.map((p) => cpuOf(p.pid)));
         if (r.non2xx || r.errors) {
           failures++;
           console.log(`  (${t.label}: ${r.non2xx} responses not 2xx, ${r.errors} errors in a run)`);
@@ -626,10 +635,13 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
     );
     const request = base64(await checkRequestBytes(alice, authz.secret));
     await run({ op: "authz", port: authz.port, request, concurrency: 16, durationMs: plan.warmupMs });
+    if (authzChild.exited) {
+      throw new Error(`the ext_authz server exited; stderr:\n${authzChild.stderrTail(30)}`);
+    }
     let best = 0;
     let bestAt = 0;
     for (const concurrency of plan.authzConcurrency) {
-      const before = await cpuMs(authzChild.pid);
+      const before = await cpuOf(authzChild.pid);
       const r = await run<Ok<"authz">>({
         op: "authz",
         port: authz.port,
@@ -637,14 +649,17 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
         concurrency,
         durationMs: plan.authzMs,
       });
-      const used = await cpuMs(authzChild.pid) - before;
+      const used = await cpuOf(authzChild.pid) - before;
+      if (authzChild.exited) {
+        throw new Error(`the ext_authz server exited; stderr:\n${authzChild.stderrTail(30)}`);
+      }
       if (r.errors || r.allowed !== r.calls) {
         console.log(
           `  (${r.errors} errors, ${r.calls - r.allowed} denied: ${r.firstError ?? "see the decision log"})`,
         );
       }
       const perSec = r.allowed / (r.ms / 1000);
-      if (perSec > best) [best, bestAt] = [perSec, concurrency];
+      if (concurrency >= 16 && perSec > best) [best, bestAt] = [perSec, concurrency];
       report.row(
         `checks/s, ${concurrency} in flight`,
         `${perSec.toFixed(0)} /s`,

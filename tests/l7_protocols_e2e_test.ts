@@ -18,6 +18,7 @@ import { DENY_BODY, DENY_MESSAGE } from "../lib/extauthz/mod.ts";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import { PROJECT_ROOT } from "../scripts/peers.ts";
+import { makeCert } from "./harness/certs.ts";
 import { Proxy, tcpEcho } from "./harness/proxy.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Policy, type Tailnet, waitFor } from "./harness/tailnet.ts";
 
@@ -448,68 +449,6 @@ async function tlsVia(
   }
 }
 
-async function openssl(args: string[]): Promise<void> {
-  const out = await new Deno.Command("openssl", { args, stdout: "null", stderr: "piped" }).output();
-  if (!out.success) throw new Error(`openssl ${args[0]} failed: ${dec.decode(out.stderr)}`);
-}
-
-/** A throwaway CA and a server certificate for app.example.com and admin.example.com (files and PEM). */
-async function makeCert(
-  dir: string,
-): Promise<{ ca: string; cert: string; key: string; certFile: string; keyFile: string }> {
-  const p = (f: string) => join(dir, f);
-  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-  await openssl([
-    "req",
-    "-x509",
-    ...ec,
-    "-days",
-    "1",
-    "-subj",
-    "/CN=test CA",
-    "-keyout",
-    p("ca.key"),
-    "-out",
-    p("ca.pem"),
-  ]);
-  await openssl([
-    "req",
-    ...ec,
-    "-subj",
-    "/CN=app.example.com",
-    "-keyout",
-    p("key.pem"),
-    "-out",
-    p("req.pem"),
-  ]);
-  await Deno.writeTextFile(p("ext.cnf"), "subjectAltName=DNS:app.example.com,DNS:admin.example.com\n");
-  await openssl([
-    "x509",
-    "-req",
-    "-in",
-    p("req.pem"),
-    "-CA",
-    p("ca.pem"),
-    "-CAkey",
-    p("ca.key"),
-    "-CAcreateserial",
-    "-days",
-    "1",
-    "-extfile",
-    p("ext.cnf"),
-    "-out",
-    p("cert.pem"),
-  ]);
-  const read = (f: string) => Deno.readTextFile(p(f));
-  return {
-    ca: await read("ca.pem"),
-    cert: await read("cert.pem"),
-    key: await read("key.pem"),
-    certFile: p("cert.pem"),
-    keyFile: p("key.pem"),
-  };
-}
-
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const { port } = l.addr;
@@ -576,7 +515,7 @@ Deno.test({
     const ws = webSocketBackend();
     const grpcBackend = await grpcHealthBackend();
     const pg = tcpEcho();
-    const tls = await makeCert(dir);
+    const tls = { ...await makeCert(dir), certFile: join(dir, "cert.pem"), keyFile: join(dir, "key.pem") };
     const tlsApp = tlsBackend(tls, "app");
     const tlsAdmin = tlsBackend(tls, "admin");
     const { Client: HealthClient } = healthService();
@@ -758,9 +697,11 @@ Deno.test({
           // Fixed with the HCM's strip_trailing_host_dot.
           fn: async () => {
             const r = await https("alice", "app.example.com", { target: "/", host: "app.example.com." });
-            assert.ok(
-              r.status === 403 || (r.status === 200 && r.json.backend === "app"),
-              `${r.status} from backend ${r.json?.backend}`,
+            assert.equal(r.status, 200, r.body);
+            assert.equal(r.json.backend, "app");
+            assert.equal(
+              (await https("alice", "app.example.com", { target: "/", host: "other.example.com." })).status,
+              403,
             );
           },
         });
@@ -828,6 +769,49 @@ Deno.test({
             (await http(await tailnet.dial("bob", gw.ipv4, PORTS.down), { target: "/x" })).status,
             403,
           );
+        });
+
+        await t.step({
+          name: "KNOWN BUG: a local gRPC client closing its channel to ext_authz aborts the whole proxy " +
+            "(denoland/deno#36788; run with TAILVOY_KNOWN_BUGS=1)",
+          // Deno 2.9.6's node:http2 server dies inside nghttp2 (assertion in find_stream_on_goaway_func,
+          // or free(): invalid pointer) when the client's GOAWAY arrives after a few thousand calls.
+          // Any local process can connect to the ext_authz port; Envoy is left running, orphaned.
+          ignore: !Deno.env.get("TAILVOY_KNOWN_BUGS"),
+          fn: async () => {
+            const line = JSON.parse(await proxy.waitLog(/ext_authz listening on/, "ext_authz address"));
+            let exited = false;
+            proxy.child.status.then(() => exited = true);
+            const { CHECK_PATH, loadAuthzProtos } = await import("../lib/extauthz/mod.ts");
+            const { Buffer } = await import("node:buffer");
+            const protos = loadAuthzProtos();
+            // We do not know the proxy's secret: every call is denied, which is enough.
+            const request = Buffer.from(
+              await Deno.readFile(join(PROJECT_ROOT, "tests", "fixtures", "extauthz", "check_request.bin")),
+            );
+            for (let round = 0; round < 4 && !exited; round++) {
+              const client = new grpc.Client(`127.0.0.1:${line.port}`, grpc.credentials.createInsecure());
+              const call = () =>
+                new Promise((resolve, reject) =>
+                  client.makeUnaryRequest(
+                    CHECK_PATH,
+                    (b: Buffer) => b,
+                    (b: Buffer) => b,
+                    request,
+                    (error, response) =>
+                      error ? reject(error) : resolve(protos.decodeCheckResponse(response!)),
+                  )
+                );
+              const deadline = performance.now() + 1500;
+              await Promise.all(Array.from({ length: 16 }, async () => {
+                while (performance.now() < deadline && !exited) await call().catch(() => {});
+              }));
+              client.close();
+              await new Promise((r) => setTimeout(r, 500));
+            }
+            const why = proxy.lines.find((l) => /nghttp2|free\(\)|Assertion|Segmentation/.test(l)) ?? "";
+            assert.equal(exited, false, `the proxy died: ${why}`);
+          },
         });
       } finally {
         const code = await proxy.stop();

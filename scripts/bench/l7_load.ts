@@ -166,13 +166,23 @@ async function openLoop(cmd: Extract<L7LoadCommand, { op: "open" }>): Promise<L7
   return { ok: true, op: "open", ...rest, ms: performance.now() - t0, latency: latencyOf(samples) };
 }
 
+// grpc-js clients by port, kept open for the life of this process: closing a channel sends GOAWAY,
+// which can abort a Deno node:http2 server inside nghttp2 (denoland/deno#36788), and the ext_authz
+// server under test is one.
+// deno-lint-ignore no-explicit-any
+const clients = new Map<number, any>();
+
 async function authz(cmd: Extract<L7LoadCommand, { op: "authz" }>): Promise<L7LoadResult> {
   // Imported here: only this command needs grpc-js and the protos.
   const grpc = await import("@grpc/grpc-js");
   const { CHECK_PATH, loadAuthzProtos } = await import("../../lib/extauthz/protos.ts");
   const protos = loadAuthzProtos();
   const bytes = Buffer.from(cmd.request, "base64");
-  const client = new grpc.Client(`127.0.0.1:${cmd.port}`, grpc.credentials.createInsecure());
+  let client = clients.get(cmd.port) as InstanceType<typeof grpc.Client> | undefined;
+  if (!client) {
+    client = new grpc.Client(`127.0.0.1:${cmd.port}`, grpc.credentials.createInsecure());
+    clients.set(cmd.port, client);
+  }
   const samples: number[] = [];
   let calls = 0;
   let allowed = 0;
@@ -180,7 +190,7 @@ async function authz(cmd: Extract<L7LoadCommand, { op: "authz" }>): Promise<L7Lo
   let firstError: string | undefined;
   const call = () =>
     new Promise<Buffer>((resolve, reject) =>
-      client.makeUnaryRequest(
+      client!.makeUnaryRequest(
         CHECK_PATH,
         (b: Buffer) => b,
         (b: Buffer) => b,
@@ -190,25 +200,21 @@ async function authz(cmd: Extract<L7LoadCommand, { op: "authz" }>): Promise<L7Lo
     );
   const t0 = performance.now();
   const deadline = t0 + cmd.durationMs;
-  try {
-    await Promise.all(Array.from({ length: cmd.concurrency }, async () => {
-      while (performance.now() < deadline) {
-        const start = performance.now();
-        try {
-          const response = protos.decodeCheckResponse(await call()) as { http_response?: string };
-          samples.push(performance.now() - start);
-          calls++;
-          if (response.http_response === "ok_response") allowed++;
-        } catch (err) {
-          errors++;
-          firstError ??= err instanceof Error ? err.message : String(err);
-          await sleep(10);
-        }
+  await Promise.all(Array.from({ length: cmd.concurrency }, async () => {
+    while (performance.now() < deadline) {
+      const start = performance.now();
+      try {
+        const response = protos.decodeCheckResponse(await call()) as { http_response?: string };
+        samples.push(performance.now() - start);
+        calls++;
+        if (response.http_response === "ok_response") allowed++;
+      } catch (err) {
+        errors++;
+        firstError ??= err instanceof Error ? err.message : String(err);
+        await sleep(10);
       }
-    }));
-  } finally {
-    client.close();
-  }
+    }
+  }));
   return {
     ok: true,
     op: "authz",
