@@ -34,9 +34,6 @@ export const VERSION: string = denoJson.version;
 /** Default config path, as tailvoy's `-config`. */
 export const DEFAULT_CONFIG = "config.yaml";
 
-/** Default ext_authz address, as tailvoy's `-authz-addr`. */
-export const DEFAULT_AUTHZ_ADDR = "127.0.0.1:9001";
-
 function print(text: string): void {
   console.log(text);
 }
@@ -100,7 +97,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runProxy(config!, {
           configPath,
           socket: v.socket,
-          authzAddr: v["authz-addr"] ?? DEFAULT_AUTHZ_ADDR,
+          // Unset: a private unix socket, unreachable to other users (see lib/l7).
+          authzAddr: v["authz-addr"],
           envoyArgs: args.envoyArgs,
         });
       case "check": {

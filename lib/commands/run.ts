@@ -20,8 +20,8 @@ import { Telemetry } from "../telemetry/mod.ts";
 export interface RunOptions {
   /** LocalAPI socket (overrides the config's). */
   socket?: string;
-  /** ext_authz listen address. */
-  authzAddr: string;
+  /** ext_authz listen address; unset: a private unix socket. */
+  authzAddr?: string;
   /** Arguments for Envoy (after `--`). */
   envoyArgs?: string[];
   /** Resolves when the process should stop (default: SIGINT or SIGTERM). */
@@ -79,7 +79,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
   log.info("starting: {listeners} listeners, LocalAPI {socket}, ext_authz {authz}", {
     listeners: Object.keys(config.listeners).length,
     socket,
-    authz: options.authzAddr,
+    authz: options.authzAddr ?? "a private unix socket",
   });
   if (config.discovery) {
     log.fatal(

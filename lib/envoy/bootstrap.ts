@@ -162,6 +162,33 @@ function cluster(
   };
 }
 
+function tcpAuthzCluster(address: string): NamedResource {
+  const authz = splitHostPort(address);
+  const host = authz.host === "" || authz.host === "0.0.0.0"
+    ? "127.0.0.1"
+    : authz.host === "::"
+    ? "::1"
+    : authz.host;
+  return cluster(AUTHZ_CLUSTER, host.includes(":") ? `[${host}]:${authz.port}` : `${host}:${authz.port}`, {
+    upstream: "h2",
+    connectTimeoutMs: 1000,
+  });
+}
+
+// ext_authz on a unix socket (the default): no TCP port another local process could reach.
+function pipeCluster(name: string, path: string): NamedResource {
+  return {
+    name,
+    type: "STATIC",
+    connect_timeout: duration(1000),
+    typed_extension_protocol_options: httpProtocolOptions("h2"),
+    load_assignment: {
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path } } } }] }],
+    },
+  };
+}
+
 function authzPerRoute(listener: string): JsonObject {
   return {
     [EXT_AUTHZ]: { "@type": PER_ROUTE_TYPE, check_settings: { context_extensions: { listener } } },
@@ -447,17 +474,9 @@ export function renderBootstrap(config: Pick<Config, "listeners">, options: Rend
     });
   }
 
-  const authz = splitHostPort(options.authzAddress);
-  const authzHost = authz.host === "" || authz.host === "0.0.0.0"
-    ? "127.0.0.1"
-    : authz.host === "::"
-    ? "::1"
-    : authz.host;
-  const authzCluster = cluster(
-    AUTHZ_CLUSTER,
-    authzHost.includes(":") ? `[${authzHost}]:${authz.port}` : `${authzHost}:${authz.port}`,
-    { upstream: "h2", connectTimeoutMs: 1000 },
-  );
+  const authzCluster = options.authzAddress.startsWith("unix:")
+    ? pipeCluster(AUTHZ_CLUSTER, options.authzAddress.slice("unix:".length))
+    : tcpAuthzCluster(options.authzAddress);
 
   return {
     admin: { address: socketAddress("127.0.0.1", 0) },

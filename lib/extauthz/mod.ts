@@ -97,6 +97,8 @@ const log = getLogger("extauthz");
 
 /** Splits `addr` into host and port; `:port` means every interface (Go's convention, as in tailvoy). */
 function parseListenAddress(addr: string): { host: string; port: number; target: string } {
+  // A unix socket: only processes that can reach its (private) directory can connect.
+  if (addr.startsWith("unix:/")) return { host: addr, port: 0, target: addr };
   const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(addr);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) {

@@ -27,8 +27,11 @@ export { EnvoyError } from "../envoy/mod.ts";
 export interface L7Options {
   resolver: IdentityResolver;
   telemetry?: Telemetry;
-  /** ext_authz listen address (`-authz-addr`). */
-  authzAddr: string;
+  /**
+   * ext_authz listen address (`-authz-addr`). Unset: a unix socket in a private directory, which only
+   * this user can reach (Deno's HTTP/2 server can be crashed by a misbehaving client: denoland/deno#36788).
+   */
+  authzAddr?: string;
   /** Arguments after `--`, passed to Envoy. */
   envoyArgs?: string[];
 }
@@ -41,6 +44,7 @@ export class L7Stack {
   readonly #secret: string;
   readonly #current: { lookup: ReturnType<typeof listenersFromConfig> };
   readonly #authzAddress: string;
+  readonly #privateDir?: string;
   readonly #authz: AuthzServer;
   readonly #envoy: EnvoySupervisor;
   readonly #gauges: ReturnType<typeof setInterval>;
@@ -52,6 +56,7 @@ export class L7Stack {
       secret: string;
       current: { lookup: ReturnType<typeof listenersFromConfig> };
       authzAddress: string;
+      privateDir?: string;
     },
     authz: AuthzServer,
     envoy: EnvoySupervisor,
@@ -62,6 +67,7 @@ export class L7Stack {
     this.#secret = state.secret;
     this.#current = state.current;
     this.#authzAddress = state.authzAddress;
+    this.#privateDir = state.privateDir;
     this.#authz = authz;
     this.#envoy = envoy;
     let restarts = 0;
@@ -109,11 +115,15 @@ export class L7Stack {
           latencyMs: record.latencyMs,
         }),
     });
-    const bound = await authz.listen(options.authzAddr);
+    const privateDir = options.authzAddr ? undefined : await Deno.makeTempDir({ prefix: "tailvoy-authz-" });
+    if (privateDir) await Deno.chmod(privateDir, 0o700);
+    const bound = await authz.listen(options.authzAddr ?? `unix:${privateDir}/authz.sock`);
     const envoy = new EnvoySupervisor({ binary: config.tailvoy.envoyBinary, extraArgs: options.envoyArgs });
     try {
       const ports = allocatePorts(names);
-      const authzAddress = `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`;
+      const authzAddress = bound.host.startsWith("unix:")
+        ? bound.host
+        : `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`;
       const bootstrap = renderBootstrap(config, { listenerPorts: ports, authzAddress });
       await envoy.validate(bootstrap);
       await envoy.start(bootstrap);
@@ -129,10 +139,16 @@ export class L7Stack {
         ports: Object.fromEntries(ports),
         pid: envoy.pid,
       });
-      return new L7Stack({ targets, ports, secret, current, authzAddress }, authz, envoy, options.telemetry);
+      return new L7Stack(
+        { targets, ports, secret, current, authzAddress, privateDir },
+        authz,
+        envoy,
+        options.telemetry,
+      );
     } catch (err) {
       await envoy.stop({ drainMs: 0 }).catch(() => {});
       await authz.close({ graceMs: 0 });
+      if (privateDir) await Deno.remove(privateDir, { recursive: true }).catch(() => {});
       throw err;
     }
   }
@@ -178,6 +194,7 @@ export class L7Stack {
     clearInterval(this.#gauges);
     await this.#envoy.stop({ drainMs });
     await this.#authz.close();
+    if (this.#privateDir) await Deno.remove(this.#privateDir, { recursive: true }).catch(() => {});
   }
 }
 
