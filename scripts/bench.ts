@@ -9,6 +9,8 @@
  *   of a tailnet in a box, vs a bare LocalAPI `status` round trip on the same socket.
  * - l4: throughput, new connections/s, added latency and RSS of the relay vs direct loopback, Envoy's
  *   tcp_proxy and socat (see scripts/bench_l4.ts).
+ * - l7: requests/s and latency through the full path vs the same Envoy without ext_authz vs straight
+ *   to the backend, and ext_authz checks/s (see scripts/bench_l7.ts).
  *
  * `--quick` shortens the long sections.
  *
@@ -20,6 +22,7 @@ import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { decideL4, decideL7, parseCapRules } from "../lib/policy/mod.ts";
 import { Tailnet } from "../tests/harness/tailnet.ts";
 import { benchL4 } from "./bench_l4.ts";
+import { benchL7 } from "./bench_l7.ts";
 import { ensurePeers } from "./peers.ts";
 
 interface Figure {
@@ -154,6 +157,7 @@ if (import.meta.main) {
     policy: benchPolicy,
     whois: benchWhois,
     l4: () => benchL4({ quick }),
+    l7: () => benchL7({ quick }),
   };
   const named = Deno.args.filter((a) => !a.startsWith("--"));
   const wanted = named.length ? named : Object.keys(sections);
