@@ -29,7 +29,7 @@ export interface RelayOptions {
   maxLifetimeMs?: number;
   /** Aborting closes both sides at once (revocation, drain). */
   signal?: AbortSignal;
-  /** Largest buffer per direction (buffers start at 4 KiB and grow on full reads). */
+  /** Largest buffer per direction (buffers start at 2 KiB and grow on full reads). */
   bufferSize?: number;
 }
 
@@ -71,7 +71,7 @@ export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptio
   const pump = async (from: Deno.Conn, to: RelayConn, count: "bytesUp" | "bytesDown") => {
     // Start small and grow on full reads: most flows are chatty and small (memory at 10k flows),
     // bulk transfers reach the full size within a few reads (throughput).
-    let buf = new Uint8Array(Math.min(4096, size));
+    let buf = new Uint8Array(Math.min(2048, size));
     try {
       while (true) {
         const n = await from.read(buf);
