@@ -13,11 +13,12 @@
  * @module
  */
 
+import { openBenchSession, type Spawn } from "./bench/session.ts";
 import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
-import { Tailnet } from "../tests/harness/tailnet.ts";
+import type { Tailnet } from "../tests/harness/tailnet.ts";
 import type { LoadCommand, LoadResult, ProxyHeaderSpec } from "./bench/l4_protocol.ts";
-import { Child, cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./bench/l4_procs.ts";
+import { type Child, cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./bench/l4_procs.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 
 /** Receives each figure: name, value, unit, and the name of the figure it is compared with. */
@@ -200,7 +201,6 @@ async function canConnect(port: number): Promise<boolean> {
 }
 
 /** Starts a child process, which is stopped when the bench ends. */
-type Spawn = (name: string, argv: string[]) => Child;
 
 async function startEnvoy(
   spawn: Spawn,
@@ -550,29 +550,9 @@ export async function benchL4(options: BenchL4Options = {}): Promise<void> {
   );
   await ensurePeers();
   const fdLimit = await childFdLimit();
-  const dir = await Deno.makeTempDir({ prefix: "tailvoy-bench-l4-" });
-  const children: Child[] = [];
-  // Started first (it takes seconds), awaited only when the proxy needs it; released in any case.
-  const tailnetStarting = Tailnet.start({
-    nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }],
-  });
-  tailnetStarting.catch(() => {});
-  const spawn = (name: string, argv: string[], stdin = false) => {
-    const child = new Child(name, argv, { fdLimit, stdin });
-    children.push(child);
-    return child;
-  };
-  let cleaning: Promise<void> | undefined;
-  const cleanup = () =>
-    cleaning ??= (async () => {
-      await Promise.all(children.map((c) => c.stop()));
-      await (await tailnetStarting.catch(() => undefined))?.release();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    })();
-  // Ctrl-C must not leave tailscaled, headscale, Envoy and the proxy running.
-  const interrupted = () => void cleanup().finally(() => Deno.exit(130));
-  Deno.addSignalListener("SIGINT", interrupted);
-  Deno.addSignalListener("SIGTERM", interrupted);
+  const session = await openBenchSession("l4", { fdLimit });
+  const { dir, children, spawn } = session;
+  const tailnetStarting = session.tailnet;
   try {
     const helper = (
       file: string,
@@ -649,9 +629,7 @@ export async function benchL4(options: BenchL4Options = {}): Promise<void> {
     console.log(`\n## goals (L4)\n${bench.report.goals.map((g) => `  ${g}`).join("\n")}`);
     console.log(`L4 bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
   } finally {
-    Deno.removeSignalListener("SIGINT", interrupted);
-    Deno.removeSignalListener("SIGTERM", interrupted);
-    await cleanup();
+    await session.close();
   }
 }
 

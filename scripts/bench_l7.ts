@@ -22,14 +22,15 @@
  * @module
  */
 
+import { openBenchSession, type Spawn } from "./bench/session.ts";
 import { join } from "node:path";
 import { parseConfig } from "../lib/config/mod.ts";
 import { type EnvoyBootstrap, type JsonObject, renderBootstrap } from "../lib/envoy/mod.ts";
 import { DEFAULT_SECRET_TLV_TYPE, loadAuthzProtos } from "../lib/extauthz/mod.ts";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
-import { Tailnet } from "../tests/harness/tailnet.ts";
-import { Child, cpuMs, freePort, onPath } from "./bench/l4_procs.ts";
+import type { Tailnet } from "../tests/harness/tailnet.ts";
+import { type Child, cpuMs, freePort, onPath } from "./bench/l4_procs.ts";
 import type { HttpTarget, L7LoadCommand, L7LoadResult, Latency } from "./bench/l7_protocol.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 
@@ -177,8 +178,6 @@ async function waitUntil(
     await new Promise((r) => setTimeout(r, 50));
   }
 }
-
-type Spawn = (name: string, argv: string[], stdin?: boolean) => Child;
 
 async function startEnvoy(
   spawn: Spawn,
@@ -386,29 +385,9 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
   );
   await ensurePeers();
   const haveWrk = await onPath("wrk");
-  const dir = await Deno.makeTempDir({ prefix: "tailvoy-bench-l7-" });
-  const children: Child[] = [];
-  // Started first (it takes seconds), awaited when needed; released in any case.
-  const tailnetStarting = Tailnet.start({
-    nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }],
-  });
-  tailnetStarting.catch(() => {});
-  const spawn: Spawn = (name, argv, stdin = false) => {
-    const child = new Child(name, argv, { stdin });
-    children.push(child);
-    return child;
-  };
-  let cleaning: Promise<void> | undefined;
-  const cleanup = () =>
-    cleaning ??= (async () => {
-      await Promise.all(children.map((c) => c.stop()));
-      await (await tailnetStarting.catch(() => undefined))?.release();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    })();
-  // Ctrl-C must not leave tailscaled, headscale, Envoy and the proxy running.
-  const interrupted = () => void cleanup().finally(() => Deno.exit(130));
-  Deno.addSignalListener("SIGINT", interrupted);
-  Deno.addSignalListener("SIGTERM", interrupted);
+  const session = await openBenchSession("l7");
+  const { dir, children, spawn } = session;
+  const tailnetStarting = session.tailnet;
   try {
     const helper = (
       file: string,
@@ -677,9 +656,7 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
     console.log(`\n## goals (L7)\n${report.goals.map((g) => `  ${g}`).join("\n")}`);
     console.log(`L7 bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
   } finally {
-    Deno.removeSignalListener("SIGINT", interrupted);
-    Deno.removeSignalListener("SIGTERM", interrupted);
-    await cleanup();
+    await session.close();
   }
 }
 

@@ -780,3 +780,37 @@ Deno.test({
     }
   },
 });
+
+Deno.test("an Envoy left behind by a dead tailvoy is reaped on the next start; a live owner's is not", async () => {
+  const { reapOrphans } = await import("../lib/envoy/mod.ts");
+  const { getLogger } = await import("../lib/log.ts");
+  const base = await Deno.makeTempDir();
+  try {
+    const dead = new Deno.Command("true").spawn();
+    await dead.status;
+    const mk = async (name: string, owner: number) => {
+      const dir = `${base}/tailvoy-envoy-${name}`;
+      await Deno.mkdir(dir);
+      // A stand-in "Envoy" whose command line names its dir, as the real one's does.
+      const child = new Deno.Command("sh", { args: ["-c", "sleep 30", dir], stdout: "null", stderr: "null" })
+        .spawn();
+      await Deno.writeTextFile(`${dir}/owner.json`, JSON.stringify({ tailvoy: owner, envoy: child.pid }));
+      return { dir, child };
+    };
+    const orphan = await mk("orphan", dead.pid);
+    const owned = await mk("owned", Deno.pid);
+    try {
+      assert.equal(await reapOrphans(base, getLogger("test")), 1);
+      assert.equal((await orphan.child.status).signal, "SIGKILL");
+      await assert.rejects(Deno.stat(orphan.dir));
+      await Deno.stat(owned.dir);
+    } finally {
+      try {
+        owned.child.kill("SIGKILL");
+      } catch { /* gone */ }
+      await owned.child.status;
+    }
+  } finally {
+    await Deno.remove(base, { recursive: true });
+  }
+});

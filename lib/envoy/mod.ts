@@ -39,5 +39,6 @@ export {
   type EnvoyState,
   EnvoySupervisor,
   type EnvoySupervisorOptions,
+  reapOrphans,
   type StopOptions,
 } from "./supervisor.ts";

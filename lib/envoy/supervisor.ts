@@ -241,7 +241,10 @@ export class EnvoySupervisor {
    * with its error lines), `state` (already running). Does not validate first; call {@link validate}.
    */
   start(bootstrap: EnvoyBootstrap): Promise<void> {
-    return this.#serial(() => this.#start(serializeBootstrap(bootstrap)));
+    return this.#serial(async () => {
+      await reapOrphans(this.#options.tempDir, this.#log);
+      await this.#start(serializeBootstrap(bootstrap));
+    });
   }
 
   /**
@@ -372,6 +375,9 @@ export class EnvoySupervisor {
       } catch (error) {
         throw this.#spawnError(error);
       }
+      // Envoy outlives a tailvoy that dies abruptly (it is in its own session): record who owns it so
+      // the next supervisor on this machine can reap it.
+      await Deno.writeTextFile(`${dir}/owner.json`, JSON.stringify({ tailvoy: Deno.pid, envoy: child.pid }));
       const started: Instance = {
         child,
         pid: child.pid,
@@ -661,4 +667,44 @@ export class EnvoySupervisor {
       return false; // already gone
     }
   }
+}
+
+/**
+ * Stops Envoys left behind by tailvoy processes that no longer exist (killed, or crashed), and removes
+ * their temp dirs. Only an Envoy whose command line names that dir is signalled, so a reused pid is safe.
+ */
+export async function reapOrphans(tempDir: string | undefined, log: Logger): Promise<number> {
+  const base = tempDir ?? Deno.env.get("TMPDIR") ?? "/tmp";
+  const alive = (pid: number) => Deno.stat(`/proc/${pid}`).then(() => true, () => false);
+  let reaped = 0;
+  let entries: Deno.DirEntry[] = [];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(base));
+  } catch {
+    return 0;
+  }
+  for (const entry of entries) {
+    if (!entry.isDirectory || !entry.name.startsWith("tailvoy-envoy-")) continue;
+    const dir = `${base}/${entry.name}`;
+    let owner: { tailvoy: number; envoy: number };
+    try {
+      owner = JSON.parse(await Deno.readTextFile(`${dir}/owner.json`));
+    } catch {
+      continue; // not ours to judge (no owner record yet, or another user's)
+    }
+    if (await alive(owner.tailvoy)) continue;
+    // Only when the pid provably is that Envoy: pids mean nothing across PID namespaces sharing /tmp.
+    const cmdline = await Deno.readTextFile(`/proc/${owner.envoy}/cmdline`).catch(() => "");
+    if (!cmdline.includes(dir)) continue;
+    try {
+      Deno.kill(owner.envoy, "SIGKILL");
+      reaped++;
+      log.warn("stopped an Envoy (pid {pid}) left behind by a tailvoy that is gone (pid {owner})", {
+        pid: owner.envoy,
+        owner: owner.tailvoy,
+      });
+    } catch { /* gone meanwhile */ }
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  return reaped;
 }

@@ -1,0 +1,63 @@
+/**
+ * One benchmark run's resources: a temp dir, a tailnet in a box started in the background, every child
+ * process, and a cleanup that also runs on Ctrl-C, so a bench never leaves tailscaled, headscale, Envoy
+ * or the proxy behind.
+ *
+ * @module
+ */
+
+import { Tailnet } from "../../tests/harness/tailnet.ts";
+import { Child } from "./l4_procs.ts";
+
+/** Starts a tracked child process. */
+export type Spawn = (name: string, argv: string[], stdin?: boolean) => Child;
+
+/** A bench run's resources. */
+export interface BenchSession {
+  dir: string;
+  children: Child[];
+  spawn: Spawn;
+  /** The gateway + alice tailnet, started at once (it takes seconds); await it when needed. */
+  tailnet: Promise<Tailnet>;
+  /** Stops every child and the tailnet and removes the temp dir (idempotent). */
+  close(): Promise<void>;
+}
+
+/** Opens a session; children get `fdLimit` open files when given. */
+export async function openBenchSession(
+  name: string,
+  options: { fdLimit?: number } = {},
+): Promise<BenchSession> {
+  const dir = await Deno.makeTempDir({ prefix: `tailvoy-bench-${name}-` });
+  const children: Child[] = [];
+  const tailnet = Tailnet.start({
+    nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }],
+  });
+  tailnet.catch(() => {});
+  const spawn: Spawn = (child, argv, stdin = false) => {
+    const c = new Child(child, argv, { stdin, ...(options.fdLimit ? { fdLimit: options.fdLimit } : {}) });
+    children.push(c);
+    return c;
+  };
+  let cleaning: Promise<void> | undefined;
+  const cleanup = () =>
+    cleaning ??= (async () => {
+      await Promise.all(children.map((c) => c.stop()));
+      await (await tailnet.catch(() => undefined))?.release();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    })();
+  const interrupted = () => void cleanup().finally(() => Deno.exit(130));
+  Deno.addSignalListener("SIGINT", interrupted);
+  Deno.addSignalListener("SIGTERM", interrupted);
+  return {
+    dir,
+    children,
+    spawn,
+    tailnet,
+    close: () => {
+      Deno.removeSignalListener("SIGINT", interrupted);
+      Deno.removeSignalListener("SIGTERM", interrupted);
+      return cleanup();
+    },
+  };
+}
