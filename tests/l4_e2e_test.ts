@@ -10,8 +10,9 @@ import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import { makeCert } from "./harness/certs.ts";
+import { readSome, tlsVia } from "./harness/clients.ts";
 import { Proxy, tcpEcho } from "./harness/proxy.ts";
-import { acquireTailnet, CAP, defaultPolicy, type Policy, type Tailnet, waitFor } from "./harness/tailnet.ts";
+import { acquireTailnet, CAP, defaultPolicy, type Policy, waitFor } from "./harness/tailnet.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -31,19 +32,6 @@ function hasAliceRules(who: { CapMap: Record<string, unknown[]> }): boolean {
 }
 const ALICE_RULES = [{ listeners: ["db", "dns"] }, { listeners: ["tls"], hostnames: ["app.example.com"] }];
 
-async function readSome(conn: Deno.Conn, timeoutMs = 5000): Promise<string | null> {
-  const buf = new Uint8Array(4096);
-  const timer = setTimeout(() => conn.close(), timeoutMs);
-  try {
-    const n = await conn.read(buf);
-    return n === null ? null : dec.decode(buf.subarray(0, n));
-  } catch {
-    return null; // reset or closed: the proxy refused us
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 function tlsBackend(tls: { cert: string; key: string }, name: string): { port: number; close: () => void } {
   const l = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: tls.cert, key: tls.key });
   (async () => {
@@ -60,31 +48,6 @@ function tlsBackend(tls: { cert: string; key: string }, name: string): { port: n
     }
   })();
   return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
-}
-
-async function tlsVia(
-  tailnet: Tailnet,
-  from: string,
-  port: number,
-  sni: string,
-  caCert: string,
-): Promise<string | null> {
-  const raw = await tailnet.dial(from, tailnet.node("gw").ipv4, port);
-  try {
-    const tls = await Deno.startTls(raw, { hostname: sni, caCerts: [caCert] });
-    try {
-      return await readSome(tls);
-    } finally {
-      try {
-        tls.close();
-      } catch { /* closed */ }
-    }
-  } catch {
-    try {
-      raw.close();
-    } catch { /* closed */ }
-    return null; // handshake cut off: refused
-  }
 }
 
 Deno.test({

@@ -10,6 +10,7 @@
  * - faults: a backend that is down, and a gateway tailscaled that hangs (SIGSTOP) under ext_authz.
  */
 
+import { readSome, tlsVia } from "./harness/clients.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -413,40 +414,6 @@ function bridge(
       for (const c of open) closeQuietly(c);
     },
   };
-}
-
-async function readSome(conn: Deno.Conn, timeoutMs = 5000): Promise<string | null> {
-  const buf = new Uint8Array(4096);
-  const timer = setTimeout(() => closeQuietly(conn), timeoutMs);
-  try {
-    const n = await conn.read(buf);
-    return n === null ? null : dec.decode(buf.subarray(0, n));
-  } catch {
-    return null; // reset or closed: refused
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function tlsVia(
-  tailnet: Tailnet,
-  from: string,
-  port: number,
-  sni: string,
-  caCert: string,
-): Promise<string | null> {
-  const raw = await tailnet.dial(from, tailnet.node("gw").ipv4, port);
-  try {
-    const tls = await Deno.startTls(raw, { hostname: sni, caCerts: [caCert] });
-    try {
-      return await readSome(tls);
-    } finally {
-      closeQuietly(tls);
-    }
-  } catch {
-    closeQuietly(raw);
-    return null; // handshake cut off: refused
-  }
 }
 
 function freePort(): number {
