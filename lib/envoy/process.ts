@@ -64,15 +64,44 @@ export function mergeEnvoyArgs(ours: readonly string[], extra: readonly string[]
 }
 
 /**
- * Free loopback ports, one per name: each is bound on 127.0.0.1 with port 0 and released at once
- * (all held together, so they differ). Another process could take one before Envoy binds it; Envoy
- * then fails to start with a bind error and the caller may pick again.
+ * Free loopback ports, one per name, chosen at random *below* the kernel's ephemeral range: a port
+ * from `bind(0)` is an ephemeral one, which the kernel may hand to any outgoing connection in the
+ * moment between our release and Envoy's bind. Each candidate is checked by binding it (all held
+ * together, so they differ) and released.
  */
 export function allocatePorts(names: readonly string[]): Map<string, number> {
-  const listeners = names.map(() => Deno.listen({ hostname: "127.0.0.1", port: 0 }));
+  const low = ephemeralLow();
+  const held: Deno.Listener[] = [];
   try {
-    return new Map(names.map((name, i) => [name, (listeners[i].addr as Deno.NetAddr).port]));
+    const ports = new Map<string, number>();
+    for (const name of names) {
+      for (let attempt = 0;; attempt++) {
+        // [10000, low): well clear of well-known ports and of the ephemeral range.
+        const port = attempt < 50 ? 10_000 + Math.floor(Math.random() * (low - 10_000)) : 0;
+        try {
+          const l = Deno.listen({ hostname: "127.0.0.1", port });
+          held.push(l);
+          ports.set(name, (l.addr as Deno.NetAddr).port);
+          break;
+        } catch (err) {
+          if (!(err instanceof Deno.errors.AddrInUse) || attempt >= 50) throw err;
+        }
+      }
+    }
+    return ports;
   } finally {
-    for (const l of listeners) l.close();
+    for (const l of held) l.close();
+  }
+}
+
+// Lowest port of the kernel's ephemeral range (Linux default 32768).
+function ephemeralLow(): number {
+  try {
+    const low = Number(
+      Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range").trim().split(/\s+/)[0],
+    );
+    return low > 11_000 ? low : 32768;
+  } catch {
+    return 32768;
   }
 }

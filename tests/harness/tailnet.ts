@@ -11,6 +11,7 @@
  */
 
 import { join } from "node:path";
+import { allocatePorts } from "../../lib/envoy/process.ts";
 import { PEER_BINS } from "../../scripts/peers.ts";
 import { socks5Connect, socks5UdpAssociate, type UdpAssociation } from "./socks5.ts";
 
@@ -87,11 +88,9 @@ export const DEFAULT_NODES: NodeSpec[] = [
   { name: "ci", tags: ["tag:ci"] },
 ];
 
+// Below the ephemeral range, so no outgoing connection can take it before the peer binds it.
 function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = l.addr as Deno.NetAddr;
-  l.close();
-  return port;
+  return allocatePorts(["port"]).get("port")!;
 }
 
 async function runOk(cmd: string, args: string[], what: string): Promise<string> {
