@@ -13,12 +13,12 @@
  * @module
  */
 
-import { openBenchSession, type Spawn } from "./bench/session.ts";
+import { openBenchSession, relayPortFor, type Spawn, waitUntil } from "./bench/session.ts";
 import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import type { Tailnet } from "../tests/harness/tailnet.ts";
 import type { LoadCommand, LoadResult, ProxyHeaderSpec } from "./bench/l4_protocol.ts";
-import { type Child, cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./bench/l4_procs.ts";
+import { cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./bench/l4_procs.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 
 /** Receives each figure: name, value, unit, and the name of the figure it is compared with. */
@@ -179,21 +179,6 @@ function envoyBootstrap(port: number, adminPort: number, backendPort: number): s
   });
 }
 
-/** Polls `check` until it holds; gives up after `timeoutMs`, or at once when `child` exits. */
-async function waitUntil(
-  child: Child,
-  what: string,
-  options: { timeoutMs: number; check: () => Promise<boolean> },
-): Promise<void> {
-  const deadline = performance.now() + options.timeoutMs;
-  while (true) {
-    if (await options.check().catch(() => false)) return;
-    const why = child.exited ? "it exited" : performance.now() > deadline ? "timed out" : "";
-    if (why) throw new Error(`${child.name}: ${why} waiting for ${what}; stderr:\n${child.stderrTail()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 async function canConnect(port: number): Promise<boolean> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   conn.close();
@@ -266,7 +251,7 @@ async function startTailvoy(
       "tailvoy:",
       "  ingress: serve",
       // Steady state: one WhoIs per minute per caller, not per second (the default TTL is 1 s).
-      "  timeouts: {whoisCacheTtl: 60s, drain: 1s}",
+      "  timeouts: {whoisCacheTtl: 60s, drain: 0s}",
       // Not the default 9002: a `deno task dev` running beside must not make us fail.
       `  adminAddress: "127.0.0.1:${freePort()}"`,
       "",
@@ -289,15 +274,7 @@ async function startTailvoy(
   let port = 0;
   await waitUntil(child, "its serve entry in tailscaled", {
     timeoutMs: 30_000,
-    check: async () => {
-      const { config } = await api.getServeConfig();
-      for (const fg of Object.values(config.Foreground ?? {})) {
-        const forward = fg.TCP?.[String(SERVE_PORT)]?.TCPForward;
-        const m = forward && /^127\.0\.0\.1:(\d+)$/.exec(forward);
-        if (m) port = Number(m[1]);
-      }
-      return port > 0;
-    },
+    check: async () => (port = await relayPortFor(api, SERVE_PORT)) > 0,
   });
   return {
     key: "tailvoy",

@@ -22,7 +22,7 @@
  * @module
  */
 
-import { openBenchSession, type Spawn } from "./bench/session.ts";
+import { openBenchSession, relayPortFor, type Spawn, waitUntil } from "./bench/session.ts";
 import { join } from "node:path";
 import { parseConfig } from "../lib/config/mod.ts";
 import { type EnvoyBootstrap, type JsonObject, renderBootstrap } from "../lib/envoy/mod.ts";
@@ -164,21 +164,6 @@ function withoutExtAuthz(bootstrap: EnvoyBootstrap): EnvoyBootstrap {
   return copy;
 }
 
-/** Polls `check` until it holds; gives up after `timeoutMs`, or at once when `child` exits. */
-async function waitUntil(
-  child: Child,
-  what: string,
-  options: { timeoutMs: number; check: () => Promise<boolean> },
-): Promise<void> {
-  const deadline = performance.now() + options.timeoutMs;
-  while (true) {
-    if (await options.check().catch(() => false)) return;
-    const why = child.exited ? "it exited" : performance.now() > deadline ? "timed out" : "";
-    if (why) throw new Error(`${child.name}: ${why} waiting for ${what}; stderr:\n${child.stderrTail()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 async function startEnvoy(
   spawn: Spawn,
   options: { dir: string; key: string; bootstrap: EnvoyBootstrap },
@@ -229,7 +214,7 @@ async function startTailvoy(
     config,
     options.configText +
       `tailvoy:\n  envoyBinary: ${PEER_BINS.envoy}\n  adminAddress: "127.0.0.1:${adminPort}"\n` +
-      "  timeouts: {drain: 1s}\n",
+      "  timeouts: {drain: 0s}\n",
   );
   const child = spawn("tailvoy", [
     Deno.execPath(),
@@ -251,15 +236,7 @@ async function startTailvoy(
   let relayPort = 0;
   await waitUntil(child, "its serve entry in tailscaled", {
     timeoutMs: 40_000,
-    check: async () => {
-      const { config } = await api.getServeConfig();
-      for (const fg of Object.values(config.Foreground ?? {})) {
-        const forward = fg.TCP?.[String(SERVE_PORT)]?.TCPForward;
-        const m = forward && /^127\.0\.0\.1:(\d+)$/.exec(forward);
-        if (m) relayPort = Number(m[1]);
-      }
-      return relayPort > 0;
-    },
+    check: async () => (relayPort = await relayPortFor(api, SERVE_PORT)) > 0,
   });
   let envoyPid = 0;
   await waitUntil(child, "its Envoy", {

@@ -4,6 +4,7 @@
  * malformed hellos, random corruption, and the reader over real loopback TCP.
  */
 
+import { withPair } from "./harness/clients.ts";
 import assert from "node:assert/strict";
 import { encodeProxyV2, readProxyHeader } from "../lib/proxy_protocol/mod.ts";
 import {
@@ -374,23 +375,6 @@ Deno.test("random corruption of real hellos never escapes as anything but a Clie
 });
 
 // --- readClientHello over real loopback TCP ---
-
-async function withPair(fn: (client: Deno.TcpConn, server: Deno.TcpConn) => Promise<void>): Promise<void> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const accepted = listener.accept();
-  const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const server = await accepted;
-  listener.close();
-  try {
-    await fn(client, server);
-  } finally {
-    for (const conn of [client, server]) {
-      try {
-        conn.close();
-      } catch { /* already closed */ }
-    }
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import { makeCert } from "./harness/certs.ts";
-import { readSome, tlsVia } from "./harness/clients.ts";
+import { readSome, tlsBackend, tlsVia } from "./harness/clients.ts";
 import { Proxy, tcpEcho } from "./harness/proxy.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Policy, waitFor } from "./harness/tailnet.ts";
 
@@ -31,24 +31,6 @@ function hasAliceRules(who: { CapMap: Record<string, unknown[]> }): boolean {
   return JSON.stringify(who.CapMap[CAP]) === JSON.stringify(ALICE_RULES);
 }
 const ALICE_RULES = [{ listeners: ["db", "dns"] }, { listeners: ["tls"], hostnames: ["app.example.com"] }];
-
-function tlsBackend(tls: { cert: string; key: string }, name: string): { port: number; close: () => void } {
-  const l = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: tls.cert, key: tls.key });
-  (async () => {
-    for await (const c of l) {
-      (async () => {
-        try {
-          await c.handshake();
-          await c.write(enc.encode(`backend ${name}`));
-        } catch { /* client went away */ }
-        try {
-          c.close();
-        } catch { /* closed */ }
-      })();
-    }
-  })();
-  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
-}
 
 Deno.test({
   name: "L4 data plane against the real tailnet",

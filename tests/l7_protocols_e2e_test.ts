@@ -10,7 +10,7 @@
  * - faults: a backend that is down, and a gateway tailscaled that hangs (SIGSTOP) under ext_authz.
  */
 
-import { readSome, tlsVia } from "./harness/clients.ts";
+import { readSome, tlsBackend, tlsVia } from "./harness/clients.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -303,23 +303,6 @@ function webSocketBackend(): { port: number; close: () => Promise<void> } {
     return response;
   });
   return { port: server.addr.port, close: () => server.shutdown() };
-}
-
-/** A TLS backend (for passthrough) that says its name after the handshake and closes. */
-function tlsBackend(tls: { cert: string; key: string }, name: string): { port: number; close: () => void } {
-  const l = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: tls.cert, key: tls.key });
-  (async () => {
-    for await (const c of l) {
-      (async () => {
-        try {
-          await c.handshake();
-          await c.write(enc.encode(`backend ${name}`));
-        } catch { /* client went away */ }
-        closeQuietly(c);
-      })();
-    }
-  })();
-  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
 }
 
 // deno-lint-ignore no-explicit-any

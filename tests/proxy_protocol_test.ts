@@ -3,6 +3,7 @@
  * the reader over real loopback TCP, and a cross-check against a real Envoy in both directions.
  */
 
+import { withPair } from "./harness/clients.ts";
 import assert from "node:assert/strict";
 import {
   decodeProxyHeader,
@@ -433,24 +434,6 @@ Deno.test("encoders refuse headers they cannot express", () => {
 });
 
 // --- readProxyHeader over real loopback TCP ---
-
-/** A connected loopback pair; everything is closed afterwards, whatever happened. */
-async function withPair(fn: (client: Deno.TcpConn, server: Deno.TcpConn) => Promise<void>): Promise<void> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const accepted = listener.accept();
-  const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const server = await accepted;
-  listener.close();
-  try {
-    await fn(client, server);
-  } finally {
-    for (const conn of [client, server]) {
-      try {
-        conn.close();
-      } catch { /* already closed */ }
-    }
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -14,12 +14,18 @@ import {
   l7ListenerNames,
   renderBootstrap,
 } from "../envoy/mod.ts";
-import { type AuthzServer, createAuthzServer, generateSecret, listenersFromConfig } from "../extauthz/mod.ts";
+import {
+  type AuthzServer,
+  createAuthzServer,
+  type DecisionRecord,
+  generateSecret,
+  listenersFromConfig,
+} from "../extauthz/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import type { L7Target } from "../l4/mod.ts";
 import { getLogger } from "../log.ts";
 import { unknownCallerDecision } from "../policy/mod.ts";
-import type { Telemetry } from "../telemetry/mod.ts";
+import type { DecisionEvent, Telemetry } from "../telemetry/mod.ts";
 
 export { EnvoyError } from "../envoy/mod.ts";
 
@@ -94,26 +100,7 @@ export class L7Stack {
       listeners: (name) => current.lookup(name),
       secret,
       appCapNames: config.tailvoy.capabilities,
-      onDecision: (record) =>
-        options.telemetry?.decision({
-          layer: "l7",
-          listener: record.listener,
-          requestId: record.requestId,
-          caller: record.callerPort === undefined
-            ? record.callerIp
-            : `${record.callerIp}:${record.callerPort}`,
-          identity: record.identity,
-          host: record.host,
-          method: record.method,
-          path: record.path,
-          decision: record.decision ??
-            unknownCallerDecision("l7", { listener: record.listener, host: record.host }, {
-              reason: record.explanation,
-            }),
-          shadow: record.shadow,
-          code: record.code,
-          latencyMs: record.latencyMs,
-        }),
+      onDecision: (record) => options.telemetry?.decision(decisionEvent(record)),
     });
     const privateDir = options.authzAddr ? undefined : await Deno.makeTempDir({ prefix: "tailvoy-authz-" });
     if (privateDir) await Deno.chmod(privateDir, 0o700);
@@ -196,6 +183,28 @@ export class L7Stack {
     await this.#authz.close();
     if (this.#privateDir) await Deno.remove(this.#privateDir, { recursive: true }).catch(() => {});
   }
+}
+
+/** An ext_authz decision record as a telemetry event (metrics and decision log). */
+export function decisionEvent(record: DecisionRecord): DecisionEvent {
+  return {
+    layer: "l7",
+    listener: record.listener,
+    requestId: record.requestId,
+    caller: record.callerPort === undefined ? record.callerIp : `${record.callerIp}:${record.callerPort}`,
+    identity: record.identity,
+    host: record.host,
+    method: record.method,
+    path: record.path,
+    // Refused before the policy ran (bad secret, bad source, unknown listener): still a deny to count.
+    decision: record.decision ??
+      unknownCallerDecision("l7", { listener: record.listener, host: record.host }, {
+        reason: record.explanation,
+      }),
+    shadow: record.shadow,
+    code: record.code,
+    latencyMs: record.latencyMs,
+  };
 }
 
 /** Whether `err` is Envoy refusing the rendered config (the CLI exits 2 on it). */

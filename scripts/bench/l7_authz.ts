@@ -13,7 +13,7 @@ import { createAuthzServer, generateSecret, listenersFromConfig } from "../../li
 import { IdentityResolver } from "../../lib/identity/mod.ts";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { setupLogging } from "../../lib/log.ts";
-import { unknownCallerDecision } from "../../lib/policy/mod.ts";
+import { decisionEvent } from "../../lib/l7/mod.ts";
 import { Telemetry } from "../../lib/telemetry/mod.ts";
 
 const socket = Deno.args[0];
@@ -33,24 +33,7 @@ const server = createAuthzServer({
     listeners: { web: { protocol: "http", acceptAppCaps: false, shadow: false } },
   }),
   secret,
-  onDecision: (record) =>
-    telemetry.decision({
-      layer: "l7",
-      listener: record.listener,
-      requestId: record.requestId,
-      caller: record.callerPort === undefined ? record.callerIp : `${record.callerIp}:${record.callerPort}`,
-      identity: record.identity,
-      host: record.host,
-      method: record.method,
-      path: record.path,
-      decision: record.decision ??
-        unknownCallerDecision("l7", { listener: record.listener, host: record.host }, {
-          reason: record.explanation,
-        }),
-      shadow: record.shadow,
-      code: record.code,
-      latencyMs: record.latencyMs,
-    }),
+  onDecision: (record) => telemetry.decision(decisionEvent(record)),
 });
 const { port } = await server.listen("127.0.0.1:0");
 console.log(JSON.stringify({ port, secret }));

@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { Tailnet } from "../../tests/harness/tailnet.ts";
 import { Child } from "./l4_procs.ts";
 
@@ -42,7 +43,8 @@ export async function openBenchSession(
   let cleaning: Promise<void> | undefined;
   const cleanup = () =>
     cleaning ??= (async () => {
-      await Promise.all(children.map((c) => c.stop()));
+      // Long enough for the proxy to drain and stop its Envoy (a SIGKILL would orphan Envoy).
+      await Promise.all(children.map((c) => c.stop(10_000)));
       await (await tailnet.catch(() => undefined))?.release();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     })();
@@ -60,4 +62,32 @@ export async function openBenchSession(
       return cleanup();
     },
   };
+}
+
+/**
+ * The loopback port of the proxy's relay listener that tailscaled's serve entry for tailnet port
+ * `servePort` points at, or 0 while there is none (benches connect to it directly, as tailscaled does).
+ */
+export async function relayPortFor(api: LocalApiClient, servePort: number): Promise<number> {
+  const { config } = await api.getServeConfig();
+  for (const fg of Object.values(config.Foreground ?? {})) {
+    const m = /^127\.0\.0\.1:(\d+)$/.exec(fg.TCP?.[String(servePort)]?.TCPForward ?? "");
+    if (m) return Number(m[1]);
+  }
+  return 0;
+}
+
+/** Polls `check` until it holds; gives up after `timeoutMs`, or at once when `child` exits. */
+export async function waitUntil(
+  child: Child,
+  what: string,
+  options: { timeoutMs: number; check: () => Promise<boolean> },
+): Promise<void> {
+  const deadline = performance.now() + options.timeoutMs;
+  while (true) {
+    if (await options.check().catch(() => false)) return;
+    const why = child.exited ? "it exited" : performance.now() > deadline ? "timed out" : "";
+    if (why) throw new Error(`${child.name}: ${why} waiting for ${what}; stderr:\n${child.stderrTail()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }

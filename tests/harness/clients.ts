@@ -53,3 +53,40 @@ export async function tlsVia(
     return null; // handshake cut off: refused
   }
 }
+
+/** A connected loopback TCP pair for `fn`; both ends are closed afterwards, whatever happened. */
+export async function withPair(
+  fn: (client: Deno.TcpConn, server: Deno.TcpConn) => Promise<void>,
+): Promise<void> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted = listener.accept();
+  const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const server = await accepted;
+  listener.close();
+  try {
+    await fn(client, server);
+  } finally {
+    closeQuietly(client);
+    closeQuietly(server);
+  }
+}
+
+/** A TLS backend (for passthrough) that says `backend NAME` after the handshake and closes. */
+export function tlsBackend(
+  tls: { cert: string; key: string },
+  name: string,
+): { port: number; close: () => void } {
+  const l = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: tls.cert, key: tls.key });
+  (async () => {
+    for await (const c of l) {
+      (async () => {
+        try {
+          await c.handshake();
+          await c.write(new TextEncoder().encode(`backend ${name}`));
+        } catch { /* client went away */ }
+        closeQuietly(c);
+      })();
+    }
+  })();
+  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
+}
