@@ -8,72 +8,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
+import { echoBackend, http } from "./harness/clients.ts";
 import { Proxy, tcpEcho } from "./harness/proxy.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Policy, waitFor } from "./harness/tailnet.ts";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-interface HttpResult {
-  status: number;
-  headers: Record<string, string>;
-  body: string;
-}
-
-/** One HTTP/1.1 request on `conn` (closed afterwards). */
-async function http(
-  conn: Deno.Conn,
-  path: string,
-  options: { method?: string; headers?: Record<string, string>; prefix?: Uint8Array } = {},
-): Promise<HttpResult> {
-  const head = [`${options.method ?? "GET"} ${path} HTTP/1.1`, "Host: app.box.test", "Connection: close"];
-  for (const [k, v] of Object.entries(options.headers ?? {})) head.push(`${k}: ${v}`);
-  const req = enc.encode(head.join("\r\n") + "\r\n\r\n");
-  await conn.write(options.prefix ? new Uint8Array([...options.prefix, ...req]) : req);
-  let raw = "";
-  const buf = new Uint8Array(16 * 1024);
-  try {
-    while (true) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      raw += dec.decode(buf.subarray(0, n));
-    }
-  } catch { /* reset after the response */ }
-  try {
-    conn.close();
-  } catch { /* closed */ }
-  const [headText, ...rest] = raw.split("\r\n\r\n");
-  const [statusLine, ...lines] = headText.split("\r\n");
-  const headers = Object.fromEntries(lines.map((l) => {
-    const i = l.indexOf(":");
-    return [l.slice(0, i).toLowerCase(), l.slice(i + 1).trim()];
-  }));
-  let body = rest.join("\r\n\r\n");
-  if (headers["transfer-encoding"] === "chunked") {
-    let out = "";
-    let text = body;
-    while (true) {
-      const nl = text.indexOf("\r\n");
-      const size = parseInt(text.slice(0, nl), 16);
-      if (!size) break;
-      out += text.slice(nl + 2, nl + 2 + size);
-      text = text.slice(nl + 2 + size + 2);
-    }
-    body = out;
-  }
-  return { status: Number(statusLine?.split(" ")[1] ?? 0), headers, body };
-}
-
-/** A backend that answers with the request it got: path and headers, as JSON. */
-function echoBackend() {
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) =>
-    Response.json({
-      path: new URL(req.url).pathname,
-      headers: Object.fromEntries(req.headers),
-    }));
-  return { port: server.addr.port, close: () => server.shutdown() };
-}
 
 function l7Policy(): Policy {
   const p = defaultPolicy();

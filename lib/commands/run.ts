@@ -10,6 +10,7 @@ import { type Config, ConfigError, loadConfig, readCredentials } from "../config
 import { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
 import { l7ListenerNames } from "../envoy/mod.ts";
+import type { Gateway } from "../gateway/mod.ts";
 import type { L7Options, L7Stack } from "../l7/mod.ts";
 import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
@@ -81,23 +82,18 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
     socket,
     authz: options.authzAddr ?? "a private unix socket",
   });
-  if (config.discovery) {
-    log.fatal(
-      "discovery mode (Envoy Gateway data plane) is not implemented yet; use static listeners, or track the issue",
-    );
-    return 2;
-  }
   const telemetry = new Telemetry({ logAllows: config.tailvoy.decisionLog.allows });
   let plane: DataPlane | undefined;
   let l7: L7Stack | undefined;
+  let gateway: Gateway | undefined;
   let admin: AdminServer;
   try {
     admin = await startAdminServer(config.tailvoy.adminAddress, {
       telemetry,
       checks: {
         localapi: async () => (await api.status({ timeoutMs: 500 })).BackendState === "Running",
-        listeners: () => plane !== undefined,
-        envoy: () => l7 === undefined ? plane !== undefined : l7.ready,
+        listeners: () => plane !== undefined || gateway?.listeners !== undefined,
+        envoy: () => gateway ? gateway.ready : l7 === undefined ? plane !== undefined : l7.ready,
       },
     });
   } catch (err) {
@@ -151,6 +147,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
           reason: issue.reason,
         }),
     });
+    if (config.discovery) return await serveGateway(resolver, status);
     try {
       l7 = await startL7(config, {
         resolver,
@@ -192,9 +189,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       let next: Config;
       try {
         next = await loadConfig(path);
-        if (next.discovery) {
-          throw new ConfigError([{ path: ["discovery"], message: "discovery mode is not implemented yet" }]);
-        }
+        checkSameMode(next, config);
       } catch (err) {
         telemetry.configReloads.inc({ result: "invalid" });
         log.error("reload rejected, still running the previous config: {errors}", {
@@ -241,6 +236,69 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
         });
       }
     }
+  }
+
+  // Discovery mode: the listeners come from Envoy (Envoy Gateway's, which we may run ourselves).
+  async function serveGateway(resolver: IdentityResolver, status: Status): Promise<number> {
+    const { Gateway } = await import("../gateway/mod.ts");
+    try {
+      gateway = await Gateway.start(config, {
+        api,
+        resolver,
+        status,
+        telemetry,
+        authzAddr: options.authzAddr,
+        envoyArgs: options.envoyArgs,
+      });
+    } catch (err) {
+      log.fatal("could not start discovery mode: {error}", {
+        error: err instanceof Error ? err.message : String(err),
+      });
+      return 1;
+    }
+    log.info("ready: discovery mode, polling Envoy admin {admin} every {ms} ms", {
+      admin: config.discovery!.envoyAdmin,
+      ms: config.discovery!.pollInterval,
+    });
+    const reloads = options.configPath
+      ? onHangup(async () => {
+        try {
+          const next = await loadConfig(options.configPath!);
+          checkSameMode(next, config);
+          await gateway!.reload(next);
+          telemetry.logAllows = next.tailvoy.decisionLog.allows;
+          config = next;
+          telemetry.configReloads.inc({ result: "ok" });
+          log.info("reloaded {path}", { path: options.configPath });
+        } catch (err) {
+          telemetry.configReloads.inc({ result: "invalid" });
+          log.error("reload rejected, still running the previous config: {errors}", {
+            errors: err instanceof Error ? err.message : String(err),
+          });
+        }
+      })
+      : undefined;
+    const reason = await stop;
+    reloads?.();
+    log.info("stopping ({reason}): no new connections; draining open flows for up to {ms} ms", {
+      reason: String(reason),
+      ms: config.tailvoy.timeouts.drain,
+    });
+    await gateway.close(config.tailvoy.timeouts.drain, { graceMs: config.tailvoy.timeouts.unadvertiseGrace });
+    log.info("stopped");
+    return 0;
+  }
+}
+
+// A reload cannot switch between static listeners and discovery: the processes differ.
+function checkSameMode(next: Config, current: Config): void {
+  if (Boolean(next.discovery) !== Boolean(current.discovery)) {
+    throw new ConfigError([{
+      path: ["discovery"],
+      message: current.discovery
+        ? "switching from discovery mode to static listeners needs a restart"
+        : "switching from static listeners to discovery mode needs a restart",
+    }]);
   }
 }
 

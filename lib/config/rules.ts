@@ -46,6 +46,13 @@ export function checkRules(config: unknown, report: (issue: RuleIssue) => void):
       hint: "use listeners (standalone mode) or discovery (Envoy Gateway mode), not both",
     });
   }
+  if (has(config, "discovery") && tailvoy.ingress === "direct") {
+    report({
+      path: ["tailvoy", "ingress"],
+      message: "direct ingress cannot be used in discovery mode: Envoy already binds the discovered ports",
+      hint: "remove tailvoy.ingress (tailscaled then forwards the tailnet ports to tailvoy with serve)",
+    });
+  }
   const listenersMistyped = has(config, "listeners") && !listeners; // reported by the schema
   if (!has(config, "discovery") && listenerNames.length === 0 && !listenersMistyped) {
     report({

@@ -35,11 +35,16 @@ function optionName(token: string): string {
 /**
  * Our Envoy arguments followed by the user's `extra` ones (the CLI's arguments after `--`). An
  * option given in both keeps the user's value, since Envoy refuses an option given twice. `-c` is
- * refused: the bootstrap is ours (add to it with `--config-yaml`, which Envoy merges on top).
+ * refused: the bootstrap is ours (add to it with `--config-yaml`, which Envoy merges on top) —
+ * unless `external`, when the user's arguments configure Envoy alone (discovery mode).
  */
-export function mergeEnvoyArgs(ours: readonly string[], extra: readonly string[]): string[] {
+export function mergeEnvoyArgs(
+  ours: readonly string[],
+  extra: readonly string[],
+  options: { external?: boolean } = {},
+): string[] {
   const theirs = new Set(extra.filter((t) => t.startsWith("-")).map(optionName));
-  if (theirs.has("--config-path")) {
+  if (theirs.has("--config-path") && !options.external) {
     throw new EnvoyError(
       "spawn",
       `Extra Envoy argument "${

@@ -146,7 +146,8 @@ export class EnvoySupervisor {
   readonly #log: Logger;
   #state: EnvoyState = "stopped";
   #current?: Instance;
-  #text?: string;
+  /** The running bootstrap; `null` when the extra arguments configure Envoy alone. */
+  #text?: string | null;
   #ready: Deferred = deferred();
   #restarts = 0;
   #backoffMs: number;
@@ -248,6 +249,18 @@ export class EnvoySupervisor {
   }
 
   /**
+   * Starts Envoy with no bootstrap of ours: its configuration comes entirely from the extra arguments
+   * (Envoy Gateway's `--config-yaml`, service node and cluster…), as when tailvoy replaces Envoy
+   * Gateway's data-plane image. Resolves once `/ready` answers `LIVE`; errors as {@link start}.
+   */
+  startExternal(): Promise<void> {
+    return this.#serial(async () => {
+      await reapOrphans(this.#options.tempDir, this.#log);
+      await this.#start(null);
+    });
+  }
+
+  /**
    * Stops Envoy gracefully: fails its health check, drains its listeners, waits up to `drainMs` for
    * the requests in flight to finish (idle keep-alive connections are not waited for: Envoy never
    * closes them itself), then SIGTERM, and SIGKILL after 5 s. Resolves when the process is gone.
@@ -321,7 +334,7 @@ export class EnvoySupervisor {
     else if (this.#ready.settled) this.#ready = deferred();
   }
 
-  async #start(text: string): Promise<void> {
+  async #start(text: string | null): Promise<void> {
     if (this.#state !== "stopped") {
       throw new EnvoyError("state", `Envoy is already ${this.#state}: stop it first, or reload`);
     }
@@ -344,31 +357,34 @@ export class EnvoySupervisor {
   }
 
   /** Spawns Envoy and waits for it to be ready; on failure nothing is left running. */
-  async #launch(text: string, generation: number): Promise<void> {
+  async #launch(text: string | null, generation: number): Promise<void> {
     const dir = await Deno.makeTempDir({ prefix: "tailvoy-envoy-", dir: this.#options.tempDir });
     const configPath = `${dir}/envoy.json`;
     const adminPath = `${dir}/admin-address`;
     let instance: Instance | undefined;
     try {
       // The bootstrap names certificate files and our authz port: readable by us only.
-      await Deno.writeTextFile(configPath, text, { mode: 0o600, createNew: true });
+      if (text !== null) await Deno.writeTextFile(configPath, text, { mode: 0o600, createNew: true });
       if (generation !== this.#generation) throw new EnvoyError("start", "Envoy was stopped during start-up");
       const options = this.#options;
-      const args = mergeEnvoyArgs([
-        "-c",
-        configPath,
-        "--disable-hot-restart",
-        "--admin-address-path",
-        adminPath,
-        "--concurrency",
-        String(options.concurrency ?? 2),
-        "--drain-time-s",
-        String(options.drainTimeS ?? 15),
-        "--drain-strategy",
-        options.drainStrategy ?? "immediate",
-        "--log-level",
-        options.logLevel ?? "warn",
-      ], options.extraArgs ?? []);
+      const args = mergeEnvoyArgs(
+        [
+          ...(text === null ? [] : ["-c", configPath]),
+          "--disable-hot-restart",
+          "--admin-address-path",
+          adminPath,
+          "--concurrency",
+          String(options.concurrency ?? 2),
+          "--drain-time-s",
+          String(options.drainTimeS ?? 15),
+          "--drain-strategy",
+          options.drainStrategy ?? "immediate",
+          "--log-level",
+          options.logLevel ?? "warn",
+        ],
+        options.extraArgs ?? [],
+        { external: text === null },
+      );
       let child: Deno.ChildProcess;
       try {
         child = this.#command(args, { spawn: true }).spawn();
@@ -544,7 +560,7 @@ export class EnvoySupervisor {
     this.#log.warn("Restarting Envoy (restart {restarts})", { restarts: this.#restarts });
     const startedAt = performance.now();
     try {
-      await this.#launch(this.#text!, generation);
+      await this.#launch(this.#text ?? null, generation);
     } catch (error) {
       if (generation !== this.#generation || this.#state !== "restarting") return; // stopped meanwhile
       const delayMs = this.#nextBackoff(performance.now() - startedAt);

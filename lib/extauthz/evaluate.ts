@@ -5,9 +5,11 @@
  * Order of checks, each a deny on failure:
  * 1. the request has the expected shape and is an HTTP request;
  * 2. the connection carries our per-process secret (so its PROXY header came from our relay, and
- *    the source address can be believed);
+ *    the source address can be believed); skipped in discovery mode (`secret: null`), see
+ *    {@link AuthzDeps.secret};
  * 3. the source (`attributes.source.address.socket_address`, never a header) is a tailnet address;
- * 4. `context_extensions.listener` names a configured http/https/grpc listener;
+ * 4. `context_extensions.listener` (in discovery mode, else the listener on the connection's local
+ *    port) names a known http/https/grpc listener;
  * 5. tailscaled says who the caller is (`checkL7`, through the identity resolver and its short cache,
  *    so grant changes are seen within its TTL even on a long keep-alive connection);
  * 6. the policy allows the listener, host, canonical path and method.
@@ -108,8 +110,17 @@ export interface AuthzDeps {
   resolver: IdentityResolver;
   /** The configured listeners. */
   listeners: ListenerLookup;
-  /** The per-process secret the relay sends in its PROXY v2 TLV. */
-  secret: string;
+  /**
+   * The per-process secret the relay sends in its PROXY v2 TLV. `null` in discovery mode (Envoy
+   * Gateway), whose listeners cannot check our TLV: the PROXY source is then believed as Envoy reports
+   * it, which is only sound when Envoy's listeners are reachable through tailvoy alone.
+   */
+  secret: string | null;
+  /**
+   * Discovery mode: the listener name for a request whose route sets no `context_extensions.listener`,
+   * from the port the connection reached (the discovered Envoy listener's).
+   */
+  listenerForPort?: (port: number) => string | undefined;
   /** Metadata key of the secret (default `tailvoy_secret`). */
   secretKey?: string;
   /** Metadata namespace of the secret (default `envoy.filters.listener.proxy_protocol`). */
@@ -168,6 +179,8 @@ interface Context {
   listener: string;
   callerIp: string;
   callerPort?: number;
+  /** Port of the connection's local end (the PROXY header's destination). */
+  localPort?: number;
   host: string;
   path: string;
 }
@@ -184,14 +197,15 @@ async function decide(
   ctx: Context,
   deps: AuthzDeps,
 ): Promise<Outcome> {
-  // Never compare against an empty or mangled secret (createAuthzServer refuses one at start).
-  const problem = secretProblem(deps.secret);
-  if (problem) return refuse("internal_error", problem);
   const namespace = deps.secretNamespace ?? SECRET_METADATA_NAMESPACE;
   const key = deps.secretKey ?? DEFAULT_SECRET_KEY;
+  const secret = deps.secret;
+  // Never compare against an empty or mangled secret (createAuthzServer refuses one at start).
+  const problem = secret === null ? undefined : secretProblem(secret);
+  if (problem) return refuse("internal_error", problem);
   const presented = own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, key)
     ?.stringValue;
-  if (!secretMatches(presented, encoder.encode(deps.secret))) {
+  if (secret !== null && !secretMatches(presented, encoder.encode(secret))) {
     return refuse(
       "bad_secret",
       presented === undefined
@@ -203,6 +217,9 @@ async function decide(
   const kind = classifyAddress(ctx.callerIp);
   if (kind !== "tailnet" || ctx.callerPort === undefined) {
     return refuse("bad_source", sourceProblem(kind, ctx.callerIp), ctx.listener);
+  }
+  if (ctx.listener === "" && ctx.localPort !== undefined) {
+    ctx.listener = deps.listenerForPort?.(ctx.localPort) ?? "";
   }
   if (ctx.listener === "") {
     return refuse(
@@ -221,8 +238,9 @@ async function decide(
     );
   }
   // The Service the relay saw the connection arrive through (same authenticated header as the secret).
-  const fromRelay = own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, SERVICE_KEY)
-    ?.stringValue;
+  const fromRelay = secret === null
+    ? undefined
+    : own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, SERVICE_KEY)?.stringValue;
   const svcName = (fromRelay?.startsWith("svc:") ? fromRelay : undefined) ?? deps.svcNameFor?.(ctx.listener);
   const { decision, identity } = await checkL7(
     deps.resolver,
@@ -313,12 +331,14 @@ export async function evaluateCheck(request: unknown, deps: AuthzDeps): Promise<
   const http = attributes?.request?.http;
   const headers = http?.headers ?? EMPTY_HEADERS;
   const socket = attributes?.source?.address?.socket_address;
+  const local = attributes?.destination?.address?.socket_address;
   const ctx: Context = {
     http: http ?? {},
     headers,
     listener: own(attributes?.context_extensions, "listener") ?? "",
     callerIp: socket?.address ?? "",
     callerPort: socket?.port_value,
+    localPort: local?.port_value,
     host: http?.host ?? "",
     path: http?.path ?? "",
   };

@@ -113,7 +113,7 @@ function parseListenAddress(addr: string): { host: string; port: number; target:
  * cluster with `http2_protocol_options`). Throws at once on an unusable secret or missing protos.
  */
 export function createAuthzServer(options: AuthzServerOptions): AuthzServer {
-  checkSecret(options.secret);
+  if (options.secret !== null) checkSecret(options.secret);
   const { protoDir, ...deps } = options;
   const protos = loadAuthzProtos(protoDir === undefined ? {} : { protoDir });
   const server = new grpc.Server();

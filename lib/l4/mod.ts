@@ -29,6 +29,8 @@ export interface DataPlaneDeps {
   status: Status;
   /** Envoy targets of the L7 listeners, by listener name; L7 listeners without one are not started. */
   l7Targets?: Map<string, L7Target>;
+  /** tcp listeners whose backend is sent a PROXY v2 header naming the caller (discovered Envoy listeners). */
+  proxyProtocolTo?: ReadonlySet<string>;
   /** Metrics and decision log. */
   telemetry?: Telemetry;
 }
@@ -66,10 +68,16 @@ export class DataPlane {
   #servicesOf: (listener: string) => string[];
   /** Services we added to AdvertiseServices (to remove exactly those). */
   #advertised: string[] = [];
+  /** Services kept out of AdvertiseServices (unhealthy in discovery mode). */
+  #withheld = new Set<string>();
+  /** Services already reported as not approved (once each is enough). */
+  #unapprovedWarned = new Set<string>();
+  #proxyProtocolTo: ReadonlySet<string>;
 
   private constructor(config: Config, deps: DataPlaneDeps) {
     this.#deps = deps;
     this.#servicesOf = createServiceMatcher(config);
+    this.#proxyProtocolTo = deps.proxyProtocolTo ?? new Set();
     this.flows = new FlowTable(deps.resolver, {
       onRevoked: (flow) => deps.telemetry?.revoked.inc({ listener: flow.listener }),
     });
@@ -115,7 +123,7 @@ export class DataPlane {
   // Writes our serve entries and advertises our Services (read-modify-write of the prefs).
   async #publish(): Promise<void> {
     const entries = this.#serveEntries();
-    const services = Object.keys(entries.services);
+    const services = Object.keys(entries.services).filter((s) => !this.#withheld.has(s));
     if (services.length && !this.#deps.status.Self?.Tags.length) {
       throw new Error(
         `Tailscale Services (${
@@ -153,7 +161,8 @@ export class DataPlane {
       const self = status.Self as { CapMap?: Record<string, unknown> } | null | undefined;
       const hosted = JSON.stringify(self?.CapMap?.["service-host"] ?? {});
       for (const svc of services) {
-        if (!hosted.includes(`"${svc}"`)) {
+        if (!hosted.includes(`"${svc}"`) && !this.#unapprovedWarned.has(svc)) {
+          this.#unapprovedWarned.add(svc);
           log.warn(
             "{svc} is advertised but the control server has not made this node a host of it; approve it in the admin console or with autoApprovers.services in the tailnet policy",
             { svc },
@@ -161,6 +170,17 @@ export class DataPlane {
         }
       }
     } catch { /* best effort */ }
+  }
+
+  /**
+   * Keeps `services` out of AdvertiseServices (their serve entries stay, so open connections and
+   * late arrivals are still served) and advertises again the ones no longer in the set.
+   */
+  async withhold(services: ReadonlySet<string>): Promise<void> {
+    this.#withheld = new Set(services);
+    if (!this.#closing) {
+      await this.#advertise(Object.keys(this.#serveEntries().services).filter((s) => !services.has(s)));
+    }
   }
 
   /** Removes our Services from AdvertiseServices, so clients move to other replicas. */
@@ -179,13 +199,17 @@ export class DataPlane {
    * connections with them); added ones start, removed ones stop accepting, changed ones are rebuilt.
    * Open flows of removed or changed listeners are left to finish.
    */
-  async reload(config: Config, options: { l7Targets?: Map<string, L7Target> } = {}): Promise<ReloadSummary> {
+  async reload(
+    config: Config,
+    options: { l7Targets?: Map<string, L7Target>; proxyProtocolTo?: ReadonlySet<string> } = {},
+  ): Promise<ReloadSummary> {
     const summary: ReloadSummary = { added: [], removed: [], changed: [], kept: [] };
     const next = new Map<string, Entry>();
     this.#servicesOf = createServiceMatcher(config);
+    this.#proxyProtocolTo = options.proxyProtocolTo ?? new Set();
     for (const [name, l] of Object.entries(config.listeners)) {
       const old = this.#entries.get(name);
-      if (old && old.key === entryKey(l, options.l7Targets?.get(name), this.#servicesOf(name))) {
+      if (old && old.key === this.#entryKey(name, l, options.l7Targets?.get(name))) {
         next.set(name, old);
         summary.kept.push(name);
         continue;
@@ -232,7 +256,7 @@ export class DataPlane {
     }
     const l7 = l7Targets?.get(name);
     const svcs = l.ingress === "serve" && l.protocol !== "udp" ? this.#servicesOf(name) : [];
-    const key = entryKey(l, l7, svcs);
+    const key = this.#entryKey(name, l, l7);
     if (l.protocol === "udp") {
       const udp = await UdpListener.start({
         name,
@@ -257,6 +281,7 @@ export class DataPlane {
         ? [{ hostname: "127.0.0.1", port: 0 }]
         : this.#directHosts.map((hostname) => ({ hostname, port: l.port })),
       backend: l.backend,
+      proxyProtocol: l.protocol === "tcp" && this.#proxyProtocolTo.has(name),
       routes: l.routes.flatMap((r) =>
         r.hostname && r.backend ? [{ hostname: r.hostname, backend: r.backend }] : []
       ),
@@ -321,9 +346,11 @@ export class DataPlane {
     await this.flows.drain(drainMs);
     for (const l of this.udp) l.close();
   }
-}
 
-// What a listener is built from: equal keys mean a reload can keep the running listener.
-function entryKey(l: ListenerConfig, l7: L7Target | undefined, services: string[]): string {
-  return JSON.stringify({ l, l7: l7 ? { host: l7.hostname, port: l7.port } : null, services });
+  // What a listener is built from: equal keys mean a reload can keep the running listener.
+  #entryKey(name: string, l: ListenerConfig, l7: L7Target | undefined): string {
+    const services = l.ingress === "serve" && l.protocol !== "udp" ? this.#servicesOf(name) : [];
+    const target = l7 && { ...l7, secret: undefined };
+    return JSON.stringify({ l, l7: target ?? null, services, proxy: this.#proxyProtocolTo.has(name) });
+  }
 }

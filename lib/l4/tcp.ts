@@ -26,11 +26,22 @@ export { SECRET_TLV_TYPE, SERVICE_TLV_TYPE };
 /** How connections reach a listener. */
 export type Ingress = "serve" | "direct";
 
-/** Where an L7 listener's connections go: Envoy's loopback listener, with the secret. */
+/**
+ * Where an L7 listener's connections go: Envoy's listener, told the caller in a PROXY v2 header with
+ * our secret (Envoy we run) or, in discovery mode, without one or without any header (Envoy Gateway's).
+ */
 export interface L7Target {
   hostname: string;
   port: number;
-  secret: Uint8Array;
+  /** Sent in TLV 0xE0; absent in discovery mode (Envoy Gateway's listeners cannot check it). */
+  secret?: Uint8Array;
+  /** Send a PROXY v2 header (default true): false for an Envoy listener without the proxy_protocol filter. */
+  proxyProtocol?: boolean;
+  /**
+   * Refuse callers that hold no tailvoy rule at all, before Envoy sees them (discovery mode: a route the
+   * operator forgot to attach a SecurityPolicy to then still needs a grant).
+   */
+  requireGrant?: boolean;
 }
 
 /** What one TCP listener does. */
@@ -43,6 +54,8 @@ export interface TcpListenerSpec {
   bind: { hostname: string; port: number }[];
   /** Backend of a tcp listener, `host:port`. */
   backend?: string;
+  /** Send the backend of a tcp listener a PROXY v2 header naming the caller (discovered Envoy listeners). */
+  proxyProtocol?: boolean;
   /** SNI routes of a tls listener: exact names first, then `*.` wildcards. */
   routes?: { hostname: string; backend: string }[];
   /** Envoy target of an http/https/grpc listener. */
@@ -108,6 +121,13 @@ async function dial(addr: string, timeoutMs: number): Promise<Deno.TcpConn> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
@@ -266,12 +286,19 @@ export class TcpListener {
         return this.#refuse(conn, formatExplanation(access.decision), this.#who(caller, access.identity));
       }
       const identity = access.identity;
+      const backend = this.spec.backend!;
+      let replay = rest;
+      if (this.spec.proxyProtocol) {
+        const header = identity && this.#proxyHeader(caller, identity, splitAddr(backend).port ?? 0, []);
+        if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
+        replay = concat(header, rest);
+      }
       return await this.#connect(conn, {
         id,
         caller,
         identity,
-        backend: this.spec.backend!,
-        replay: rest,
+        backend,
+        replay,
         replayedPayload: rest.length,
         recheck: true,
       });
@@ -287,27 +314,21 @@ export class TcpListener {
       });
     }
     const l7 = this.spec.l7!;
-    // Envoy must see the tailnet address, never 127.0.0.1 (userspace direct mode): use the node's own IP.
-    const { ip, port } = splitAddr(caller.addr);
-    const srcIp = isLoopback(ip) ? identity.ips.find((a) => !a.includes(":")) ?? identity.ips[0] : ip;
-    if (!srcIp) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
-    const v6 = srcIp.includes(":");
-    const header = encodeProxyV2({
-      command: "PROXY",
-      transport: "tcp",
-      source: { address: srcIp, port: port ?? 0 },
-      destination: { address: v6 ? "::1" : "127.0.0.1", port: l7.port },
-      tlvs: [
-        { type: SECRET_TLV_TYPE, value: l7.secret },
+    if (l7.requireGrant && identity.rules.length === 0) {
+      return this.#refuse(conn, "caller holds no tailvoy grant", this.#who(caller, identity));
+    }
+    let replay = rest;
+    if (l7.proxyProtocol ?? true) {
+      const header = this.#proxyHeader(caller, identity, l7.port, [
+        ...(l7.secret ? [{ type: SECRET_TLV_TYPE, value: l7.secret }] : []),
         // Lets ext_authz scope WhoIs to the Service this connection came through.
-        ...(this.spec.svcName
+        ...(l7.secret && this.spec.svcName
           ? [{ type: SERVICE_TLV_TYPE, value: new TextEncoder().encode(this.spec.svcName) }]
           : []),
-      ],
-    });
-    const replay = new Uint8Array(header.length + rest.length);
-    replay.set(header);
-    replay.set(rest, header.length);
+      ]);
+      if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
+      replay = concat(header, rest);
+    }
     return await this.#connect(conn, {
       id,
       caller,
@@ -316,6 +337,29 @@ export class TcpListener {
       replay,
       replayedPayload: rest.length,
       recheck: false,
+    });
+  }
+
+  /**
+   * A PROXY v2 header naming the caller by its tailnet address — never 127.0.0.1 (userspace direct
+   * mode), which would say nothing to Envoy: then the node's own IP. `undefined` without one.
+   */
+  #proxyHeader(
+    caller: Caller,
+    identity: Identity,
+    dstPort: number,
+    tlvs: { type: number; value: Uint8Array }[],
+  ): Uint8Array | undefined {
+    const { ip, port } = splitAddr(caller.addr);
+    const srcIp = isLoopback(ip) ? identity.ips.find((a) => !a.includes(":")) ?? identity.ips[0] : ip;
+    if (!srcIp) return undefined;
+    const v6 = srcIp.includes(":");
+    return encodeProxyV2({
+      command: "PROXY",
+      transport: "tcp",
+      source: { address: srcIp, port: port ?? 0 },
+      destination: { address: v6 ? "::1" : "127.0.0.1", port: dstPort },
+      tlvs,
     });
   }
 

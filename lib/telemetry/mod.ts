@@ -128,6 +128,23 @@ export class Telemetry {
     labelNames: ["result"] as const,
     registers: [this.registry],
   });
+  readonly discoveredListeners = new client.Gauge({
+    name: "tailvoy_discovered_listeners",
+    help: "Envoy listeners found by discovery mode's last successful poll, by kind (http, tcp, udp).",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
+  readonly discoveryPolls = new client.Counter({
+    name: "tailvoy_discovery_polls_total",
+    help: "Polls of Envoy's admin API in discovery mode by what was read and result (ok, error).",
+    labelNames: ["what", "result"] as const,
+    registers: [this.registry],
+  });
+  readonly servicesWithheld = new client.Gauge({
+    name: "tailvoy_services_withheld",
+    help: "Tailscale Services not advertised because their Envoy clusters have no healthy host.",
+    registers: [this.registry],
+  });
   readonly serveConfigWrites = new client.Counter({
     name: "tailvoy_serve_config_writes_total",
     help: "Writes of tailscaled's serve config.",

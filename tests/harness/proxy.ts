@@ -18,7 +18,11 @@ export class Proxy {
   readonly child: Deno.ChildProcess;
   readonly #done: Promise<void>;
   /** Starts `tailvoy --config configPath --socket socket`, with extra environment variables. */
-  constructor(configPath: string, socket: string, options: { env?: Record<string, string> } = {}) {
+  constructor(
+    configPath: string,
+    socket: string,
+    options: { env?: Record<string, string>; args?: string[] } = {},
+  ) {
     this.child = new Deno.Command(Deno.execPath(), {
       args: [
         "run",
@@ -30,6 +34,7 @@ export class Proxy {
         socket,
         "--log-format",
         "json",
+        ...options.args ?? [],
       ],
       env: options.env,
       stdin: "null",

@@ -1,0 +1,167 @@
+/**
+ * Discovery mode (Envoy Gateway data plane): the listeners come from a running Envoy's admin API
+ * instead of the config. This module is the only one that reads Envoy's admin API for them; parsing is
+ * in `parse.ts` (pure), health-based unadvertising in `health.ts` (pure).
+ *
+ * Each discovered listener is exposed on the tailnet at its own port and relayed to
+ * `discovery.envoyAddress:port`: `tcp_proxy` listeners are authorized per connection by us (listener
+ * name = Envoy's), HTTP listeners by ext_authz per request (Envoy Gateway's SecurityPolicy calls our
+ * server), after a check here that the caller holds some tailvoy grant.
+ *
+ * @module
+ */
+
+import type { Config, DiscoveryConfig, ListenerConfig } from "../config/mod.ts";
+import { compilePattern } from "../config/mod.ts";
+import type { L7Target } from "../l4/mod.ts";
+import { type DiscoveredListener, parseClusterHealth, parseListeners } from "./parse.ts";
+
+export {
+  assessService,
+  type HealthChange,
+  type HealthSettings,
+  ServiceHealthTracker,
+  type ServiceVerdict,
+} from "./health.ts";
+export {
+  type ClusterHealth,
+  type DiscoveredListener,
+  DiscoveredListenerSchema,
+  parseClusterHealth,
+  parseListeners,
+} from "./parse.ts";
+
+/** Admin API paths read on each poll: only the dynamic listeners and routes, not the whole dump. */
+export const ADMIN_PATHS = {
+  listeners: "/config_dump?resource=dynamic_listeners",
+  routes: "/config_dump?resource=dynamic_route_configs",
+  clusters: "/clusters?format=json",
+} as const;
+
+/** Reads Envoy's admin API (`discovery.envoyAdmin`). */
+export class EnvoyAdminClient {
+  readonly #base: string;
+  readonly #timeoutMs: number;
+
+  /** A client for the admin API at `baseUrl` (e.g. `http://127.0.0.1:19000`). */
+  constructor(baseUrl: string, options: { timeoutMs?: number } = {}) {
+    this.#base = baseUrl.replace(/\/+$/, "");
+    this.#timeoutMs = options.timeoutMs ?? 5000;
+  }
+
+  /** GETs `path` and parses the JSON answer; throws with the URL and the fix on any failure. */
+  async getJson(path: string): Promise<unknown> {
+    const url = `${this.#base}${path}`;
+    let res: Response;
+    try {
+      res = await fetch(url, { signal: AbortSignal.timeout(this.#timeoutMs) });
+    } catch (err) {
+      const why = err instanceof DOMException && err.name === "TimeoutError"
+        ? `no answer within ${this.#timeoutMs} ms`
+        : err instanceof Error
+        ? err.message
+        : String(err);
+      throw new Error(
+        `Envoy admin ${url} is unreachable (${why}): check discovery.envoyAdmin and that Envoy runs`,
+      );
+    }
+    const text = await res.text();
+    if (!res.ok) {
+      throw new Error(`Envoy admin ${url} answered ${res.status}: ${text.slice(0, 200).trim()}`);
+    }
+    try {
+      return JSON.parse(text);
+    } catch {
+      throw new Error(`Envoy admin ${url} did not answer JSON: is discovery.envoyAdmin Envoy's admin API?`);
+    }
+  }
+
+  /** The active dynamic listeners whose name matches `filter`. */
+  async listeners(options: { filter?: RegExp } = {}): Promise<DiscoveredListener[]> {
+    const [listeners, routes] = await Promise.all([
+      this.getJson(ADMIN_PATHS.listeners),
+      this.getJson(ADMIN_PATHS.routes),
+    ]);
+    return parseListeners(listeners, { filter: options.filter, routeConfigs: routes });
+  }
+
+  /** Healthy and total hosts per cluster. */
+  async clusterHealth(): Promise<ReturnType<typeof parseClusterHealth>> {
+    return parseClusterHealth(await this.getJson(ADMIN_PATHS.clusters));
+  }
+}
+
+/** The `discovery.listenerFilter` regex, or `undefined`. */
+export function listenerFilter(discovery: DiscoveryConfig): RegExp | undefined {
+  return discovery.listenerFilter ? compilePattern(discovery.listenerFilter) : undefined;
+}
+
+/** What the data plane runs for a set of discovered listeners. */
+export interface DiscoveredPlan {
+  /** The config with `listeners` filled from discovery (tcp and http ones). */
+  config: Config;
+  /** Envoy targets of the HTTP listeners. */
+  l7Targets: Map<string, L7Target>;
+  /** tcp listeners whose Envoy listener is sent a PROXY v2 header. */
+  proxyProtocolTo: Set<string>;
+  /** Problems to tell the operator about, one per listener. */
+  warnings: { listener: string; message: string }[];
+}
+
+function formatHost(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}
+
+/**
+ * Turns discovered listeners into listeners the data plane runs, all with serve ingress, each relayed to
+ * `envoyAddress` at its own port. A PROXY v2 header is sent when `proxyProtocol: v2` is set *and*
+ * Envoy's listener reads one (sending it to a listener without the filter would break every connection).
+ * UDP listeners are left out: Envoy binds their port, and tailscaled's serve forwards TCP only.
+ */
+export function planDiscovered(base: Config, listeners: readonly DiscoveredListener[]): DiscoveredPlan {
+  const discovery = base.discovery!;
+  const plan: DiscoveredPlan = {
+    config: { ...base, listeners: {} },
+    l7Targets: new Map(),
+    proxyProtocolTo: new Set(),
+    warnings: [],
+  };
+  for (const l of listeners) {
+    const common = { routes: [], acceptAppCaps: false, shadow: false, ingress: "serve" as const };
+    const warn = (message: string) => plan.warnings.push({ listener: l.name, message });
+    if (l.kind === "udp") {
+      warn("UDP listeners are not exposed in discovery mode (tailscaled serve forwards TCP only)");
+      continue;
+    }
+    const proxy = discovery.proxyProtocol === "v2" && l.proxyProtocol;
+    if (discovery.proxyProtocol === "v2" && !l.proxyProtocol) {
+      warn(
+        "Envoy's listener has no proxy_protocol listener filter, so no PROXY header is sent to it; enable PROXY protocol on the Gateway (ClientTrafficPolicy)",
+      );
+    }
+    if (l.kind === "http") {
+      if (!proxy) {
+        warn(
+          "HTTP listener without PROXY protocol: Envoy cannot tell ext_authz who calls, so every request is denied; set discovery.proxyProtocol: v2 and enable PROXY protocol on the Gateway",
+        );
+      }
+      const listener: ListenerConfig = { ...common, port: l.port, protocol: "http" };
+      plan.config.listeners[l.name] = listener;
+      plan.l7Targets.set(l.name, {
+        hostname: discovery.envoyAddress,
+        port: l.port,
+        proxyProtocol: proxy,
+        requireGrant: true,
+      });
+      continue;
+    }
+    plan.config.listeners[l.name] = {
+      ...common,
+      port: l.port,
+      protocol: "tcp",
+      backend: `${formatHost(discovery.envoyAddress)}:${l.port}`,
+    };
+    if (proxy) plan.proxyProtocolTo.add(l.name);
+  }
+  return plan;
+}

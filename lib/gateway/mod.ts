@@ -1,0 +1,288 @@
+/**
+ * Envoy Gateway data-plane mode: tailvoy runs in place of Envoy Gateway's Envoy container, starts Envoy
+ * with Envoy Gateway's arguments (after `--`), serves ext_authz for the SecurityPolicies that point at
+ * it, and keeps the tailnet listeners in step with the listeners Envoy reports (`discovery:`), withholding
+ * Tailscale Services whose clusters are unhealthy.
+ *
+ * Security model, different from standalone mode: Envoy Gateway's listeners cannot check our relay
+ * secret, so ext_authz believes the PROXY source Envoy reports. That is sound only when Envoy's
+ * listeners are reachable through tailvoy alone (no LoadBalancer Service, a NetworkPolicy); the README
+ * says so. Each HTTP connection is also checked here for *some* tailvoy grant before Envoy sees it, so
+ * a route left without a SecurityPolicy is still closed to callers without one.
+ *
+ * @module
+ */
+
+import { type Config, createServiceMatcher } from "../config/mod.ts";
+import {
+  type DiscoveredListener,
+  EnvoyAdminClient,
+  listenerFilter,
+  planDiscovered,
+  ServiceHealthTracker,
+} from "../discovery/mod.ts";
+import { EnvoySupervisor } from "../envoy/mod.ts";
+import { type AuthzServer, createAuthzServer, DEFAULT_AUTHZ_ADDRESS } from "../extauthz/mod.ts";
+import type { IdentityResolver } from "../identity/mod.ts";
+import { DataPlane } from "../l4/mod.ts";
+import { decisionEvent } from "../l7/mod.ts";
+import type { LocalApiClient, Status } from "../localapi/mod.ts";
+import { getLogger } from "../log.ts";
+import type { Telemetry } from "../telemetry/mod.ts";
+
+/** Inputs of {@link Gateway.start}. */
+export interface GatewayDeps {
+  api: LocalApiClient;
+  resolver: IdentityResolver;
+  status: Status;
+  telemetry?: Telemetry;
+  /** ext_authz listen address (default tailvoy's `127.0.0.1:9001`; Envoy Gateway needs `0.0.0.0:9001`). */
+  authzAddr?: string;
+  /** Envoy Gateway's Envoy arguments; empty: Envoy runs elsewhere and is only polled. */
+  envoyArgs?: string[];
+}
+
+const log = getLogger("discovery");
+const HTTP_SETTINGS = { protocol: "http", acceptAppCaps: false, shadow: false } as const;
+
+/** A running Envoy Gateway data plane. */
+export class Gateway {
+  readonly plane: DataPlane;
+  #config: Config;
+  readonly #deps: GatewayDeps;
+  readonly #authz: AuthzServer;
+  readonly #envoy?: EnvoySupervisor;
+  #admin: EnvoyAdminClient;
+  #health: ServiceHealthTracker;
+  #listeners?: DiscoveredListener[];
+  #lastKey = "";
+  readonly #byPort: Map<number, string>;
+  #warned = new Set<string>();
+  #lastError = { listeners: "", clusters: "" };
+  #timer?: ReturnType<typeof setTimeout>;
+  #polling: Promise<void> = Promise.resolve();
+  #closed = false;
+  #gauges?: ReturnType<typeof setInterval>;
+
+  private constructor(
+    config: Config,
+    deps: GatewayDeps,
+    parts: { plane: DataPlane; authz: AuthzServer; envoy?: EnvoySupervisor; byPort: Map<number, string> },
+  ) {
+    this.#byPort = parts.byPort;
+    this.#config = config;
+    this.#deps = deps;
+    this.plane = parts.plane;
+    this.#authz = parts.authz;
+    this.#envoy = parts.envoy;
+    this.#admin = new EnvoyAdminClient(config.discovery!.envoyAdmin);
+    this.#health = new ServiceHealthTracker(healthSettings(config));
+  }
+
+  /**
+   * Starts ext_authz, Envoy (when given arguments), the data plane and the first poll. Envoy may not
+   * have listeners yet (Envoy Gateway sends them over xDS): they are picked up by later polls.
+   */
+  static async start(config: Config, deps: GatewayDeps): Promise<Gateway> {
+    if (!config.discovery) throw new Error("Gateway needs a config with a discovery block");
+    // Filled by each discovery: ext_authz names a request's listener by the port it reached.
+    const byPort = new Map<number, string>();
+    const authz = createAuthzServer({
+      resolver: deps.resolver,
+      // Envoy Gateway names the listener in the SecurityPolicy's contextExtensions, as with tailvoy:
+      // any name is accepted; grants decide what it allows.
+      listeners: (name) => name === "" ? undefined : HTTP_SETTINGS,
+      listenerForPort: (port) => byPort.get(port),
+      secret: null,
+      appCapNames: config.tailvoy.capabilities,
+      onDecision: (record) => deps.telemetry?.decision(decisionEvent(record)),
+    });
+    await authz.listen(deps.authzAddr ?? DEFAULT_AUTHZ_ADDRESS);
+    let envoy: EnvoySupervisor | undefined;
+    let plane: DataPlane | undefined;
+    let gateway: Gateway;
+    try {
+      if (deps.envoyArgs?.length) {
+        envoy = new EnvoySupervisor({ binary: config.tailvoy.envoyBinary, extraArgs: deps.envoyArgs });
+        await envoy.startExternal();
+        log.info("Envoy ready (pid {pid}, admin {admin})", { pid: envoy.pid, admin: envoy.adminAddress });
+      }
+      plane = await DataPlane.start({ ...config, listeners: {} }, deps);
+      gateway = new Gateway(config, deps, { plane, authz, envoy, byPort });
+    } catch (err) {
+      await plane?.close(0);
+      await envoy?.stop({ drainMs: 0 }).catch(() => {});
+      await authz.close({ graceMs: 0 });
+      throw err;
+    }
+    await gateway.poll();
+    gateway.#schedule();
+    let restarts = 0;
+    gateway.#gauges = setInterval(() => {
+      if (!envoy) return;
+      deps.telemetry?.envoyReady.set(envoy.isReady ? 1 : 0);
+      if (envoy.restarts > restarts) deps.telemetry?.envoyRestarts.inc(envoy.restarts - restarts);
+      restarts = envoy.restarts;
+    }, 1000);
+    return gateway;
+  }
+
+  /** Listeners found by the last successful poll (`undefined` before the first). */
+  get listeners(): readonly DiscoveredListener[] | undefined {
+    return this.#listeners;
+  }
+
+  /** Ready once a poll succeeded and, when we run Envoy, Envoy answers `/ready`. */
+  get ready(): boolean {
+    return this.#listeners !== undefined && (this.#envoy?.isReady ?? true);
+  }
+
+  /** Envoy's process id when we run it. */
+  get envoyPid(): number | undefined {
+    return this.#envoy?.pid;
+  }
+
+  /** Polls Envoy now (serialized with the periodic polls). */
+  poll(): Promise<void> {
+    this.#polling = this.#polling.then(() => this.#poll()).catch((err) =>
+      log.error("discovery poll failed unexpectedly: {error}", {
+        error: err instanceof Error ? err.stack : String(err),
+      })
+    );
+    return this.#polling;
+  }
+
+  /** Applies a reloaded config (discovery settings, Service mappings, capabilities stay as started). */
+  async reload(config: Config): Promise<void> {
+    this.#config = config;
+    this.#admin = new EnvoyAdminClient(config.discovery!.envoyAdmin);
+    this.#health = new ServiceHealthTracker(healthSettings(config));
+    this.#lastKey = "";
+    this.#warned.clear();
+    await this.poll();
+  }
+
+  #schedule(): void {
+    if (this.#closed) return;
+    this.#timer = setTimeout(async () => {
+      await this.poll();
+      this.#schedule();
+    }, this.#config.discovery!.pollInterval);
+  }
+
+  async #poll(): Promise<void> {
+    if (this.#closed) return;
+    const telemetry = this.#deps.telemetry;
+    let listeners: DiscoveredListener[];
+    try {
+      listeners = await this.#admin.listeners({ filter: listenerFilter(this.#config.discovery!) });
+      telemetry?.discoveryPolls.inc({ what: "listeners", result: "ok" });
+      this.#lastError.listeners = "";
+    } catch (err) {
+      telemetry?.discoveryPolls.inc({ what: "listeners", result: "error" });
+      const message = err instanceof Error ? err.message : String(err);
+      // Keep serving what we have: an admin API hiccup must not take the tailnet listeners down.
+      if (message !== this.#lastError.listeners) {
+        log.warn("discovery: {error}; keeping the current listeners and retrying", { error: message });
+      }
+      this.#lastError.listeners = message;
+      return;
+    }
+    if (this.#closed) return;
+    const key = JSON.stringify(listeners);
+    if (key !== this.#lastKey) await this.#apply(listeners, key);
+    await this.#checkHealth();
+  }
+
+  async #apply(listeners: DiscoveredListener[], key: string): Promise<void> {
+    const plan = planDiscovered(this.#config, listeners);
+    for (const w of plan.warnings) {
+      const id = `${w.listener}\n${w.message}`;
+      if (!this.#warned.has(id)) log.warn("listener {listener}: {message}", w);
+      this.#warned.add(id);
+    }
+    const summary = await this.plane.reload(plan.config, {
+      l7Targets: plan.l7Targets,
+      proxyProtocolTo: plan.proxyProtocolTo,
+    });
+    this.#listeners = listeners;
+    this.#lastKey = key;
+    this.#byPort.clear();
+    for (const l of listeners) this.#byPort.set(l.port, l.name);
+    const telemetry = this.#deps.telemetry;
+    for (const kind of ["http", "tcp", "udp"] as const) {
+      telemetry?.discoveredListeners.set({ kind }, listeners.filter((l) => l.kind === kind).length);
+    }
+    log.info(
+      "discovered {count} Envoy listeners: added [{added}], removed [{removed}], changed [{changed}]",
+      {
+        count: listeners.length,
+        added: summary.added.join(", "),
+        removed: summary.removed.join(", "),
+        changed: summary.changed.join(", "),
+        listeners: listeners.map((l) => `${l.name} (${l.kind} :${l.port})`),
+      },
+    );
+  }
+
+  async #checkHealth(): Promise<void> {
+    const servicesOf = createServiceMatcher(this.#config);
+    const clustersOf = new Map<string, string[]>();
+    for (const l of this.#listeners ?? []) {
+      if (l.kind === "udp") continue;
+      for (const svc of servicesOf(l.name)) {
+        clustersOf.set(svc, [...clustersOf.get(svc) ?? [], ...l.clusters]);
+      }
+    }
+    if (!clustersOf.size) return;
+    let health;
+    try {
+      health = await this.#admin.clusterHealth();
+      this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "ok" });
+      this.#lastError.clusters = "";
+    } catch (err) {
+      this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "error" });
+      const message = err instanceof Error ? err.message : String(err);
+      // Unknown health changes nothing (tailvoy counted it as healthy, re-advertising dead Services).
+      if (message !== this.#lastError.clusters) {
+        log.warn("cluster health unavailable: {error}; Service advertisement left as it is", {
+          error: message,
+        });
+      }
+      this.#lastError.clusters = message;
+      return;
+    }
+    const changes = this.#health.update(clustersOf, health);
+    for (const c of changes) {
+      if (c.advertise) log.info("{svc} has healthy backends again: advertising it", { svc: c.svc });
+      else {
+        log.warn("{svc}: no healthy host in [{clusters}] for {n} polls: no longer advertising it", {
+          svc: c.svc,
+          clusters: c.dead.join(", "),
+          n: this.#config.discovery!.unhealthyThreshold,
+        });
+      }
+    }
+    this.#deps.telemetry?.servicesWithheld.set(this.#health.withheld.size);
+    if (changes.length) await this.plane.withhold(this.#health.withheld);
+  }
+
+  /**
+   * Stops polling, then shuts down like standalone mode: Services unadvertised, after `graceMs` serve
+   * entries removed and listeners closed, open flows drained for `drainMs`; then Envoy and ext_authz.
+   */
+  async close(drainMs: number, options: { graceMs?: number } = {}): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    clearInterval(this.#gauges);
+    await this.#polling;
+    await this.plane.close(drainMs, options);
+    await this.#envoy?.stop({ drainMs });
+    await this.#authz.close();
+  }
+}
+
+function healthSettings(config: Config) {
+  const d = config.discovery!;
+  return { policy: d.healthPolicy, threshold: d.unhealthyThreshold };
+}
