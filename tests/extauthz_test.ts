@@ -480,6 +480,42 @@ Deno.test("svcNameFor: the listener's Service is passed to the resolver", async 
   assert.deepEqual(source.calls.map((c) => c.options?.svcName), ["svc:web", undefined]);
 });
 
+Deno.test("discovery mode (secret null): no relay secret needed, the listener falls back to the local port, the source must still be a tailnet address", async () => {
+  const { deps, records } = makeDeps({
+    secret: null,
+    listeners: (name) => name === "" ? undefined : { protocol: "http", acceptAppCaps: false, shadow: false },
+    listenerForPort: (port) => port === 10080 ? "web" : undefined,
+  });
+  assertAllowed(
+    await evaluateCheck(checkRequest({ secret: null }), deps),
+    "no secret, listener from context",
+  );
+  assertAllowed(
+    await evaluateCheck(checkRequest({ secret: null, listener: null }), deps),
+    "listener from port",
+  );
+  assert.equal(records[1].listener, "web");
+  // A secret-looking value in metadata changes nothing, and never scopes WhoIs to a Service.
+  assertAllowed(await evaluateCheck(checkRequest({ secret: "whatever" }), deps), "metadata ignored");
+  assertDenied(await evaluateCheck(checkRequest({ secret: null, ip: "127.0.0.1" }), deps), "loopback source");
+  assertDenied(
+    await evaluateCheck(checkRequest({ secret: null, ip: "10.1.2.3" }), deps),
+    "non-tailnet source",
+  );
+  assertDenied(await evaluateCheck(checkRequest({ secret: null, path: "/admin" }), deps), "policy deny");
+  const noPort = makeDeps({ ...deps, secret: null, listenerForPort: () => undefined });
+  assertDenied(
+    await evaluateCheck(checkRequest({ secret: null, listener: null }), noPort.deps),
+    "no listener",
+  );
+  assert.deepEqual(records.slice(3).map((r) => r.code), [
+    "bad_source",
+    "bad_source",
+    "no_match",
+    "no_listener",
+  ]);
+});
+
 Deno.test("a throwing onDecision callback does not change the answer", async () => {
   const { deps } = makeDeps({
     onDecision: () => {
