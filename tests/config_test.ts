@@ -955,3 +955,28 @@ Deno.test("credentials default to Deno.env", () => {
     Deno.env.delete("TS_AUTHKEY");
   }
 });
+
+Deno.test("examples/kubernetes: the tailvoy config in each ConfigMap parses (static and Envoy Gateway discovery)", async () => {
+  const { parseAllDocuments } = await import("yaml");
+  const configOf = async (file: string) => {
+    const text = await Deno.readTextFile(new URL(`../examples/kubernetes/${file}`, import.meta.url));
+    const docs = parseAllDocuments(text).map((d) => d.toJS());
+    const map = docs.find((d) => d?.kind === "ConfigMap" && d.data?.["config.yaml"]);
+    return { config: parseConfig(map.data["config.yaml"], { env: {} }), docs };
+  };
+  const standalone = (await configOf("standalone.yaml")).config;
+  assert.deepEqual(Object.keys(standalone.listeners), ["db"]);
+  const { config, docs } = await configOf("envoy-gateway.yaml");
+  assert.equal(config.discovery?.proxyProtocol, "v2");
+  assert.equal(config.tailvoy.ingress, "serve");
+  const matcher = createServiceMatcher(config);
+  assert.deepEqual(matcher("default/eg/http"), ["svc:eg-web"]);
+  assert.deepEqual(matcher("default/eg/tcp"), ["svc:eg-db"]);
+  // The EnvoyProxy patch hands Envoy Gateway's arguments to Envoy after `--`, with ext_authz on :9001.
+  const proxy = docs.find((d) => d?.kind === "EnvoyProxy");
+  const command: string[] = proxy.spec.provider.kubernetes.envoyDeployment.patch.value.spec.template.spec
+    .containers[0].command;
+  assert.deepEqual(command.slice(-3), ["--authz-addr", "0.0.0.0:9001", "--"]);
+  const policy = docs.find((d) => d?.kind === "SecurityPolicy");
+  assert.equal(policy.spec.extAuth.grpc.backendRefs[0].port, 9001);
+});

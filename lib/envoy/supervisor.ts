@@ -373,8 +373,10 @@ export class EnvoySupervisor {
           "--disable-hot-restart",
           "--admin-address-path",
           adminPath,
-          "--concurrency",
-          String(options.concurrency ?? 2),
+          // Envoy Gateway's arguments size Envoy themselves (--cpuset-threads); ours get 2 workers.
+          ...(text === null && options.concurrency === undefined
+            ? []
+            : ["--concurrency", String(options.concurrency ?? 2)]),
           "--drain-time-s",
           String(options.drainTimeS ?? 15),
           "--drain-strategy",
