@@ -107,10 +107,11 @@ Usage:
 Flags (Go-style single dash works too: -config, -authz-addr, -log-level):
   -c, --config FILE       config file (default: config.yaml)
       --authz-addr ADDR   ext_authz gRPC listen address, host:port or unix:/path (default: a private
-                          unix socket for our own Envoy; give one for Envoy Gateway, e.g. 0.0.0.0:9001)
+                          unix socket for our own Envoy; in discovery mode 127.0.0.1:9001, and
+                          0.0.0.0:9001 in an Envoy Gateway pod)
       --log-level LEVEL   trace, debug, info, warn, error (default: info)
       --log-format FMT    json or text (default: text on a terminal, else json)
-      --socket PATH       tailscaled LocalAPI socket (default: config tailvoy.socket, else
+      --socket PATH       tailscaled LocalAPI socket (default: config tailvoy.localApiSocket, else
                           /var/run/tailscale/tailscaled.sock)
   -h, --help              this help
   -v, --version           print the version
