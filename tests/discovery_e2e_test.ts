@@ -260,6 +260,7 @@ Deno.test({
       throw err;
     } finally {
       await proxy.stop().catch(() => {});
+      await tailnet.setPolicy(defaultPolicy());
       await backend.close();
       echo.close();
       await egConfig.remove();

@@ -172,17 +172,10 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       return 1;
     }
     log.info("ready: {tcp} TCP and {udp} UDP listeners", { tcp: plane.tcp.length, udp: plane.udp.length });
-    const reloads = options.configPath ? onHangup(() => reload(options.configPath!)) : undefined;
-    const reason = await stop;
-    reloads?.();
-    log.info("stopping ({reason}): no new connections; draining open flows for up to {ms} ms", {
-      reason: String(reason),
-      ms: config.tailvoy.timeouts.drain,
+    return await untilStopped(reload, async ({ drain, unadvertiseGrace }) => {
+      await plane!.close(drain, { graceMs: unadvertiseGrace });
+      await l7?.close(drain);
     });
-    await plane.close(config.tailvoy.timeouts.drain, { graceMs: config.tailvoy.timeouts.unadvertiseGrace });
-    await l7?.close(config.tailvoy.timeouts.drain);
-    log.info("stopped");
-    return 0;
 
     // SIGHUP: re-read the config; an invalid one is rejected and the running one stays.
     async function reload(path: string): Promise<void> {
@@ -260,31 +253,38 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       admin: config.discovery!.envoyAdmin,
       ms: config.discovery!.pollInterval,
     });
-    const reloads = options.configPath
-      ? onHangup(async () => {
-        try {
-          const next = await loadConfig(options.configPath!);
-          checkSameMode(next, config);
-          await gateway!.reload(next);
-          telemetry.logAllows = next.tailvoy.decisionLog.allows;
-          config = next;
-          telemetry.configReloads.inc({ result: "ok" });
-          log.info("reloaded {path}", { path: options.configPath });
-        } catch (err) {
-          telemetry.configReloads.inc({ result: "invalid" });
-          log.error("reload rejected, still running the previous config: {errors}", {
-            errors: err instanceof Error ? err.message : String(err),
-          });
-        }
-      })
-      : undefined;
+    return await untilStopped(async (path) => {
+      try {
+        const next = await loadConfig(path);
+        checkSameMode(next, config);
+        await gateway!.reload(next);
+        telemetry.logAllows = next.tailvoy.decisionLog.allows;
+        config = next;
+        telemetry.configReloads.inc({ result: "ok" });
+        log.info("reloaded {path}", { path });
+      } catch (err) {
+        telemetry.configReloads.inc({ result: "invalid" });
+        log.error("reload rejected, still running the previous config: {errors}", {
+          errors: err instanceof Error ? err.message : String(err),
+        });
+      }
+    }, ({ drain, unadvertiseGrace }) => gateway!.close(drain, { graceMs: unadvertiseGrace }));
+  }
+
+  // Serves until stopped (SIGHUP runs `reload` when there is a config file), then shuts down with `close`.
+  async function untilStopped(
+    reload: (path: string) => Promise<void>,
+    close: (timeouts: Config["tailvoy"]["timeouts"]) => Promise<void>,
+  ): Promise<number> {
+    const path = options.configPath;
+    const reloads = path ? onHangup(() => reload(path)) : undefined;
     const reason = await stop;
     reloads?.();
     log.info("stopping ({reason}): no new connections; draining open flows for up to {ms} ms", {
       reason: String(reason),
       ms: config.tailvoy.timeouts.drain,
     });
-    await gateway.close(config.tailvoy.timeouts.drain, { graceMs: config.tailvoy.timeouts.unadvertiseGrace });
+    await close(config.tailvoy.timeouts);
     log.info("stopped");
     return 0;
   }
