@@ -15,7 +15,8 @@
 import { join } from "node:path";
 import { RUNTIME_PERMISSIONS } from "./compile.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
-import { Tailnet } from "../tests/harness/tailnet.ts";
+import { grpcHealthBackend } from "../tests/harness/grpc_health.ts";
+import { CAP, defaultPolicy, Tailnet } from "../tests/harness/tailnet.ts";
 
 const EXAMPLE_CONFIG = join(PROJECT_ROOT, "examples", "config.yaml");
 
@@ -38,6 +39,20 @@ export interface TryCommand {
   expect: string;
 }
 
+/** The grants of the dev tailnet: alice (group eng) gets web /api/*, grpc and db; bob gets nothing. */
+export function devPolicy(): Record<string, unknown> {
+  const policy = defaultPolicy();
+  policy.grants = [
+    { src: ["*"], dst: ["*"], ip: ["*"] },
+    {
+      src: ["group:eng"],
+      dst: ["tag:gw"],
+      app: { [CAP]: [{ listeners: ["web"], routes: ["/api/*"] }, { listeners: ["grpc", "db"] }] },
+    },
+  ];
+  return policy;
+}
+
 /** The commands printed for each client: curl through the client's SOCKS5 listener, and `check`. */
 export function tryCommands(tailnet: Tailnet): TryCommand[] {
   const gw = tailnet.node("gw");
@@ -45,6 +60,11 @@ export function tryCommands(tailnet: Tailnet): TryCommand[] {
     `curl -s -o /dev/null -w '%{http_code}\\n' --socks5-hostname 127.0.0.1:${
       tailnet.node(who).socksPort
     } http://${gw.ipv4}${path}`;
+  // A gRPC health check by hand: an empty request in gRPC framing; the answer's grpc-status is printed.
+  const grpc = (who: string) =>
+    `printf '\\0\\0\\0\\0\\0' | curl -s --http2-prior-knowledge --socks5-hostname 127.0.0.1:${
+      tailnet.node(who).socksPort
+    } -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- -D - -o /dev/null http://${gw.ipv4}:50051/grpc.health.v1.Health/Check | tr -d '\\r' | sed -n 's/^grpc-status: //p'`;
   const check = (who: string, rest: string) =>
     `deno task start check --socket ${gw.socket} --config examples/config.yaml --as ${
       tailnet.node(who).ipv4
@@ -53,14 +73,25 @@ export function tryCommands(tailnet: Tailnet): TryCommand[] {
     { who: "alice", command: curl("alice", "/api/users"), expect: "200" },
     { who: "alice", command: curl("alice", "/admin"), expect: "403" },
     { who: "bob", command: curl("bob", "/api/users"), expect: "403" },
+    { who: "alice", command: grpc("alice"), expect: "0" },
+    { who: "bob", command: grpc("bob"), expect: "7" },
     { who: "alice", command: check("alice", "--listener db"), expect: "ALLOW" },
     { who: "bob", command: check("bob", "--listener db"), expect: "DENY" },
   ];
 }
 
-/** Example backends of examples/config.yaml: HTTP on :8080 (web), TCP echo on :15432 (db). */
-function exampleBackends(): { close: () => void } {
+/**
+ * Example backends of examples/config.yaml: HTTP on :8080 (web), gRPC health on :50052 (grpc), TCP echo
+ * on :15432 (db).
+ */
+async function exampleBackends(): Promise<{ close: () => void }> {
   const closers: (() => void)[] = [];
+  try {
+    const grpc = await grpcHealthBackend({ port: 50052 });
+    closers.push(grpc.close);
+  } catch (err) {
+    console.error(`dev: example gRPC health backend not started on 127.0.0.1:50052: ${err}`);
+  }
   try {
     const http = Deno.serve(
       { hostname: "127.0.0.1", port: 8080, onListen: () => {} },
@@ -97,6 +128,7 @@ if (import.meta.main) {
     nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }, { name: "bob", user: "bob" }],
     log: (m) => console.error(`dev: ${m}`),
   });
+  await tailnet.setPolicy(devPolicy());
   const gw = tailnet.node("gw");
   const lines = [
     "",
@@ -108,11 +140,11 @@ if (import.meta.main) {
     "",
     "Try, in another terminal:",
     ...tryCommands(tailnet).map((c) => `  # ${c.who}: expect ${c.expect}\n  ${c.command}`),
-    "(backends: HTTP echo on 127.0.0.1:8080, TCP echo on 127.0.0.1:15432; the others in examples/config.yaml are not started)",
+    "(grpc-status 0 is OK, 7 is PERMISSION_DENIED; backends: HTTP echo on 127.0.0.1:8080, gRPC health on 127.0.0.1:50052, TCP echo on 127.0.0.1:15432; the tls and dns ones in examples/config.yaml are not started)",
     "",
   ];
   console.error(lines.join("\n"));
-  const backends = exampleBackends();
+  const backends = await exampleBackends();
   // The example's Envoy is the pinned peer (tailvoy.envoyBinary "envoy" defers to ENVOY_BIN).
   const child = proxy(["--config", EXAMPLE_CONFIG, "--socket", gw.socket, "--log-format", "text"], {
     env: { ENVOY_BIN: PEER_BINS.envoy },

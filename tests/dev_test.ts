@@ -44,6 +44,11 @@ Deno.test({
       }
       assert.ok(tries.some((t) => t.command.startsWith("curl")), "curl commands are printed");
       assert.ok(tries.some((t) => t.command.includes(" check ")), "check commands are printed");
+      assert.deepEqual(
+        tries.filter((t) => t.command.includes("grpc.health.v1.Health/Check")).map((t) => [t.who, t.expect]),
+        [["alice", "0"], ["bob", "7"]],
+        "gRPC health calls are printed, allowed for alice and denied for bob",
+      );
       for (const t of tries) {
         const out = await new Deno.Command("sh", {
           args: ["-c", t.command],

@@ -14,18 +14,17 @@ import { readSome, tlsBackend, tlsVia } from "./harness/clients.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import { loadSync } from "@grpc/proto-loader";
 import { DENY_BODY, DENY_MESSAGE } from "../lib/extauthz/mod.ts";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import { PROJECT_ROOT } from "../scripts/peers.ts";
 import { makeCert } from "./harness/certs.ts";
+import { grpcHealthBackend, healthService } from "./harness/grpc_health.ts";
 import { Proxy, tcpEcho } from "./harness/proxy.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Policy, type Tailnet, waitFor } from "./harness/tailnet.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-const FIXTURES = join(PROJECT_ROOT, "tests", "fixtures", "l7");
 const ENVOY = join(PROJECT_ROOT, ".peers", "bin", "envoy");
 
 // Tailnet ports of the main gateway's listeners, and of the second gateway's (distinct on purpose).
@@ -303,42 +302,6 @@ function webSocketBackend(): { port: number; close: () => Promise<void> } {
     return response;
   });
   return { port: server.addr.port, close: () => server.shutdown() };
-}
-
-// deno-lint-ignore no-explicit-any
-type GrpcConstructor = new (address: string, credentials: grpc.ChannelCredentials) => any;
-
-/** The health service from tests/fixtures/l7/health.proto. */
-function healthService(): { service: grpc.ServiceDefinition; Client: GrpcConstructor } {
-  const definition = loadSync("health.proto", { keepCase: true, enums: String, includeDirs: [FIXTURES] });
-  // deno-lint-ignore no-explicit-any
-  const pkg = grpc.loadPackageDefinition(definition) as any;
-  const Client = pkg.grpc.health.v1.Health;
-  return { service: Client.service, Client };
-}
-
-/** A gRPC health server (h2c) that records the identity headers of the last call. */
-async function grpcHealthBackend(): Promise<{ port: number; lastIp: () => string; close: () => void }> {
-  const server = new grpc.Server();
-  let lastIp = "";
-  server.addService(healthService().service, {
-    Check: (
-      call: grpc.ServerUnaryCall<unknown, unknown>,
-      callback: grpc.sendUnaryData<{ status: string }>,
-    ) => {
-      lastIp = String(call.metadata.get("x-tailscale-ip")[0] ?? "");
-      callback(null, { status: "SERVING" });
-    },
-    Watch: (call: grpc.ServerWritableStream<unknown, unknown>) => call.end(),
-  });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(
-      "127.0.0.1:0",
-      grpc.ServerCredentials.createInsecure(),
-      (e, p) => e ? reject(e) : resolve(p),
-    )
-  );
-  return { port, lastIp: () => lastIp, close: () => server.forceShutdown() };
 }
 
 // ---------------------------------------------------------------------------------------------
