@@ -103,7 +103,13 @@ export class Gateway {
     let gateway: Gateway;
     try {
       if (deps.envoyArgs?.length) {
-        envoy = new EnvoySupervisor({ binary: config.tailvoy.envoyBinary, extraArgs: deps.envoyArgs });
+        envoy = new EnvoySupervisor({
+          binary: config.tailvoy.envoyBinary,
+          extraArgs: deps.envoyArgs,
+          // Envoy Gateway's Envoy is ready only after its first xDS fetch (up to 15 s when the control
+          // plane is slow): give it longer than our own bootstrap needs before giving up.
+          readyTimeoutMs: 60_000,
+        });
         await envoy.startExternal();
         log.info("Envoy ready (pid {pid}, admin {admin})", { pid: envoy.pid, admin: envoy.adminAddress });
       }
