@@ -239,9 +239,23 @@ Deno.test({
       );
 
       await t.step(
+        "Envoy killed: tailvoy restarts it, and the tailnet listeners stay while it comes back",
+        async () => {
+          const first = JSON.parse(await proxy.waitLog(/Envoy ready \(pid/, "Envoy pid")).pid as number;
+          const before = proxy.lines.length;
+          Deno.kill(first, "SIGKILL");
+          await proxy.waitLog(/Envoy is ready again/, "Envoy restarted");
+          assert.equal(await tcpSays("alice", port("tcp")), "echo:hi");
+          assert.equal((await get("alice", "/api/users")).status, 200);
+          const churn = proxy.lines.slice(before).filter((l) => /discovered \d+ Envoy listeners/.test(l));
+          assert.deepEqual(churn, [], "no listener was removed or re-added around the restart");
+        },
+      );
+
+      await t.step(
         "SIGTERM: exit 0, Envoy stopped, Services unadvertised, serve entries removed",
         async () => {
-          const envoyPid = JSON.parse(await proxy.waitLog(/Envoy ready \(pid/, "Envoy pid")).pid as number;
+          const envoyPid = JSON.parse(await proxy.waitLog(/Envoy is ready again/, "Envoy pid")).pid as number;
           assert.equal(await proxy.stop(), 0);
           const alive = await Deno.stat(`/proc/${envoyPid}`).then(() => true, () => false);
           assert.equal(alive, false, "Envoy exited with tailvoy");

@@ -221,10 +221,13 @@ Deno.test("discovery config: direct ingress is refused with the reason", async (
   );
 });
 
-Deno.test("EnvoyAdminClient: unreachable, error status and non-JSON answers name the URL and the fix", async () => {
+Deno.test("EnvoyAdminClient: unreachable, error status, non-JSON and not-yet-LIVE answers name the URL and the fix", async () => {
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
     const path = new URL(req.url).pathname;
     if (path === "/500") return new Response("boom", { status: 500 });
+    // An Envoy still waiting for its first xDS answer (as after a restart): no listeners yet.
+    if (path === "/ready") return new Response("PRE_INITIALIZING\n", { status: 503 });
+    if (path === "/config_dump") return Response.json({ configs: [] });
     return new Response("<html>not envoy</html>");
   });
   try {
@@ -235,6 +238,10 @@ Deno.test("EnvoyAdminClient: unreachable, error status and non-JSON answers name
       () => admin.getJson("/x"),
       /did not answer JSON: is discovery.envoyAdmin Envoy's admin API/,
     );
+    await assert.rejects(
+      () => admin.listeners(),
+      /Envoy is not ready yet \(PRE_INITIALIZING\); its listeners are not final/,
+    );
   } finally {
     await server.shutdown();
   }
@@ -243,7 +250,7 @@ Deno.test("EnvoyAdminClient: unreachable, error status and non-JSON answers name
   closed.close();
   await assert.rejects(
     () => new EnvoyAdminClient(`http://127.0.0.1:${port}/`).listeners(),
-    /Envoy admin http:\/\/127\.0\.0\.1:\d+\/config_dump\?resource=dynamic_listeners is unreachable .*check discovery\.envoyAdmin/,
+    /Envoy admin http:\/\/127\.0\.0\.1:\d+\/ready is unreachable .*check discovery\.envoyAdmin/,
   );
 });
 

@@ -33,6 +33,7 @@ export {
 
 /** Admin API paths read on each poll: only the dynamic listeners and routes, not the whole dump. */
 export const ADMIN_PATHS = {
+  ready: "/ready",
   listeners: "/config_dump?resource=dynamic_listeners",
   routes: "/config_dump?resource=dynamic_route_configs",
   clusters: "/clusters?format=json",
@@ -49,8 +50,33 @@ export class EnvoyAdminClient {
     this.#timeoutMs = options.timeoutMs ?? 5000;
   }
 
+  /**
+   * Throws unless Envoy says it is `LIVE`: until its first xDS fetch is done (after a start or restart)
+   * it reports no listeners, which must not be taken for "all listeners removed".
+   */
+  async assertLive(): Promise<void> {
+    const { status, text } = await this.#get(ADMIN_PATHS.ready);
+    const state = text.trim();
+    if (status !== 200 || state !== "LIVE") {
+      throw new Error(`Envoy is not ready yet (${state || `status ${status}`}); its listeners are not final`);
+    }
+  }
+
   /** GETs `path` and parses the JSON answer; throws with the URL and the fix on any failure. */
   async getJson(path: string): Promise<unknown> {
+    const url = `${this.#base}${path}`;
+    const { status, text } = await this.#get(path);
+    if (status < 200 || status > 299) {
+      throw new Error(`Envoy admin ${url} answered ${status}: ${text.slice(0, 200).trim()}`);
+    }
+    try {
+      return JSON.parse(text);
+    } catch {
+      throw new Error(`Envoy admin ${url} did not answer JSON: is discovery.envoyAdmin Envoy's admin API?`);
+    }
+  }
+
+  async #get(path: string): Promise<{ status: number; text: string }> {
     const url = `${this.#base}${path}`;
     let res: Response;
     try {
@@ -65,19 +91,12 @@ export class EnvoyAdminClient {
         `Envoy admin ${url} is unreachable (${why}): check discovery.envoyAdmin and that Envoy runs`,
       );
     }
-    const text = await res.text();
-    if (!res.ok) {
-      throw new Error(`Envoy admin ${url} answered ${res.status}: ${text.slice(0, 200).trim()}`);
-    }
-    try {
-      return JSON.parse(text);
-    } catch {
-      throw new Error(`Envoy admin ${url} did not answer JSON: is discovery.envoyAdmin Envoy's admin API?`);
-    }
+    return { status: res.status, text: await res.text() };
   }
 
-  /** The active dynamic listeners whose name matches `filter`. */
+  /** The active dynamic listeners whose name matches `filter`, once Envoy is `LIVE`. */
   async listeners(options: { filter?: RegExp } = {}): Promise<DiscoveredListener[]> {
+    await this.assertLive();
     const [listeners, routes] = await Promise.all([
       this.getJson(ADMIN_PATHS.listeners),
       this.getJson(ADMIN_PATHS.routes),
