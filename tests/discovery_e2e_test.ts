@@ -103,7 +103,7 @@ Deno.test({
         "tailvoy:",
         `  adminAddress: "127.0.0.1:0"`,
         `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
-        "  timeouts: {drain: 1s, unadvertiseGrace: 0s}",
+        "  timeouts: {drain: 1s, unadvertiseGrace: 0s, recheck: 500ms}",
         "",
       ].join("\n"),
     );
@@ -235,6 +235,50 @@ Deno.test({
           } finally {
             up.close();
           }
+        },
+      );
+
+      await t.step("a revoked grant closes an open HTTP connection at the next re-check", async () => {
+        const conn = await tailnet.dial("alice", gw.ipv4, port("http"));
+        await conn.write(enc.encode("GET /api/x HTTP/1.1\r\nHost: app\r\n\r\n"));
+        assert.match((await readSome(conn)) ?? "", /^HTTP\/1\.1 200/);
+        const revoked = gatewayPolicy();
+        revoked.grants = (revoked.grants as { src: string[] }[]).filter((g) => !g.src.includes("group:eng"));
+        await tailnet.setPolicy(revoked);
+        try {
+          await proxy.waitLog(/closing flow .*caller holds no tailvoy grant any more/, "alice's flow closed");
+          let chunks = 0;
+          while ((await readSome(conn)) !== null) assert.ok(++chunks < 10, "the connection is closed");
+        } finally {
+          await tailnet.setPolicy(gatewayPolicy());
+        }
+        await waitFor(async () => (await get("alice", "/api/x")).status === 200 ? true : undefined, {
+          what: "alice allowed again",
+          timeoutMs: 15_000,
+        });
+      });
+
+      await t.step(
+        "Envoy draining (as Envoy Gateway's shutdown manager does): every Service is unadvertised, and back when it is LIVE again",
+        async () => {
+          const advertised = async () =>
+            (await api.getPrefs()).AdvertiseServices.filter((s) => s.startsWith("svc:"));
+          const admin = `http://127.0.0.1:${port("admin")}`;
+          await (await fetch(`${admin}/healthcheck/fail`, { method: "POST" })).text();
+          await proxy.waitLog(
+            /Envoy is draining: no longer advertising/,
+            "Services unadvertised while draining",
+          );
+          assert.deepEqual(
+            await advertised(),
+            prefsBefore.AdvertiseServices.filter((s) => s.startsWith("svc:")),
+          );
+          await (await fetch(`${admin}/healthcheck/ok`, { method: "POST" })).text();
+          await waitFor(async () => (await advertised()).includes("svc:gw") ? true : undefined, {
+            what: "svc:gw advertised again",
+            timeoutMs: 10_000,
+          });
+          assert.equal(await tcpSays("alice", port("tcp")), "echo:hi");
         },
       );
 

@@ -94,6 +94,36 @@ Deno.test("parseListeners: filter, warming and port-0 listeners left out, RDS no
   assert.deepEqual(names(parseListeners(dump, { filter: /^(a|rds)$/ })), ["a", "rds"]);
   assert.deepEqual(parseListeners(dump).find((l) => l.name === "rds")?.clusters, []);
   assert.deepEqual(parseListeners({}), []);
+  // Only route actions count: a mirror or a JWKS fetch names a cluster that is not a backend.
+  const extras = parseListeners({
+    configs: [{
+      name: "h",
+      active_state: {
+        listener: {
+          address: { socket_address: { port_value: 5 } },
+          filter_chains: [{
+            filters: [{
+              name: "envoy.filters.network.http_connection_manager",
+              typed_config: {
+                http_filters: [{
+                  name: "envoy.filters.http.jwt_authn",
+                  typed_config: { providers: { p: { remote_jwks: { http_uri: { cluster: "jwks" } } } } },
+                }],
+                route_config: {
+                  virtual_hosts: [{
+                    routes: [{
+                      route: { cluster: "app", request_mirror_policies: [{ cluster: "mirror" }] },
+                    }],
+                  }],
+                },
+              },
+            }],
+          }],
+        },
+      },
+    }],
+  });
+  assert.deepEqual(extras[0].clusters, ["app"]);
   assert.throws(() => parseListeners({ configs: "nope" }), /not a config dump.*envoyAdmin/);
 });
 
@@ -212,6 +242,10 @@ Deno.test("planDiscovered: tcp relayed with PROXY where Envoy reads it, HTTP to 
   const off = planDiscovered(await discoveryConfig(), withProxy);
   assert.deepEqual([...off.proxyProtocolTo], [], "no proxyProtocol: v2, no header");
   assert.equal(off.l7Targets.get("default/eg/http")?.proxyProtocol, false);
+  assert.ok(
+    off.warnings.some((w) => w.listener === "default/eg/tcp" && /expects a PROXY header/.test(w.message)),
+    "a listener waiting for a PROXY header that will not come is reported",
+  );
 });
 
 Deno.test("discovery config: direct ingress is refused with the reason", async () => {
@@ -221,7 +255,7 @@ Deno.test("discovery config: direct ingress is refused with the reason", async (
   );
 });
 
-Deno.test("EnvoyAdminClient: unreachable, error status, non-JSON and not-yet-LIVE answers name the URL and the fix", async () => {
+Deno.test("EnvoyAdminClient: unreachable, error status, non-JSON and Envoy's state name the URL and the fix", async () => {
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
     const path = new URL(req.url).pathname;
     if (path === "/500") return new Response("boom", { status: 500 });
@@ -238,10 +272,7 @@ Deno.test("EnvoyAdminClient: unreachable, error status, non-JSON and not-yet-LIV
       () => admin.getJson("/x"),
       /did not answer JSON: is discovery.envoyAdmin Envoy's admin API/,
     );
-    await assert.rejects(
-      () => admin.listeners(),
-      /Envoy is not ready yet \(PRE_INITIALIZING\); its listeners are not final/,
-    );
+    assert.equal(await admin.readyState(), "PRE_INITIALIZING");
   } finally {
     await server.shutdown();
   }
@@ -250,7 +281,7 @@ Deno.test("EnvoyAdminClient: unreachable, error status, non-JSON and not-yet-LIV
   closed.close();
   await assert.rejects(
     () => new EnvoyAdminClient(`http://127.0.0.1:${port}/`).listeners(),
-    /Envoy admin http:\/\/127\.0\.0\.1:\d+\/ready is unreachable .*check discovery\.envoyAdmin/,
+    /Envoy admin http:\/\/127\.0\.0\.1:\d+\/config_dump\?resource=dynamic_\w+ is unreachable .*check discovery\.envoyAdmin/,
   );
 });
 

@@ -8,12 +8,13 @@
  * @module
  */
 
+import type { DiscoveryConfig } from "../config/mod.ts";
 import type { ClusterHealth } from "./parse.ts";
 
 /** `discovery.healthPolicy` and `discovery.unhealthyThreshold`. */
 export interface HealthSettings {
-  policy: "any" | "all";
-  threshold: number;
+  policy: DiscoveryConfig["healthPolicy"];
+  threshold: DiscoveryConfig["unhealthyThreshold"];
 }
 
 /** One Service's state after a poll. */

@@ -13,6 +13,7 @@
 
 import type { Config, DiscoveryConfig, ListenerConfig } from "../config/mod.ts";
 import { compilePattern } from "../config/mod.ts";
+import { joinHostPort } from "../extauthz/address.ts";
 import type { L7Target } from "../l4/mod.ts";
 import { type DiscoveredListener, parseClusterHealth, parseListeners } from "./parse.ts";
 
@@ -51,15 +52,14 @@ export class EnvoyAdminClient {
   }
 
   /**
-   * Throws unless Envoy says it is `LIVE`: until its first xDS fetch is done (after a start or restart)
-   * it reports no listeners, which must not be taken for "all listeners removed".
+   * Envoy's server state from `/ready`: `LIVE` once initialized; before its first xDS answer
+   * (`PRE_INITIALIZING`, `INITIALIZING`) it reports no listeners, which must not be taken for "all
+   * listeners removed"; `DRAINING` while it shuts down.
    */
-  async assertLive(): Promise<void> {
+  async readyState(): Promise<string> {
     const { status, text } = await this.#get(ADMIN_PATHS.ready);
     const state = text.trim();
-    if (status !== 200 || state !== "LIVE") {
-      throw new Error(`Envoy is not ready yet (${state || `status ${status}`}); its listeners are not final`);
-    }
+    return state === "" ? `HTTP ${status}` : state;
   }
 
   /** GETs `path` and parses the JSON answer; throws with the URL and the fix on any failure. */
@@ -94,9 +94,8 @@ export class EnvoyAdminClient {
     return { status: res.status, text: await res.text() };
   }
 
-  /** The active dynamic listeners whose name matches `filter`, once Envoy is `LIVE`. */
+  /** The active dynamic listeners whose name matches `filter` (all without one). */
   async listeners(options: { filter?: RegExp } = {}): Promise<DiscoveredListener[]> {
-    await this.assertLive();
     const [listeners, routes] = await Promise.all([
       this.getJson(ADMIN_PATHS.listeners),
       this.getJson(ADMIN_PATHS.routes),
@@ -127,10 +126,6 @@ export interface DiscoveredPlan {
   warnings: { listener: string; message: string }[];
 }
 
-function formatHost(host: string): string {
-  return host.includes(":") ? `[${host}]` : host;
-}
-
 /**
  * Turns discovered listeners into listeners the data plane runs, all with serve ingress, each relayed to
  * `envoyAddress` at its own port. A PROXY v2 header is sent when `proxyProtocol: v2` is set *and*
@@ -153,6 +148,11 @@ export function planDiscovered(base: Config, listeners: readonly DiscoveredListe
       continue;
     }
     const proxy = discovery.proxyProtocol === "v2" && l.proxyProtocol;
+    if (discovery.proxyProtocol !== "v2" && l.proxyProtocol) {
+      warn(
+        "Envoy's listener expects a PROXY header but discovery.proxyProtocol is not v2, so none is sent and Envoy closes every connection; set discovery.proxyProtocol: v2",
+      );
+    }
     if (discovery.proxyProtocol === "v2" && !l.proxyProtocol) {
       warn(
         "Envoy's listener has no proxy_protocol listener filter, so no PROXY header is sent to it; enable PROXY protocol on the Gateway (ClientTrafficPolicy)",
@@ -161,7 +161,7 @@ export function planDiscovered(base: Config, listeners: readonly DiscoveredListe
     if (l.kind === "http") {
       if (!proxy) {
         warn(
-          "HTTP listener without PROXY protocol: Envoy cannot tell ext_authz who calls, so every request is denied; set discovery.proxyProtocol: v2 and enable PROXY protocol on the Gateway",
+          "HTTP listener without PROXY protocol: Envoy cannot tell ext_authz who calls, so every request on a route with ext_authz is denied; set discovery.proxyProtocol: v2 and enable PROXY protocol on the Gateway",
         );
       }
       const listener: ListenerConfig = { ...common, port: l.port, protocol: "http" };
@@ -178,7 +178,7 @@ export function planDiscovered(base: Config, listeners: readonly DiscoveredListe
       ...common,
       port: l.port,
       protocol: "tcp",
-      backend: `${formatHost(discovery.envoyAddress)}:${l.port}`,
+      backend: joinHostPort(discovery.envoyAddress, l.port),
     };
     if (proxy) plan.proxyProtocolTo.add(l.name);
   }

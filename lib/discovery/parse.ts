@@ -95,31 +95,63 @@ export interface ParseListenersOptions {
 
 const HCM = "envoy.filters.network.http_connection_manager";
 const PROXY_PROTOCOL = "envoy.filters.listener.proxy_protocol";
+const TCP_PROXY = "envoy.filters.network.tcp_proxy";
+const UDP_PROXY = "envoy.filters.udp_listener.udp_proxy";
 
 function isFilter(name: string, wanted: string): boolean {
   // Envoy Gateway and others name filters `<canonical>` or `<canonical>/<suffix>`.
   return name === wanted || name.startsWith(`${wanted}/`);
 }
 
-/** Cluster names anywhere under `value`: every `cluster` string, and `weighted_clusters.clusters[].name`. */
-function collectClusters(value: unknown, into: Set<string>): void {
-  if (Array.isArray(value)) {
-    for (const v of value) collectClusters(v, into);
-    return;
+function str(value: unknown): string | undefined {
+  return typeof value === "string" && value !== "" ? value : undefined;
+}
+
+function obj(value: unknown): Record<string, unknown> | undefined {
+  return typeof value === "object" && value !== null && !Array.isArray(value)
+    ? value as Record<string, unknown>
+    : undefined;
+}
+
+function list(value: unknown): unknown[] {
+  return Array.isArray(value) ? value : [];
+}
+
+/** The clusters traffic goes to from a route action or tcp_proxy: `cluster` and `weighted_clusters`. */
+function actionClusters(action: unknown, into: Set<string>): void {
+  const a = obj(action);
+  const single = str(a?.cluster);
+  if (single) into.add(single);
+  for (const c of list(obj(a?.weighted_clusters)?.clusters)) {
+    const name = str(obj(c)?.name);
+    if (name) into.add(name);
   }
-  if (typeof value !== "object" || value === null) return;
-  for (const [key, v] of Object.entries(value)) {
-    if (key === "cluster" && typeof v === "string" && v !== "") into.add(v);
-    else if (key === "weighted_clusters" && typeof v === "object" && v !== null) {
-      const clusters = (v as { clusters?: unknown }).clusters;
-      if (Array.isArray(clusters)) {
-        for (const c of clusters) {
-          const name = (c as { name?: unknown })?.name;
-          if (typeof name === "string" && name !== "") into.add(name);
-        }
-      }
-    } else collectClusters(v, into);
+}
+
+/**
+ * Route backends of a RouteConfiguration. Only route actions count: mirrors, JWKS or OAuth token
+ * endpoints also name clusters, but a dead one does not mean the Service cannot serve.
+ */
+function routeClusters(routeConfig: unknown, into: Set<string>): void {
+  for (const vh of list(obj(routeConfig)?.virtual_hosts)) {
+    for (const route of list(obj(vh)?.routes)) actionClusters(obj(route)?.route, into);
   }
+}
+
+/** udp_proxy backends: the legacy `cluster`, or the route actions of its matcher tree. */
+function udpClusters(config: unknown, into: Set<string>): void {
+  const c = obj(config);
+  const single = str(c?.cluster);
+  if (single) into.add(single);
+  const walk = (node: unknown): void => {
+    if (Array.isArray(node)) return node.forEach(walk);
+    const o = obj(node);
+    if (!o) return;
+    const action = obj(o.action);
+    if (action) actionClusters(action.typed_config, into);
+    for (const [key, v] of Object.entries(o)) if (key !== "action") walk(v);
+  };
+  walk(c?.matcher);
 }
 
 function parseDump(body: unknown, what: string): unknown[] {
@@ -168,12 +200,15 @@ export function parseListeners(body: unknown, options: ParseListenersOptions = {
     const filters = chains.flatMap((c) => c.filters);
     const http = filters.some((f) => isFilter(f.name, HCM));
     const clusters = new Set<string>();
-    for (const f of [...filters, ...listener.listener_filters]) {
-      collectClusters(f.typed_config, clusters);
-      const rds = isFilter(f.name, HCM)
-        ? (f.typed_config?.rds as { route_config_name?: unknown } | undefined)?.route_config_name
-        : undefined;
-      if (typeof rds === "string") collectClusters(routes.get(rds), clusters);
+    for (const f of filters) {
+      if (isFilter(f.name, HCM)) {
+        routeClusters(f.typed_config?.route_config, clusters);
+        const rds = obj(f.typed_config?.rds)?.route_config_name;
+        if (typeof rds === "string") routeClusters(routes.get(rds), clusters);
+      } else if (isFilter(f.name, TCP_PROXY)) actionClusters(f.typed_config, clusters);
+    }
+    for (const f of listener.listener_filters) {
+      if (isFilter(f.name, UDP_PROXY)) udpClusters(f.typed_config, clusters);
     }
     found.push({
       name,

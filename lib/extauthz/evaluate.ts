@@ -8,8 +8,8 @@
  *    the source address can be believed); skipped in discovery mode (`secret: null`), see
  *    {@link AuthzDeps.secret};
  * 3. the source (`attributes.source.address.socket_address`, never a header) is a tailnet address;
- * 4. `context_extensions.listener` (in discovery mode, else the listener on the connection's local
- *    port) names a known http/https/grpc listener;
+ * 4. `context_extensions.listener` (or, in discovery mode when it is absent, the listener on the
+ *    connection's local port) names a known http/https/grpc listener;
  * 5. tailscaled says who the caller is (`checkL7`, through the identity resolver and its short cache,
  *    so grant changes are seen within its TTL even on a long keep-alive connection);
  * 6. the policy allows the listener, host, canonical path and method.

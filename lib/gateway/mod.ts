@@ -15,6 +15,7 @@
 
 import { type Config, createServiceMatcher } from "../config/mod.ts";
 import {
+  type ClusterHealth,
   type DiscoveredListener,
   EnvoyAdminClient,
   listenerFilter,
@@ -59,6 +60,12 @@ export class Gateway {
   readonly #byPort: Map<number, string>;
   #warned = new Set<string>();
   #lastError = { listeners: "", clusters: "" };
+  /** Services the data plane was last told to withhold. */
+  #applied = new Set<string>();
+  /** The last poll found Envoy draining. */
+  #draining = false;
+  /** The last poll found no listeners where there were some (applied only when seen twice). */
+  #emptyOnce = false;
   #timer?: ReturnType<typeof setTimeout>;
   #polling: Promise<void> = Promise.resolve();
   #closed = false;
@@ -106,9 +113,9 @@ export class Gateway {
         envoy = new EnvoySupervisor({
           binary: config.tailvoy.envoyBinary,
           extraArgs: deps.envoyArgs,
-          // Envoy Gateway's Envoy is ready only after its first xDS fetch (up to 15 s when the control
-          // plane is slow): give it longer than our own bootstrap needs before giving up.
-          readyTimeoutMs: 60_000,
+          // Envoy Gateway's Envoy is ready only after its first xDS answer, which it waits for without
+          // a timeout: allow as long as Envoy Gateway's own startup probe (300 s) before giving up.
+          readyTimeoutMs: 300_000,
         });
         await envoy.startExternal();
         log.info("Envoy ready (pid {pid}, admin {admin})", { pid: envoy.pid, admin: envoy.adminAddress });
@@ -158,11 +165,16 @@ export class Gateway {
     return this.#polling;
   }
 
-  /** Applies a reloaded config (discovery settings, Service mappings, capabilities stay as started). */
+  /**
+   * Applies a reloaded config: discovery settings and Service mappings take effect at the next poll
+   * (made at once); the ext_authz server keeps the capabilities and address it started with.
+   */
   async reload(config: Config): Promise<void> {
+    const same = JSON.stringify(healthSettings(config)) === JSON.stringify(healthSettings(this.#config));
     this.#config = config;
     this.#admin = new EnvoyAdminClient(config.discovery!.envoyAdmin);
-    this.#health = new ServiceHealthTracker(healthSettings(config));
+    // New thresholds restart the count; otherwise withheld Services stay withheld.
+    if (!same) this.#health = new ServiceHealthTracker(healthSettings(config));
     this.#lastKey = "";
     this.#warned.clear();
     await this.poll();
@@ -178,10 +190,12 @@ export class Gateway {
 
   async #poll(): Promise<void> {
     if (this.#closed) return;
+    // One consistent view for the whole poll, even if a reload swaps them meanwhile.
+    const snap = { config: this.#config, admin: this.#admin, tracker: this.#health };
     const telemetry = this.#deps.telemetry;
     let listeners: DiscoveredListener[];
     try {
-      listeners = await this.#admin.listeners({ filter: listenerFilter(this.#config.discovery!) });
+      listeners = await this.#discover(snap);
       telemetry?.discoveryPolls.inc({ what: "listeners", result: "ok" });
       this.#lastError.listeners = "";
     } catch (err) {
@@ -192,21 +206,57 @@ export class Gateway {
         log.warn("discovery: {error}; keeping the current listeners and retrying", { error: message });
       }
       this.#lastError.listeners = message;
+      await this.#syncWithheld(snap.tracker);
       return;
     }
     if (this.#closed) return;
     const key = JSON.stringify(listeners);
-    if (key !== this.#lastKey) await this.#apply(listeners, key);
-    await this.#checkHealth();
+    // Every listener gone at once is more often a restarting Envoy than a real change: confirm it.
+    if (!listeners.length && this.#listeners?.length && !this.#emptyOnce) {
+      this.#emptyOnce = true;
+      return;
+    }
+    this.#emptyOnce = false;
+    if (key !== this.#lastKey) await this.#apply(snap.config, listeners, key);
+    await this.#checkHealth(snap);
   }
 
-  async #apply(listeners: DiscoveredListener[], key: string): Promise<void> {
-    const plan = planDiscovered(this.#config, listeners);
-    for (const w of plan.warnings) {
-      const id = `${w.listener}\n${w.message}`;
-      if (!this.#warned.has(id)) log.warn("listener {listener}: {message}", w);
-      this.#warned.add(id);
+  /** Envoy's listeners, read only while Envoy is LIVE before and after (a restart in between is caught). */
+  async #discover(snap: { config: Config; admin: EnvoyAdminClient }): Promise<DiscoveredListener[]> {
+    const live = async () => {
+      const state = await snap.admin.readyState();
+      this.#draining = state === "DRAINING";
+      if (state !== "LIVE") throw new Error(`Envoy is not ready (${state}); its listeners are not final`);
+    };
+    await live();
+    const all = await snap.admin.listeners();
+    await live();
+    const filter = listenerFilter(snap.config.discovery!);
+    const listeners = filter ? all.filter((l) => filter.test(l.name)) : all;
+    if (filter && all.length && !listeners.length) {
+      this.#warnOnce(
+        "",
+        `discovery.listenerFilter ${
+          JSON.stringify(snap.config.discovery!.listenerFilter)
+        } matches none of Envoy's ${all.length} listeners (${all.slice(0, 5).map((l) => l.name).join(", ")}${
+          all.length > 5 ? ", …" : ""
+        }): fix the regex`,
+      );
     }
+    return listeners;
+  }
+
+  #warnOnce(listener: string, message: string): void {
+    const id = `${listener}\n${message}`;
+    if (this.#warned.has(id)) return;
+    this.#warned.add(id);
+    if (listener) log.warn("listener {listener}: {message}", { listener, message });
+    else log.warn("{message}", { message });
+  }
+
+  async #apply(config: Config, listeners: DiscoveredListener[], key: string): Promise<void> {
+    const plan = planDiscovered(config, listeners);
+    for (const w of plan.warnings) this.#warnOnce(w.listener, w.message);
     const summary = await this.plane.reload(plan.config, {
       l7Targets: plan.l7Targets,
       proxyProtocolTo: plan.proxyProtocolTo,
@@ -214,7 +264,8 @@ export class Gateway {
     this.#listeners = listeners;
     this.#lastKey = key;
     this.#byPort.clear();
-    for (const l of listeners) this.#byPort.set(l.port, l.name);
+    // HTTP/3 puts a UDP listener on an HTTP listener's port: only TCP listeners name requests' listeners.
+    for (const l of listeners) if (l.kind !== "udp") this.#byPort.set(l.port, l.name);
     const telemetry = this.#deps.telemetry;
     for (const kind of ["http", "tcp", "udp"] as const) {
       telemetry?.discoveredListeners.set({ kind }, listeners.filter((l) => l.kind === kind).length);
@@ -231,8 +282,9 @@ export class Gateway {
     );
   }
 
-  async #checkHealth(): Promise<void> {
-    const servicesOf = createServiceMatcher(this.#config);
+  /** The clusters behind each Tailscale Service of the current listeners. */
+  #clustersOfServices(config: Config): Map<string, string[]> {
+    const servicesOf = createServiceMatcher(config);
     const clustersOf = new Map<string, string[]>();
     for (const l of this.#listeners ?? []) {
       if (l.kind === "udp") continue;
@@ -240,37 +292,69 @@ export class Gateway {
         clustersOf.set(svc, [...clustersOf.get(svc) ?? [], ...l.clusters]);
       }
     }
-    if (!clustersOf.size) return;
-    let health;
-    try {
-      health = await this.#admin.clusterHealth();
-      this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "ok" });
-      this.#lastError.clusters = "";
-    } catch (err) {
-      this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "error" });
-      const message = err instanceof Error ? err.message : String(err);
-      // Unknown health changes nothing (tailvoy counted it as healthy, re-advertising dead Services).
-      if (message !== this.#lastError.clusters) {
-        log.warn("cluster health unavailable: {error}; Service advertisement left as it is", {
-          error: message,
-        });
+    return clustersOf;
+  }
+
+  async #checkHealth(
+    snap: { config: Config; admin: EnvoyAdminClient; tracker: ServiceHealthTracker },
+  ): Promise<void> {
+    const clustersOf = this.#clustersOfServices(snap.config);
+    let health: Map<string, ClusterHealth> = new Map();
+    if (clustersOf.size) {
+      try {
+        health = await snap.admin.clusterHealth();
+        this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "ok" });
+        this.#lastError.clusters = "";
+      } catch (err) {
+        this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "error" });
+        const message = err instanceof Error ? err.message : String(err);
+        // Unknown health changes nothing (tailvoy counted it as healthy, re-advertising dead Services).
+        if (message !== this.#lastError.clusters) {
+          log.warn("cluster health unavailable: {error}; Service advertisement left as it is", {
+            error: message,
+          });
+        }
+        this.#lastError.clusters = message;
+        await this.#syncWithheld(snap.tracker);
+        return;
       }
-      this.#lastError.clusters = message;
-      return;
     }
-    const changes = this.#health.update(clustersOf, health);
-    for (const c of changes) {
+    for (const c of snap.tracker.update(clustersOf, health)) {
       if (c.advertise) log.info("{svc} has healthy backends again: advertising it", { svc: c.svc });
       else {
         log.warn("{svc}: no healthy host in [{clusters}] for {n} polls: no longer advertising it", {
           svc: c.svc,
           clusters: c.dead.join(", "),
-          n: this.#config.discovery!.unhealthyThreshold,
+          n: snap.config.discovery!.unhealthyThreshold,
         });
       }
     }
-    this.#deps.telemetry?.servicesWithheld.set(this.#health.withheld.size);
-    if (changes.length) await this.plane.withhold(this.#health.withheld);
+    await this.#syncWithheld(snap.tracker);
+  }
+
+  /**
+   * Makes the data plane withhold what it should: the tracker's unhealthy Services, or every Service
+   * while Envoy drains (Envoy Gateway's shutdown manager drains it before tailvoy gets SIGTERM). A
+   * failed prefs write is retried at the next poll.
+   */
+  async #syncWithheld(tracker: ServiceHealthTracker): Promise<void> {
+    const wanted = this.#draining ? new Set(this.#clustersOfServices(this.#config).keys()) : tracker.withheld;
+    this.#deps.telemetry?.servicesWithheld.set(wanted.size);
+    const same = wanted.size === this.#applied.size && [...wanted].every((s) => this.#applied.has(s));
+    if (same || this.#closed) return;
+    try {
+      await this.plane.withhold(wanted);
+      if (this.#draining && wanted.size) {
+        log.info("Envoy is draining: no longer advertising [{services}]", {
+          services: [...wanted].join(", "),
+        });
+      }
+      this.#applied = new Set(wanted);
+    } catch (err) {
+      log.warn("updating AdvertiseServices failed: {error}; retrying at the next poll", {
+        error: err instanceof Error ? err.message : String(err),
+      });
+    }
   }
 
   /**

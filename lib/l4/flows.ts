@@ -19,8 +19,12 @@ export interface Flow {
   identity?: Identity;
   /** SNI of a TLS passthrough flow. */
   sni?: string;
-  /** Whether the L4 policy applies (L7 flows are checked per request by ext_authz instead). */
-  recheck: boolean;
+  /**
+   * What is re-checked: `true` the L4 policy; `"grant"` only that the caller still holds some tailvoy
+   * grant (discovery-mode HTTP flows, whose requests ext_authz judges); `false` nothing (our own L7
+   * flows: ext_authz judges every request).
+   */
+  recheck: boolean | "grant";
   openedAt: number;
   /** Aborting closes the flow. */
   abort: AbortController;
@@ -92,11 +96,11 @@ export class FlowTable {
     try {
       const flows = [...this.#flows.values()].filter((f) => f.recheck && !f.abort.signal.aborted);
       await Promise.all(flows.map(async (flow) => {
-        const { decision } = await checkL4(this.#resolver, flow.caller, {
-          listener: flow.listener,
-          sni: flow.sni,
-        });
-        if (decision.allow || flow.abort.signal.aborted) return;
+        const { allow, explanation } = flow.recheck === "grant"
+          ? await this.#holdsGrant(flow)
+          : await checkL4(this.#resolver, flow.caller, { listener: flow.listener, sni: flow.sni })
+            .then(({ decision }) => ({ allow: decision.allow, explanation: formatExplanation(decision) }));
+        if (allow || flow.abort.signal.aborted) return;
         closed++;
         this.revoked++;
         this.#onRevoked?.(flow);
@@ -105,7 +109,7 @@ export class FlowTable {
           listener: flow.listener,
           caller: flow.caller.addr,
           user: flow.identity?.login ?? flow.identity?.tags.join(","),
-          explanation: formatExplanation(decision),
+          explanation,
         });
         flow.abort.abort("access revoked");
       }));
@@ -113,6 +117,21 @@ export class FlowTable {
       this.#rechecking = false;
     }
     return closed;
+  }
+
+  async #holdsGrant(flow: Flow): Promise<{ allow: boolean; explanation: string }> {
+    try {
+      const identity = await this.#resolver.resolve(flow.caller.addr, {
+        proto: flow.caller.proto,
+        svcName: flow.caller.svcName,
+      });
+      return { allow: identity.rules.length > 0, explanation: "caller holds no tailvoy grant any more" };
+    } catch (err) {
+      return {
+        allow: false,
+        explanation: `identity lookup failed: ${err instanceof Error ? err.message : err}`,
+      };
+    }
   }
 
   /** Waits up to `timeoutMs` for flows to end by themselves, then closes the rest. */

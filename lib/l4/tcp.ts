@@ -336,7 +336,7 @@ export class TcpListener {
       backend: formatAddr(l7.hostname, l7.port),
       replay,
       replayedPayload: rest.length,
-      recheck: false,
+      recheck: l7.requireGrant ? "grant" : false,
     });
   }
 
@@ -378,7 +378,7 @@ export class TcpListener {
       /** Bytes of `replay` that came from the caller (not our own PROXY header). */
       replayedPayload: number;
       sni?: string;
-      recheck: boolean;
+      recheck: boolean | "grant";
     },
   ): Promise<void> {
     let upstream: Deno.TcpConn;
