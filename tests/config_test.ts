@@ -977,6 +977,10 @@ Deno.test("examples/kubernetes: the tailvoy config in each ConfigMap parses (sta
   const command: string[] = proxy.spec.provider.kubernetes.envoyDeployment.patch.value.spec.template.spec
     .containers[0].command;
   assert.deepEqual(command.slice(-3), ["--authz-addr", "0.0.0.0:9001", "--"]);
+  // tailscaled as a native sidecar: it outlives tailvoy, which unadvertises through it on shutdown.
+  const sidecar =
+    proxy.spec.provider.kubernetes.envoyDeployment.patch.value.spec.template.spec.initContainers[0];
+  assert.deepEqual([sidecar.name, sidecar.restartPolicy], ["tailscale", "Always"]);
   const policy = docs.find((d) => d?.kind === "SecurityPolicy");
   assert.equal(policy.spec.extAuth.grpc.backendRefs[0].port, 9001);
 });
