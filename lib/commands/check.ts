@@ -64,7 +64,8 @@ export function decide(
   options: CheckOptions = {},
 ): Decision {
   const listener = options.config?.listeners[request.listener];
-  if (options.config && !listener) {
+  // In discovery mode the listeners come from Envoy at run time: any name may be asked about.
+  if (options.config && !listener && !options.config.discovery) {
     const names = Object.keys(options.config.listeners);
     throw new CheckInputError(
       `Unknown listener "${request.listener}": the config has ${
