@@ -178,6 +178,12 @@ Deno.test("health table: any/all, unknown clusters, thresholds, recovery", () =>
   tracker.update(svcs, h({ a: 0 }));
   tracker.update(svcs, h({ a: 0 }));
   assert.deepEqual([...tracker.withheld], ["svc:web"]);
+  // New settings (reload) keep what is withheld and the counts so far.
+  tracker.settings = { policy: "all", threshold: 5 };
+  assert.deepEqual([...tracker.withheld], ["svc:web"]);
+  assert.deepEqual(tracker.update(svcs, h({ a: 1 })), [{ svc: "svc:web", advertise: true, dead: [] }]);
+  tracker.update(svcs, h({ a: 0 }));
+  tracker.update(svcs, h({ a: 0 }));
   assert.deepEqual(tracker.update(new Map([["svc:db", ["b"]]]), h({})), [], "a Service gone is forgotten");
   assert.deepEqual([...tracker.withheld], []);
 });

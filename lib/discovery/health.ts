@@ -47,12 +47,17 @@ export interface HealthChange {
 
 /** Counts unhealthy polls per Service and decides which are withheld. */
 export class ServiceHealthTracker {
-  readonly #settings: HealthSettings;
+  #settings: HealthSettings;
   readonly #streaks = new Map<string, number>();
   readonly #withheld = new Set<string>();
 
   /** A tracker for `settings`. */
   constructor(settings: HealthSettings) {
+    this.#settings = settings;
+  }
+
+  /** Replaces the settings (reload); counts so far and withheld Services are kept. */
+  set settings(settings: HealthSettings) {
     this.#settings = settings;
   }
 

@@ -59,7 +59,12 @@ export class EnvoyAdminClient {
   async readyState(): Promise<string> {
     const { status, text } = await this.#get(ADMIN_PATHS.ready);
     const state = text.trim();
-    return state === "" ? `HTTP ${status}` : state;
+    // Envoy answers a word; anything longer is not Envoy's admin API (cut, so a page is not logged whole).
+    return state === ""
+      ? `HTTP ${status}`
+      : state.length > 40
+      ? `${state.slice(0, 40)}… (HTTP ${status})`
+      : state;
   }
 
   /** GETs `path` and parses the JSON answer; throws with the URL and the fix on any failure. */

@@ -57,9 +57,11 @@ export class Gateway {
   #health: ServiceHealthTracker;
   #listeners?: DiscoveredListener[];
   #lastKey = "";
+  /** The config the running listeners were planned from (a reload re-plans them). */
+  #appliedConfig?: Config;
   readonly #byPort: Map<number, string>;
   #warned = new Set<string>();
-  #lastError = { listeners: "", clusters: "" };
+  #lastError = { listeners: "", clusters: "", apply: "" };
   /** Services the data plane was last told to withhold. */
   #applied = new Set<string>();
   /** The last poll found Envoy draining. */
@@ -170,12 +172,11 @@ export class Gateway {
    * (made at once); the ext_authz server keeps the capabilities and address it started with.
    */
   async reload(config: Config): Promise<void> {
-    const same = JSON.stringify(healthSettings(config)) === JSON.stringify(healthSettings(this.#config));
     this.#config = config;
     this.#admin = new EnvoyAdminClient(config.discovery!.envoyAdmin);
-    // New thresholds restart the count; otherwise withheld Services stay withheld.
-    if (!same) this.#health = new ServiceHealthTracker(healthSettings(config));
-    this.#lastKey = "";
+    // Withheld Services stay withheld under the new thresholds until a healthy poll.
+    this.#health.settings = healthSettings(config);
+    this.#emptyOnce = false;
     this.#warned.clear();
     await this.poll();
   }
@@ -206,7 +207,8 @@ export class Gateway {
         log.warn("discovery: {error}; keeping the current listeners and retrying", { error: message });
       }
       this.#lastError.listeners = message;
-      await this.#syncWithheld(snap.tracker);
+      this.#emptyOnce = false;
+      await this.#syncWithheld(snap);
       return;
     }
     if (this.#closed) return;
@@ -217,7 +219,21 @@ export class Gateway {
       return;
     }
     this.#emptyOnce = false;
-    if (key !== this.#lastKey) await this.#apply(snap.config, listeners, key);
+    if (key !== this.#lastKey || snap.config !== this.#appliedConfig) {
+      try {
+        await this.#apply(snap.config, listeners, key);
+        this.#lastError.apply = "";
+      } catch (err) {
+        // Health keeps being tracked; the listeners are planned again at the next poll.
+        const message = err instanceof Error ? err.message : String(err);
+        if (message !== this.#lastError.apply) {
+          log.error("applying the discovered listeners failed: {error}; retrying at the next poll", {
+            error: message,
+          });
+        }
+        this.#lastError.apply = message;
+      }
+    }
     await this.#checkHealth(snap);
   }
 
@@ -225,7 +241,14 @@ export class Gateway {
   async #discover(snap: { config: Config; admin: EnvoyAdminClient }): Promise<DiscoveredListener[]> {
     const live = async () => {
       const state = await snap.admin.readyState();
-      this.#draining = state === "DRAINING";
+      // Draining lasts until Envoy is LIVE again (a restart passes through PRE_INITIALIZING first).
+      if (state === "DRAINING") this.#draining = true;
+      else if (state === "LIVE") this.#draining = false;
+      if (state === "DRAINING") {
+        throw new Error(
+          "Envoy is draining: its Services are unadvertised and its listeners kept until it stops",
+        );
+      }
       if (state !== "LIVE") throw new Error(`Envoy is not ready (${state}); its listeners are not final`);
     };
     await live();
@@ -263,6 +286,7 @@ export class Gateway {
     });
     this.#listeners = listeners;
     this.#lastKey = key;
+    this.#appliedConfig = config;
     this.#byPort.clear();
     // HTTP/3 puts a UDP listener on an HTTP listener's port: only TCP listeners name requests' listeners.
     for (const l of listeners) if (l.kind !== "udp") this.#byPort.set(l.port, l.name);
@@ -315,7 +339,7 @@ export class Gateway {
           });
         }
         this.#lastError.clusters = message;
-        await this.#syncWithheld(snap.tracker);
+        await this.#syncWithheld(snap);
         return;
       }
     }
@@ -329,7 +353,7 @@ export class Gateway {
         });
       }
     }
-    await this.#syncWithheld(snap.tracker);
+    await this.#syncWithheld(snap);
   }
 
   /**
@@ -337,8 +361,10 @@ export class Gateway {
    * while Envoy drains (Envoy Gateway's shutdown manager drains it before tailvoy gets SIGTERM). A
    * failed prefs write is retried at the next poll.
    */
-  async #syncWithheld(tracker: ServiceHealthTracker): Promise<void> {
-    const wanted = this.#draining ? new Set(this.#clustersOfServices(this.#config).keys()) : tracker.withheld;
+  async #syncWithheld(snap: { config: Config; tracker: ServiceHealthTracker }): Promise<void> {
+    const wanted = this.#draining
+      ? new Set(this.#clustersOfServices(snap.config).keys())
+      : snap.tracker.withheld;
     this.#deps.telemetry?.servicesWithheld.set(wanted.size);
     const same = wanted.size === this.#applied.size && [...wanted].every((s) => this.#applied.has(s));
     if (same || this.#closed) return;
