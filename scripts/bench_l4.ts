@@ -19,6 +19,7 @@ import { LocalApiClient } from "../lib/localapi/mod.ts";
 import type { Tailnet } from "../tests/harness/tailnet.ts";
 import type { LoadCommand, LoadResult, ProxyHeaderSpec } from "./bench/l4_protocol.ts";
 import { cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./bench/l4_procs.ts";
+import { sourceRunArgs } from "./cache.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 
 /** Receives each figure: name, value, unit, and the name of the figure it is compared with. */
@@ -259,9 +260,7 @@ async function startTailvoy(
   );
   const child = spawn("tailvoy", [
     Deno.execPath(),
-    "run",
-    "--allow-all",
-    join(PROJECT_ROOT, "main.ts"),
+    ...sourceRunArgs(join(PROJECT_ROOT, "main.ts"), { permissions: ["--allow-all"] }),
     "--config",
     config,
     "--socket",
@@ -533,7 +532,10 @@ export async function benchL4(options: BenchL4Options = {}): Promise<void> {
   try {
     const helper = (
       file: string,
-    ) => [Deno.execPath(), "run", "--allow-net", join(PROJECT_ROOT, "scripts/bench", file)];
+    ) => [
+      Deno.execPath(),
+      ...sourceRunArgs(join(PROJECT_ROOT, "scripts/bench", file), { permissions: ["--allow-net"] }),
+    ];
     const sink = spawn("backend", helper("l4_sink.ts"));
     const load = spawn("load generator", helper("l4_load.ts"), true);
     const backendPort = (JSON.parse(await sink.nextLine(30_000)) as { port: number }).port;

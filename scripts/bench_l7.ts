@@ -30,8 +30,10 @@ import { DEFAULT_SECRET_TLV_TYPE, loadAuthzProtos } from "../lib/extauthz/mod.ts
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import type { Tailnet } from "../tests/harness/tailnet.ts";
+import { childPids } from "../tests/harness/procs.ts";
 import { type Child, cpuMs, freePort, onPath } from "./bench/l4_procs.ts";
 import type { HttpTarget, L7LoadCommand, L7LoadResult, Latency } from "./bench/l7_protocol.ts";
+import { sourceRunArgs } from "./cache.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 
 /** Options of {@link benchL7}. */
@@ -193,16 +195,6 @@ async function startEnvoy(
   return child;
 }
 
-/** Child processes of `pid` (from /proc), e.g. the Envoy our proxy supervises. */
-async function childPids(pid: number): Promise<number[]> {
-  const out: number[] = [];
-  for await (const task of Deno.readDir(`/proc/${pid}/task`)) {
-    const text = await Deno.readTextFile(`/proc/${pid}/task/${task.name}/children`).catch(() => "");
-    out.push(...text.trim().split(/\s+/).filter(Boolean).map(Number));
-  }
-  return out;
-}
-
 async function startTailvoy(
   spawn: Spawn,
   options: { dir: string; tailnet: Tailnet; configText: string },
@@ -218,9 +210,7 @@ async function startTailvoy(
   );
   const child = spawn("tailvoy", [
     Deno.execPath(),
-    "run",
-    "--allow-all",
-    join(PROJECT_ROOT, "main.ts"),
+    ...sourceRunArgs(join(PROJECT_ROOT, "main.ts"), { permissions: ["--allow-all"] }),
     "--config",
     config,
     "--socket",
@@ -368,7 +358,10 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
   try {
     const helper = (
       file: string,
-    ) => [Deno.execPath(), "run", "--allow-all", join(PROJECT_ROOT, "scripts/bench", file)];
+    ) => [
+      Deno.execPath(),
+      ...sourceRunArgs(join(PROJECT_ROOT, "scripts/bench", file), { permissions: ["--allow-all"] }),
+    ];
     const backendChild = spawn("backend", helper("l7_backend.ts"));
     const load = spawn("load generator", helper("l7_load.ts"), true);
     const backendPort = (JSON.parse(await backendChild.nextLine(30_000)) as { port: number }).port;

@@ -4,7 +4,8 @@
  * Without arguments it installs the test peers, brings up a tailnet in a box on loopback (headscale, a
  * gateway node `gw` tagged `tag:gw`, clients `alice` and `bob`, example grants), runs the proxy against
  * the gateway's LocalAPI with `examples/config.yaml`, and prints commands to try as each client with the
- * decision each should get. Ctrl-C tears everything down.
+ * decision each should get. Ctrl-C, SIGTERM or SIGHUP tears everything down (proxy, Envoy, backends,
+ * tailnet).
  *
  * With arguments (e.g. `deno task dev --config my.yaml`) it runs only the proxy, in watch mode, against
  * your own tailscaled.
@@ -13,22 +14,105 @@
  */
 
 import { join } from "node:path";
-import { RUNTIME_PERMISSIONS } from "./compile.ts";
+import { cacheDependencies, sourceRunArgs } from "./cache.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 import { grpcHealthBackend } from "../tests/harness/grpc_health.ts";
+import { descendants, killAll } from "../tests/harness/procs.ts";
 import { CAP, defaultPolicy, Tailnet } from "../tests/harness/tailnet.ts";
 
 const EXAMPLE_CONFIG = join(PROJECT_ROOT, "examples", "config.yaml");
 
-function proxy(args: string[], options: { env?: Record<string, string> } = {}): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", ...RUNTIME_PERMISSIONS, "--watch=lib/,main.ts", "main.ts", ...args],
-    cwd: PROJECT_ROOT,
-    env: options.env,
-    stdin: "null",
-    stdout: "inherit",
-    stderr: "inherit",
-  }).spawn();
+/** Files whose change restarts the proxy. */
+const WATCHED = ["lib", "main.ts"].map((p) => join(PROJECT_ROOT, p));
+
+/** How long the proxy may take to drain and stop its Envoy before it is killed. */
+const STOP_GRACE_MS = 15_000;
+
+/**
+ * The proxy in watch mode: restarted when a file under `lib/` or `main.ts` changes. Our own watcher
+ * rather than `deno run --watch`, so that stopping waits for the proxy itself to exit (and stop its
+ * Envoy); `--watch` keeps its process alive after the program exits, and killing it orphans Envoy.
+ */
+class WatchedProxy {
+  #child: Deno.ChildProcess;
+  #stopping = false;
+  readonly #watcher: Deno.FsWatcher;
+  readonly done: Promise<number>;
+
+  constructor(readonly args: string[], readonly env: Record<string, string> = {}) {
+    this.#child = this.#spawn();
+    this.#watcher = Deno.watchFs(WATCHED, { recursive: true });
+    this.done = this.#watch();
+  }
+
+  #spawn(): Deno.ChildProcess {
+    return new Deno.Command(Deno.execPath(), {
+      args: [...sourceRunArgs("main.ts"), ...this.args],
+      cwd: PROJECT_ROOT,
+      env: this.env,
+      stdin: "null",
+      stdout: "inherit",
+      stderr: "inherit",
+    }).spawn();
+  }
+
+  // Restarts on a change to a .ts file (debounced); resolves with the proxy's exit code once stopped,
+  // or when it exits by itself and nothing changes afterwards.
+  async #watch(): Promise<number> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let changed = () => {};
+    (async () => {
+      for await (const event of this.#watcher) {
+        if (!event.paths.some((p) => p.endsWith(".ts"))) continue;
+        clearTimeout(timer);
+        timer = setTimeout(() => changed(), 200);
+      }
+    })().catch(() => {});
+    while (true) {
+      const change = new Promise<"change">((resolve) => changed = () => resolve("change"));
+      const result = await Promise.race([this.#child.status, change]);
+      if (this.#stopping) return (await this.#child.status).code;
+      if (result === "change") {
+        console.error("dev: a source file changed; restarting the proxy");
+        await stopChild(this.#child);
+        if (this.#stopping) return (await this.#child.status).code;
+        this.#child = this.#spawn();
+        continue;
+      }
+      console.error(`dev: the proxy exited (code ${result.code}); waiting for a file change to restart it`);
+      if (await change === "change" && !this.#stopping) this.#child = this.#spawn();
+    }
+  }
+
+  /** Stops the proxy (SIGTERM; SIGKILL to it and everything it started after a grace period). */
+  async stop(): Promise<number> {
+    this.#stopping = true;
+    this.#watcher.close();
+    const code = await stopChild(this.#child);
+    return code;
+  }
+}
+
+/** SIGTERM, then after {@link STOP_GRACE_MS} SIGKILL to the child and every process it started. */
+async function stopChild(child: Deno.ChildProcess): Promise<number> {
+  const tree = await descendants(child.pid);
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((resolve) => timer = setTimeout(() => resolve("late"), STOP_GRACE_MS));
+  const first = await Promise.race([child.status, late]);
+  clearTimeout(timer);
+  if (first === "late") {
+    console.error(`dev: the proxy did not stop within ${STOP_GRACE_MS / 1000} s; killing it and its Envoy`);
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+  }
+  const status = await child.status;
+  // A proxy that was killed (or crashed) cannot stop its Envoy: do it here.
+  await killAll([...tree, ...await descendants(child.pid)], "SIGKILL");
+  return status.code;
 }
 
 /** One command printed for a client, with the result the example grants give. */
@@ -118,17 +202,8 @@ async function exampleBackends(): Promise<{ close: () => void }> {
   return { close: () => closers.forEach((c) => c()) };
 }
 
-if (import.meta.main) {
-  if (Deno.args.length) {
-    Deno.exit((await proxy(Deno.args).status).code);
-  }
-  await ensurePeers({ log: (m) => console.error(`dev: peers: ${m}`) });
-  console.error("dev: starting a tailnet in a box (headscale + gw, alice, bob) on loopback");
-  const tailnet = await Tailnet.start({
-    nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }, { name: "bob", user: "bob" }],
-    log: (m) => console.error(`dev: ${m}`),
-  });
-  await tailnet.setPolicy(devPolicy());
+/** Prints the tailnet's nodes and the commands to try, each with the decision it should get. */
+function printIntro(tailnet: Tailnet): void {
   const gw = tailnet.node("gw");
   const lines = [
     "",
@@ -144,30 +219,51 @@ if (import.meta.main) {
     "",
   ];
   console.error(lines.join("\n"));
-  const backends = await exampleBackends();
-  // The example's Envoy is the pinned peer (tailvoy.envoyBinary "envoy" defers to ENVOY_BIN).
-  const child = proxy(["--config", EXAMPLE_CONFIG, "--socket", gw.socket, "--log-format", "text"], {
-    env: { ENVOY_BIN: PEER_BINS.envoy },
-  });
-  const stopped = new Promise<string>((resolve) => {
-    for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => resolve(sig));
-  });
-  const result = await Promise.race([stopped, child.status]);
-  if (typeof result === "string") {
-    // `deno run --watch` keeps waiting for file changes after its program exits on SIGTERM.
-    for (const sig of ["SIGTERM", "SIGKILL"] as const) {
-      try {
-        child.kill(sig);
-      } catch { /* already gone */ }
-      const done = await Promise.race([
-        child.status.then(() => true),
-        new Promise((r) => setTimeout(r, 2000)),
-      ]);
-      if (done) break;
-    }
+}
+
+if (import.meta.main) {
+  const stopSignals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  // Listen before anything starts, so a signal during start-up still tears down what exists.
+  let stopRequested = false;
+  let onStop = () => {};
+  for (const sig of stopSignals) {
+    Deno.addSignalListener(sig, () => {
+      stopRequested = true;
+      onStop();
+    });
   }
-  backends.close();
-  console.error("dev: tearing down the tailnet in a box");
-  await tailnet.release();
+  const stopped = new Promise<void>((resolve) => onStop = resolve);
+  // The proxy runs with --cached-only (as the compiled binary never fetches code): cache it first.
+  await cacheDependencies({ entries: ["main.ts"] });
+  if (Deno.args.length) {
+    const proxy = new WatchedProxy(Deno.args);
+    await Promise.race([stopped, proxy.done]);
+    Deno.exit(await proxy.stop());
+  }
+  await ensurePeers({ log: (m) => console.error(`dev: peers: ${m}`) });
+  console.error("dev: starting a tailnet in a box (headscale + gw, alice, bob) on loopback");
+  const tailnet = await Tailnet.start({
+    nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }, { name: "bob", user: "bob" }],
+    log: (m) => console.error(`dev: ${m}`),
+  });
+  let backends: { close: () => void } | undefined;
+  try {
+    if (!stopRequested) {
+      await tailnet.setPolicy(devPolicy());
+      printIntro(tailnet);
+      backends = await exampleBackends();
+      // The example's Envoy is the pinned peer (tailvoy.envoyBinary "envoy" defers to ENVOY_BIN).
+      const proxy = new WatchedProxy(
+        ["--config", EXAMPLE_CONFIG, "--socket", tailnet.node("gw").socket, "--log-format", "text"],
+        { ENVOY_BIN: PEER_BINS.envoy },
+      );
+      await Promise.race([stopped, proxy.done]);
+      await proxy.stop();
+    }
+  } finally {
+    backends?.close();
+    console.error("dev: tearing down the tailnet in a box");
+    await tailnet.release();
+  }
   Deno.exit(0);
 }

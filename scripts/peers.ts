@@ -46,13 +46,20 @@ interface GoPeer {
   version: string;
   /** Package paths inside the module → binary name. */
   commands: Record<string, keyof typeof PEER_BINS>;
+  /** Linker flags, as the project's own release build sets them (e.g. version stamps). */
+  ldflags?: string;
 }
+
+// tailscale's build_dist.sh stamps the version; without it the binaries report `1.102.3-ERR-BuildInfo`.
+const TAILSCALE_VERSION = PEER_VERSIONS.tailscale.slice(1);
 
 const GO_PEERS: GoPeer[] = [
   {
     module: "tailscale.com",
     version: PEER_VERSIONS.tailscale,
     commands: { "./cmd/tailscaled": "tailscaled", "./cmd/tailscale": "tailscale" },
+    ldflags:
+      `-X tailscale.com/version.longStamp=${TAILSCALE_VERSION} -X tailscale.com/version.shortStamp=${TAILSCALE_VERSION}`,
   },
   {
     module: "github.com/juanfont/headscale",
@@ -115,7 +122,9 @@ async function isInstalled(name: keyof typeof PEER_BINS, version: string): Promi
 // proxy refuses for headscale (403), so build inside the downloaded module instead: same pinned go.sum.
 async function installGoPeer(peer: GoPeer, log: (msg: string) => void): Promise<void> {
   const names = Object.values(peer.commands);
-  const checks = await Promise.all(names.map((n) => isInstalled(n, peer.version)));
+  // The stamp names the build recipe too, so a change of flags rebuilds an existing install.
+  const stamp = peer.ldflags ? `${peer.version} ldflags=${peer.ldflags}` : peer.version;
+  const checks = await Promise.all(names.map((n) => isInstalled(n, stamp)));
   if (checks.every(Boolean)) return;
   log(`building ${names.join(", ")} ${peer.version} from ${peer.module} (first run takes a few minutes)`);
   const info = JSON.parse(
@@ -129,13 +138,14 @@ async function installGoPeer(peer: GoPeer, log: (msg: string) => void): Promise<
     await run("cp", ["-r", `${info.Dir}/.`, src], { what: "copying module source" });
     await run("chmod", ["-R", "u+w", src], { what: "making module source writable" });
     for (const [pkg, name] of Object.entries(peer.commands)) {
-      await run("go", ["build", "-trimpath", "-o", PEER_BINS[name], pkg], {
+      const flags = peer.ldflags ? ["-ldflags", peer.ldflags] : [];
+      await run("go", ["build", "-trimpath", ...flags, "-o", PEER_BINS[name], pkg], {
         cwd: src,
         // GOFLAGS from the caller's environment (e.g. -mod=vendor) must not change a pinned build.
         env: { GOFLAGS: "-mod=readonly", CGO_ENABLED: "0" },
         what: `building ${name} ${peer.version}`,
       });
-      await Deno.writeTextFile(`${PEER_BINS[name]}.version`, peer.version);
+      await Deno.writeTextFile(`${PEER_BINS[name]}.version`, stamp);
     }
   } finally {
     await Deno.remove(src, { recursive: true });

@@ -11,6 +11,7 @@
  */
 
 import { join } from "node:path";
+import { CACHED_ONLY, cacheDependencies, sourceRunArgs } from "./cache.ts";
 import { ensurePeers, PROJECT_ROOT } from "./peers.ts";
 import { nonLoopbackSockets, Tailnet, TAILNET_ENV } from "../tests/harness/tailnet.ts";
 
@@ -28,27 +29,12 @@ async function commandWorks(cmd: string, args: string[]): Promise<boolean> {
   }
 }
 
-async function testFiles(): Promise<string[]> {
-  const files: string[] = [];
-  for await (const entry of Deno.readDir(join(PROJECT_ROOT, "tests"))) {
-    if (entry.isFile && entry.name.endsWith("_test.ts")) files.push(join("tests", entry.name));
-  }
-  return files.sort();
-}
-
 async function prepare(): Promise<void> {
   const t0 = performance.now();
   await ensurePeers({ log: (m) => log(`peers: ${m}`) });
   log(`peers ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  // The namespace has no route to the npm registry: fetch every dependency now.
-  const entries = ["main.ts", ...await testFiles()];
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["install", "--quiet", "--entrypoint", ...entries],
-    cwd: PROJECT_ROOT,
-    stdout: "inherit",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error("Caching dependencies failed (deno install --entrypoint); see above");
+  // The namespace has no route to the npm registry: cache every module now; inside, nothing fetches.
+  await cacheDependencies();
 }
 
 // One plain "N passed, N failed" line, from deno test's JUnit report, for CI logs.
@@ -82,7 +68,7 @@ async function runSuite(args: string[], isolated: boolean): Promise<number> {
     log(`tailnet up in ${tailnet.description.startupMs} ms; running deno test`);
     const junit = join(tailnet.description.dir, "junit.xml");
     const status = await new Deno.Command(Deno.execPath(), {
-      args: ["test", "--allow-all", `--junit-path=${junit}`, ...args, "tests/"],
+      args: ["test", CACHED_ONLY, "--allow-all", `--junit-path=${junit}`, ...args, "tests/"],
       cwd: PROJECT_ROOT,
       env: { [TAILNET_ENV]: descFile },
       stdin: "null",
@@ -126,9 +112,7 @@ if (import.meta.main) {
             "--mount-proc",
             "--kill-child",
             Deno.execPath(),
-            "run",
-            "--allow-all",
-            join(PROJECT_ROOT, "scripts", "test.ts"),
+            ...sourceRunArgs(join(PROJECT_ROOT, "scripts", "test.ts"), { permissions: ["--allow-all"] }),
             IN_NETNS,
             ...args,
           ],

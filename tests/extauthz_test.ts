@@ -41,6 +41,7 @@ import {
   secretMatches,
 } from "../lib/extauthz/mod.ts";
 import { PEER_BINS, PROJECT_ROOT } from "../scripts/peers.ts";
+import { CACHED_ONLY } from "../scripts/cache.ts";
 
 const FIXTURES = join(PROJECT_ROOT, "tests", "fixtures", "extauthz");
 const CAP = "rajsingh.info/cap/tailvoy";
@@ -609,7 +610,7 @@ Deno.test("protos load with read-only permissions, from any working directory", 
   const script = join(FIXTURES, "load_protos.ts");
   const run = async (flags: string[]) => {
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "--config", join(PROJECT_ROOT, "deno.json"), ...flags, script],
+      args: ["run", CACHED_ONLY, "--config", join(PROJECT_ROOT, "deno.json"), ...flags, script],
       cwd: "/",
       stdout: "piped",
       stderr: "piped",

@@ -10,14 +10,14 @@ import { checkL4, checkL7 } from "../lib/access/mod.ts";
 import { IdentityResolver } from "../lib/identity/mod.ts";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { setupLogging } from "../lib/log.ts";
-import { RUNTIME_PERMISSIONS } from "../scripts/compile.ts";
+import { sourceRunArgs } from "../scripts/cache.ts";
 import { PROJECT_ROOT } from "../scripts/peers.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Tailnet, waitFor } from "./harness/tailnet.ts";
 
 async function tailvoy(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   // The same permissions the compiled binary gets.
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...RUNTIME_PERMISSIONS, join(PROJECT_ROOT, "main.ts"), ...args],
+    args: [...sourceRunArgs(join(PROJECT_ROOT, "main.ts")), ...args],
     stdin: "null",
   }).output();
   const dec = new TextDecoder();

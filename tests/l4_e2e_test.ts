@@ -122,9 +122,7 @@ Deno.test({
             ready: true,
             checks: { localapi: true, listeners: true, envoy: true },
           });
-          const records = serveProxy.lines.map((l) => JSON.parse(l)).filter((r) =>
-            r.logger === "tailvoy.decision"
-          );
+          const records = serveProxy.records().filter((r) => r.logger === "tailvoy.decision");
           const allow = records.find((r) => r.event === "decision" && r.decision === "allow");
           const deny = records.find((r) => r.event === "decision" && r.decision === "deny");
           const close = records.find((r) => r.event === "close");

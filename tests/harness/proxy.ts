@@ -1,20 +1,38 @@
 /**
  * Test helpers around the real proxy process: {@link Proxy} runs `main.ts` as a user would (with the
- * compiled binary's permissions) and collects its JSON log lines; {@link tcpEcho} is a backend.
+ * compiled binary's permissions, modules only from the prepared cache) and collects its JSON log lines;
+ * {@link tcpEcho} is a backend.
  *
  * @module
  */
 
 import { join } from "node:path";
-import { RUNTIME_PERMISSIONS } from "../../scripts/compile.ts";
+import { sourceRunArgs } from "../../scripts/cache.ts";
 import { PROJECT_ROOT } from "../../scripts/peers.ts";
 import { waitFor } from "./tailnet.ts";
 
 const enc = new TextEncoder();
 
+/** Whether `line` is one of the proxy's JSON log records (`{"@timestamp":…}`). */
+function isLogRecord(line: string): boolean {
+  if (!line.startsWith("{")) return false;
+  try {
+    const value = JSON.parse(line);
+    return typeof value === "object" && value !== null && "@timestamp" in value;
+  } catch {
+    return false;
+  }
+}
+
 /** A running proxy process with its log lines. */
 export class Proxy {
+  /** The proxy's JSON log lines, in order (each parses as a log record). */
   readonly lines: string[] = [];
+  /**
+   * Anything else the process wrote (e.g. Deno's own messages): never a log line, reported on the test's
+   * stderr as it arrives.
+   */
+  readonly other: string[] = [];
   readonly child: Deno.ChildProcess;
   readonly #done: Promise<void>;
   /** Starts `tailvoy --config configPath --socket socket`, with extra environment variables. */
@@ -25,9 +43,7 @@ export class Proxy {
   ) {
     this.child = new Deno.Command(Deno.execPath(), {
       args: [
-        "run",
-        ...RUNTIME_PERMISSIONS,
-        join(PROJECT_ROOT, "main.ts"),
+        ...sourceRunArgs(join(PROJECT_ROOT, "main.ts")),
         "--config",
         configPath,
         "--socket",
@@ -47,10 +63,26 @@ export class Proxy {
         buf += chunk;
         const parts = buf.split("\n");
         buf = parts.pop()!;
-        this.lines.push(...parts.filter(Boolean));
+        for (const line of parts.filter(Boolean)) {
+          if (isLogRecord(line)) {
+            this.lines.push(line);
+          } else {
+            this.other.push(line);
+            console.error(`proxy pid ${this.child.pid} wrote a line that is not a log record: ${line}`);
+          }
+        }
       }
     };
     this.#done = Promise.all([collect(this.child.stdout), collect(this.child.stderr)]).then(() => {});
+  }
+  /** The log records, parsed (fields vary by logger, as in the JSON lines a user reads). */
+  // deno-lint-ignore no-explicit-any
+  records(): any[] {
+    return this.lines.map((l) => JSON.parse(l));
+  }
+  /** Everything the process wrote so far, log lines and other output. */
+  get output(): string {
+    return [...this.lines, ...this.other].join("\n");
   }
   /** Waits for a log line whose message matches. */
   waitLog(re: RegExp, what: string): Promise<string> {

@@ -12,8 +12,16 @@
 
 import { join } from "node:path";
 import { allocatePorts } from "../../lib/envoy/process.ts";
+import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { PEER_BINS } from "../../scripts/peers.ts";
+import { isRunning } from "./procs.ts";
 import { socks5Connect, socks5UdpAssociate, type UdpAssociation } from "./socks5.ts";
+
+/**
+ * A capability {@link Tailnet.setPolicy} grants to everyone with a fresh value each time, to see when a
+ * node has received the new policy. tailvoy ignores it (it reads only its own capabilities).
+ */
+export const GENERATION_CAP = "tailvoy.test/cap/policy-generation";
 
 /** The capability tailvoy reads, as used in test policies. */
 export const CAP = "rajsingh.info/cap/tailvoy";
@@ -511,12 +519,30 @@ export class Tailnet {
   }
 
   /**
-   * Replaces the tailnet policy and tells headscale to reload it (SIGHUP). Nodes see the change after
-   * headscale's batch delay; poll for the effect you expect with {@link waitFor}.
+   * Replaces the tailnet policy, tells headscale to reload it (SIGHUP) and waits until every running
+   * node has it: the policy gets a grant of {@link GENERATION_CAP} to everyone with a fresh value, and
+   * each node's WhoIs of a peer must show that value. So a test may act on the new grants at once.
    */
   async setPolicy(policy: Policy): Promise<void> {
-    await Deno.writeTextFile(this.#desc.policyPath, JSON.stringify(policy, null, 2));
+    const generation = crypto.randomUUID();
+    const grants = [...(policy.grants as unknown[] | undefined ?? [])];
+    grants.push({ src: ["*"], dst: ["*"], app: { [GENERATION_CAP]: [{ generation }] } });
+    await Deno.writeTextFile(this.#desc.policyPath, JSON.stringify({ ...policy, grants }, null, 2));
     Deno.kill(this.#desc.headscalePid, "SIGHUP");
+    // Stopped (or SIGSTOPped) nodes get the policy when they run again; the others must have it now.
+    const running: TailnetNode[] = [];
+    for (const node of Object.values(this.nodes)) if (await isRunning(node.pid)) running.push(node);
+    await Promise.all(running.map((node) => {
+      const peer = running.find((n) => n !== node);
+      if (!peer) return;
+      return waitFor(async () => {
+        using api = new LocalApiClient(node.socket);
+        const caps = (await api.whois(peer.ipv4)).CapMap[GENERATION_CAP] as
+          | { generation?: string }[]
+          | undefined;
+        return caps?.some((c) => c.generation === generation) ? true : undefined;
+      }, { what: `node ${node.name} to receive the new policy (WhoIs of ${peer.name})`, timeoutMs: 30_000 });
+    }));
   }
 
   /** Opens a TCP connection from node `from` to `host:port` (a tailnet IP or name) through its SOCKS5. */
