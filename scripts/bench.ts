@@ -23,6 +23,7 @@ import { decideL4, decideL7, parseCapRules } from "../lib/policy/mod.ts";
 import { Tailnet } from "../tests/harness/tailnet.ts";
 import { benchL4 } from "./bench_l4.ts";
 import { benchL7 } from "./bench_l7.ts";
+import { cacheDependencies } from "./cache.ts";
 import { ensurePeers } from "./peers.ts";
 
 interface Figure {
@@ -161,6 +162,8 @@ if (import.meta.main) {
   };
   const named = Deno.args.filter((a) => !a.startsWith("--"));
   const wanted = named.length ? named : Object.keys(sections);
+  // The proxy and the load helpers run with --cached-only (see cache.ts): cache their modules first.
+  await cacheDependencies();
   for (const name of wanted) {
     const run = sections[name];
     if (!run) {
