@@ -93,6 +93,12 @@ export async function main(argv: string[]): Promise<number> {
         );
         return EXIT.ok;
       }
+      case "authz-bridge": {
+        if (!v["authz-addr"] || !v.judge) throw new UsageError("authz-bridge needs --authz-addr and --judge");
+        // Only this child process loads grpc-js (see lib/extauthz/grpc_bridge.ts).
+        const { runGrpcBridge } = await import("./lib/extauthz/grpc_bridge.ts");
+        return await runGrpcBridge(v["authz-addr"], { judge: v.judge });
+      }
       case "run":
         return await runProxy(config!, {
           configPath,

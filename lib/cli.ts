@@ -13,12 +13,19 @@ export const EXIT = { ok: 0, deny: 1, usage: 2, config: 2, error: 1 } as const;
 /** Subcommands; `run` is the default. */
 export const COMMANDS = ["run", "validate", "check", "test", "version", "help"] as const;
 
+/**
+ * Subcommands tailvoy runs itself, not listed in the help: `authz-bridge` is the gRPC ext_authz child
+ * process of Envoy Gateway mode (`--authz-addr ADDR --judge SOCKET`).
+ */
+export const INTERNAL_COMMANDS = ["authz-bridge"] as const;
+
 /** One subcommand name. */
-export type Command = typeof COMMANDS[number];
+export type Command = typeof COMMANDS[number] | typeof INTERNAL_COMMANDS[number];
 
 const OPTIONS = {
   config: { type: "string", short: "c" },
   "authz-addr": { type: "string" },
+  judge: { type: "string" },
   "log-level": { type: "string" },
   "log-format": { type: "string" },
   socket: { type: "string" },
@@ -80,7 +87,7 @@ export function parseCli(argv: string[]): CliArgs {
   const [first, ...rest] = parsed.positionals;
   let command: Command = "run";
   if (first !== undefined) {
-    if (!(COMMANDS as readonly string[]).includes(first)) {
+    if (![...COMMANDS, ...INTERNAL_COMMANDS].includes(first as Command)) {
       throw new UsageError(
         `Unknown command "${first}": use one of ${COMMANDS.join(", ")}; see \`tailvoy --help\``,
       );
@@ -106,9 +113,10 @@ Usage:
 
 Flags (Go-style single dash works too: -config, -authz-addr, -log-level):
   -c, --config FILE       config file (default: config.yaml)
-      --authz-addr ADDR   ext_authz gRPC listen address, host:port or unix:/path (default: a private
-                          unix socket for our own Envoy; in discovery mode 127.0.0.1:9001, and
-                          0.0.0.0:9001 in an Envoy Gateway pod)
+      --authz-addr ADDR   discovery mode: gRPC ext_authz listen address for Envoy Gateway's
+                          SecurityPolicy, host:port or unix:/path (default 127.0.0.1:9001; 0.0.0.0:9001
+                          in an Envoy Gateway pod). Standalone mode ignores it: our own Envoy calls
+                          ext_authz over HTTP on a private unix socket
       --log-level LEVEL   trace, debug, info, warn, error (default: info)
       --log-format FMT    json or text (default: text on a terminal, else json)
       --socket PATH       tailscaled LocalAPI socket (default: config tailvoy.localApiSocket, else

@@ -70,6 +70,7 @@ export function setupLogging(
   options: { format?: LogFormat; write?: (line: string) => void } = {},
 ): void {
   const format = options.format ?? (Deno.stderr.isTerminal() ? "text" : "json");
+  current = { level, format };
   resetSync();
   configureSync({
     sinks: { main: redactingSink(format, { write: options.write }) },
@@ -78,6 +79,22 @@ export function setupLogging(
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["main"] },
     ],
   });
+}
+
+let current: { level: LogLevel; format: LogFormat } | undefined;
+
+/**
+ * The `--log-level`/`--log-format` flags of the current configuration, for a child tailvoy process whose
+ * lines share our stream. Empty before {@link setupLogging}.
+ */
+export function loggingArgs(): string[] {
+  if (!current) return [];
+  return [
+    "--log-level",
+    current.level === "warning" ? "warn" : current.level,
+    "--log-format",
+    current.format,
+  ];
 }
 
 /** A logger under the `tailvoy` category, e.g. `getLogger("localapi")`. */

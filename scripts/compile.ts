@@ -10,6 +10,7 @@
  */
 
 import { join } from "node:path";
+import { RUNTIME_PERMISSIONS } from "../lib/self.ts";
 import { PROJECT_ROOT } from "./peers.ts";
 
 /** Targets built by default. */
@@ -20,19 +21,8 @@ export const TARGETS = [
   "aarch64-apple-darwin",
 ] as const;
 
-/**
- * Permissions of the proxy at run time: network (listeners, backends, Envoy admin, ext_authz), the
- * LocalAPI socket and config files, temp files for Envoy's bootstrap, spawning Envoy, environment for
- * credentials, and system info for the hostname.
- */
-export const RUNTIME_PERMISSIONS = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-env",
-  "--allow-run",
-  "--allow-sys",
-] as const;
+/** Permissions of the proxy at run time (defined beside the code that re-runs tailvoy as a child). */
+export { RUNTIME_PERMISSIONS };
 
 /** Source folders the binary reads at run time; embedded with `--include`. */
 export const RUNTIME_INCLUDES = ["proto"] as const;

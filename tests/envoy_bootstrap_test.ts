@@ -32,11 +32,13 @@ const TEST_TLS = {
   key: join(PROJECT_ROOT, "tests", "fixtures", "envoy", "test.key"),
 };
 const ENV = { CERT_DIR: "/certs", API_PORT: "50051" };
-const AUTHZ = "127.0.0.1:9001";
+const AUTHZ = "/run/tailvoy-test/authz.sock";
+const SECRET = "tailvoy-test-secret-0123456789abcdef";
 const HCM = "envoy.filters.network.http_connection_manager";
 const EXT_AUTHZ = "envoy.filters.http.ext_authz";
 const H2 = { http2_protocol_options: {} };
 const H1 = { http_protocol_options: {} };
+const HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -55,7 +57,12 @@ function portsFor(config: Pick<Config, "listeners">, base = 20000): Map<string, 
 }
 
 function render(config: Config, options: Partial<RenderOptions> = {}): EnvoyBootstrap {
-  return renderBootstrap(config, { listenerPorts: portsFor(config), authzAddress: AUTHZ, ...options });
+  return renderBootstrap(config, {
+    listenerPorts: portsFor(config),
+    authzSocket: AUTHZ,
+    secret: SECRET,
+    ...options,
+  });
 }
 
 /** A config from YAML listeners (direct ingress, so no serviceMappings are needed). */
@@ -82,13 +89,31 @@ function listenerOf(bootstrap: EnvoyBootstrap, name: string): NamedResource {
   return listener;
 }
 
+/** The HCM of a listener; every chain checks the relay secret first, then serves that HCM. */
 function hcmOf(listener: JsonObject): JsonObject {
   const chains = arr(listener.filter_chains);
   assert.ok(chains.length > 0, "at least one filter chain");
-  const hcm = obj(at(chains[0], "filters.0.typed_config"));
+  const hcm = obj(at(chains[0], "filters.1.typed_config"));
   for (const chain of chains) {
-    assert.equal(at(chain, "filters.0.name"), HCM);
-    assert.deepEqual(at(chain, "filters.0.typed_config"), hcm, "every chain serves the same HCM");
+    assert.deepEqual(arr(chain.filters).map((f) => f.name), ["envoy.filters.network.rbac", HCM]);
+    assert.deepEqual(at(chain, "filters.0.typed_config.rules"), {
+      action: "ALLOW",
+      policies: {
+        "tailvoy-relay": {
+          permissions: [{ any: true }],
+          principals: [{
+            sourced_metadata: {
+              metadata_matcher: {
+                filter: "envoy.filters.listener.proxy_protocol",
+                path: [{ key: "tailvoy_secret" }],
+                value: { string_match: { exact: SECRET } },
+              },
+            },
+          }],
+        },
+      },
+    }, "only connections whose PROXY header carries the secret get to HTTP");
+    assert.deepEqual(at(chain, "filters.1.typed_config"), hcm, "every chain serves the same HCM");
   }
   return hcm;
 }
@@ -111,10 +136,6 @@ function vhostsOf(bootstrap: EnvoyBootstrap, listener: string): JsonObject[] {
   return arr(at(hcmOf(listenerOf(bootstrap, listener)), "route_config.virtual_hosts"));
 }
 
-// Not through `at`: the filter name has dots.
-const listenerExtension = (value: JsonValue | undefined) =>
-  at(obj(at(value, "typed_per_filter_config"))?.[EXT_AUTHZ], "check_settings.context_extensions.listener");
-
 /** The structural invariants every rendered bootstrap must hold. */
 function assertInvariants(
   config: Config,
@@ -128,6 +149,7 @@ function assertInvariants(
     names,
     `${what}: one per L7 listener`,
   );
+  // The supervisor moves the admin API to a private unix socket when it writes the file.
   assert.deepEqual(at(bootstrap.admin, "address.socket_address"), { address: "127.0.0.1", port_value: 0 });
   const clusterNames = new Set(bootstrap.static_resources.clusters.map((c) => c.name));
   assert.equal(
@@ -145,16 +167,13 @@ function assertInvariants(
       port_value: ports.get(name),
     });
 
-    // PROXY v2 mandatory, the secret TLV and the Service TLV into metadata.
+    // PROXY v2 mandatory, the secret TLV into metadata (the RBAC filter of each chain checks it).
     const pp = obj(at(listener, "listener_filters.0"));
     assert.equal(pp.name, "envoy.filters.listener.proxy_protocol", where);
     assert.equal(at(pp, "typed_config.allow_requests_without_proxy_protocol"), false);
     assert.deepEqual(at(pp, "typed_config.rules"), [{
       tlv_type: 0xe0,
       on_tlv_present: { key: "tailvoy_secret", metadata_namespace: "envoy.filters.listener.proxy_protocol" },
-    }, {
-      tlv_type: 0xe1,
-      on_tlv_present: { key: "tailvoy_svc", metadata_namespace: "envoy.filters.listener.proxy_protocol" },
     }]);
 
     // HCM hygiene.
@@ -173,7 +192,7 @@ function assertInvariants(
     assert.equal(typeof hcm.stat_prefix, "string");
     assert.doesNotMatch(String(hcm.stat_prefix), /\./, "stat prefix is one segment");
 
-    // Filters: strip client identity headers, then ext_authz, then the router.
+    // Filters: strip client identity and x-tailvoy-* headers, then ext_authz, then the router.
     const filters = arr(hcm.http_filters);
     assert.deepEqual(filters.map((f) => f.name), [
       "envoy.filters.http.header_mutation",
@@ -183,27 +202,55 @@ function assertInvariants(
     assert.deepEqual(at(filters[0], "typed_config.mutations.request_mutations"), [
       { remove_on_match: { key_matcher: { prefix: "x-tailscale-" } } },
       { remove_on_match: { key_matcher: { prefix: "tailscale-" } } },
+      { remove_on_match: { key_matcher: { prefix: "x-tailvoy-" } } },
     ]);
     const authz = obj(filters[1].typed_config);
     assert.equal(authz.failure_mode_allow, false);
     assert.equal(authz.transport_api_version, "V3");
-    assert.deepEqual(authz.metadata_context_namespaces, ["envoy.filters.listener.proxy_protocol"]);
     assert.deepEqual(authz.status_on_error, { code: "Forbidden" });
-    assert.deepEqual(authz.grpc_service, { envoy_grpc: { cluster_name: AUTHZ_CLUSTER }, timeout: "0.25s" });
+    assert.equal(authz.grpc_service, undefined);
+    assert.deepEqual(at(authz, "http_service.server_uri"), {
+      uri: "http://tailvoy-authz",
+      cluster: AUTHZ_CLUSTER,
+      timeout: "0.25s",
+    });
+    assert.equal(at(authz, "http_service.path_prefix"), "/check");
+    // The caller and the Service from the connection, the listener as a constant of this listener.
+    assert.deepEqual(at(authz, "http_service.authorization_request.headers_to_add"), [
+      { key: "x-tailvoy-peer", value: "%DOWNSTREAM_REMOTE_ADDRESS%" },
+      { key: "x-tailvoy-local", value: "%DOWNSTREAM_LOCAL_ADDRESS%" },
+      // Listener names are letters, digits, dots, dashes and underscores: no format operators.
+      { key: "x-tailvoy-listener", value: name },
+      // Renamed: an authz request saying application/grpc made Envoy's timeout an allow (#32476).
+      { key: "x-tailvoy-content-type", value: "%REQ(content-type)%" },
+    ]);
+    assert.deepEqual(at(authz, "allowed_headers.patterns"), [{ exact: "x-request-id" }]);
+    assert.deepEqual(
+      arr(at(authz, "http_service.authorization_response.allowed_upstream_headers.patterns")).map((p) =>
+        p.exact
+      ),
+      [
+        "x-tailscale-user",
+        "x-tailscale-node",
+        "x-tailscale-ip",
+        "x-tailscale-tags",
+        "tailscale-user-login",
+        "tailscale-user-name",
+        "tailscale-app-capabilities",
+      ],
+    );
 
-    // Every route that reaches a cluster, and every vhost of ours, names the listener.
+    // Every route reaches a cluster of the listener's upstream protocol, or is a 404 (judged first).
     const vhosts = arr(at(hcm, "route_config.virtual_hosts"));
     const domains = vhosts.flatMap((v) => v.domains as string[]);
     assert.equal(new Set(domains).size, domains.length, `${where}: unique domains`);
     assert.ok(domains.includes("*"), `${where}: a catch-all vhost`);
     let routed = 0;
     for (const vhost of vhosts) {
-      const ours = listenerExtension(vhost) !== undefined;
-      if (ours) assert.equal(listenerExtension(vhost), name, `${where}: vhost ${vhost.name}`);
       for (const route of arr(vhost.routes)) {
+        assert.equal(route.typed_per_filter_config, undefined, "ext_authz runs on every route");
         if (route.route) {
           routed++;
-          assert.equal(listenerExtension(route), name, `${where}: route ${route.name}`);
           assert.ok(clusterNames.has(String(at(route, "route.cluster"))), `${where}: cluster exists`);
           // Upstream protocol by listener protocol.
           const cluster = clusterOf(bootstrap, String(at(route, "route.cluster")));
@@ -223,7 +270,6 @@ function assertInvariants(
             { status: 404 },
             `${where}: the only other action is a 404`,
           );
-          if (!ours) assert.equal(listenerExtension(route), undefined, "unknown hosts get no listener");
         }
       }
     }
@@ -257,14 +303,18 @@ function assertInvariants(
     );
   }
 
-  // The authz cluster: h2c to our server.
+  // The authz cluster: HTTP/1.1 to our server's unix socket.
   const authz = clusterOf(bootstrap, AUTHZ_CLUSTER);
   assert.equal(authz.type, "STATIC");
-  assert.deepEqual(at(authz, "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address"), {
-    address: "127.0.0.1",
-    port_value: 9001,
+  assert.deepEqual(at(authz, "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address"), {
+    pipe: { path: AUTHZ },
   });
+  assert.deepEqual(
+    at(obj(obj(authz.typed_extension_protocol_options)[HTTP_OPTIONS]), "explicit_http_config"),
+    H1,
+  );
   for (const cluster of bootstrap.static_resources.clusters) {
+    if (cluster.name === AUTHZ_CLUSTER) continue;
     const address = String(
       at(cluster, "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.address"),
     );
@@ -354,8 +404,6 @@ Deno.test("routes: exact paths first, then longest /x/* prefix (path-separated),
     '{"prefix":"/"} -> h1_127_0_0_1_8085',
     '{"prefix":"/"} -> h1_127_0_0_1_8080',
   ]);
-  assert.equal(listenerExtension(vhost), "web");
-  assert.ok(arr(vhost.routes).every((r) => listenerExtension(r) === "web"));
   assert.ok(arr(vhost.routes).every((r) => at(r, "route.timeout") === "0s"), "no 15 s route timeout");
 });
 
@@ -389,13 +437,10 @@ Deno.test("routes: a vhost per hostname (lower-cased, merged), and a 403/404 cat
     '{"prefix":"/"} -> h1_app_8080',
   ]);
   assert.deepEqual(routeSummary(wild), ['{"prefix":"/"} -> h1_wild_8080', '{"prefix":"/"} -> direct 404']);
-  // A vhost without a backend ends in a 404 that still names the listener (policy decides first).
+  // A vhost without a backend ends in a 404 (ext_authz judges first, as on every route).
   assert.deepEqual(routeSummary(docs), ['{"path":"/guide"} -> h1_docs_8080', '{"prefix":"/"} -> direct 404']);
-  assert.equal(listenerExtension(arr(docs.routes)[1]), "web");
-  // Hosts we do not serve: no listener anywhere, so ext_authz denies before the 404.
+  // Hosts we do not serve: judged too (403 without a grant), then 404.
   assert.deepEqual(routeSummary(unknown), ['{"prefix":"/"} -> direct 404']);
-  assert.equal(listenerExtension(unknown), undefined);
-  assert.equal(listenerExtension(arr(unknown.routes)[0]), undefined);
   assert.equal(at(hcmOf(listenerOf(bootstrap, "web")), "route_config.ignore_port_in_host_matching"), true);
   // Names resolve by DNS: STRICT_DNS, IPv4 preferred (so `localhost` is not ::1 only).
   assert.equal(clusterOf(bootstrap, "h1_app_8080").type, "STRICT_DNS");
@@ -516,14 +561,11 @@ Deno.test("clusters: one per backend and upstream protocol; grpc on HTTP/2, http
     ["rpc", "web"],
     "L7 only, sorted",
   );
-  const h2 = obj(clusterOf(bootstrap, AUTHZ_CLUSTER).typed_extension_protocol_options);
-  assert.deepEqual(
-    at(obj(h2["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]), "explicit_http_config"),
-    H2,
-  );
+  const h2 = obj(clusterOf(bootstrap, "h2_127_0_0_1_9000").typed_extension_protocol_options);
+  assert.deepEqual(at(obj(h2[HTTP_OPTIONS]), "explicit_http_config"), H2);
 });
 
-Deno.test("options: authz address and timeout, secret TLV, ports; a missing port is an EnvoyError naming the listener", () => {
+Deno.test("options: authz socket and timeout, secret, ports; a missing port or bad secret is an EnvoyError", () => {
   const config = configOf(`
   web.v2:
     port: 80
@@ -532,38 +574,43 @@ Deno.test("options: authz address and timeout, secret TLV, ports; a missing port
 `);
   const bootstrap = renderBootstrap(config, {
     listenerPorts: new Map([["web.v2", 18080]]),
-    authzAddress: ":9100",
+    authzSocket: "/tmp/x/authz.sock",
+    secret: SECRET,
     authzTimeoutMs: 500,
-    secretTlvType: 0xe5,
-    secretKey: "k",
   });
   const listener = listenerOf(bootstrap, "web.v2");
   assert.equal(listener.stat_prefix, "web_v2");
   assert.equal(at(listener, "address.socket_address.port_value"), 18080);
-  assert.deepEqual(at(listener, "listener_filters.0.typed_config.rules.0"), {
-    tlv_type: 0xe5,
-    on_tlv_present: { key: "k", metadata_namespace: "envoy.filters.listener.proxy_protocol" },
-  });
   const hcm = hcmOf(listener);
-  assert.equal(at(hcm, "http_filters.1.typed_config.grpc_service.timeout"), "0.5s");
+  assert.equal(at(hcm, "http_filters.1.typed_config.http_service.server_uri.timeout"), "0.5s");
   assert.equal(
     at(
       clusterOf(bootstrap, AUTHZ_CLUSTER),
-      "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.address",
+      "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.pipe.path",
     ),
-    "127.0.0.1",
-    ":port means loopback",
+    "/tmp/x/authz.sock",
   );
   assert.throws(
-    () => renderBootstrap(config, { listenerPorts: new Map(), authzAddress: AUTHZ }),
+    () => renderBootstrap(config, { listenerPorts: new Map(), authzSocket: AUTHZ, secret: SECRET }),
     (error: unknown) =>
       error instanceof EnvoyError && error.kind === "render" &&
       /Listener "web\.v2" has no usable Envoy port/.test(error.message),
   );
-  assert.throws(
-    () => renderBootstrap(config, { listenerPorts: new Map([["web.v2", 1]]), authzAddress: "nowhere" }),
-    /Address "nowhere" is not host:port/,
-  );
+  for (
+    const [secret, problem] of [["abc", /too short/], ["a secret with spaces in it", /not printable ASCII/]]
+  ) {
+    assert.throws(
+      () =>
+        renderBootstrap(config, {
+          listenerPorts: new Map([["web.v2", 1]]),
+          authzSocket: AUTHZ,
+          secret: secret as string,
+        }),
+      (error: unknown) =>
+        error instanceof EnvoyError && error.kind === "render" && (problem as RegExp).test(error.message) &&
+        !error.message.includes(secret as string),
+    );
+  }
 });
 
 Deno.test("serializeBootstrap: sorted keys, so construction order does not matter", () => {

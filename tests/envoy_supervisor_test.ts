@@ -8,7 +8,7 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { type Config, parseConfig } from "../lib/config/mod.ts";
 import {
   allocatePorts,
@@ -23,24 +23,22 @@ import {
   renderBootstrap,
   resolveEnvoyBinary,
 } from "../lib/envoy/mod.ts";
-import {
-  createAuthzServer,
-  type DecisionRecord,
-  generateSecret,
-  listenersFromConfig,
-} from "../lib/extauthz/mod.ts";
+import { type DecisionRecord, listenersFromConfig, serveHttpAuthz } from "../lib/extauthz/mod.ts";
 import { IdentityResolver } from "../lib/identity/mod.ts";
 import { LocalApiError, type WhoIsResponse } from "../lib/localapi/mod.ts";
 import { setupLogging } from "../lib/log.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
+import { generateSecret, SECRET_TLV_TYPE, ServiceIndex } from "../lib/wire.ts";
 import { PEER_BINS, PROJECT_ROOT } from "../scripts/peers.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const CAP = "rajsingh.info/cap/tailvoy";
-// Generous: the first Check opens grpc-js's connection, which on a loaded machine can exceed the
-// 250 ms default and turn an allow into Envoy's own 403. The timeout itself is not under test here.
+// Generous: on a loaded machine the first check can exceed the 250 ms default and turn an allow into
+// Envoy's own 403. The timeout itself is not under test here.
 const AUTHZ_TIMEOUT_MS = 2000;
+// For bootstraps that never reach ext_authz.
+const NO_AUTHZ = { authzSocket: "/nonexistent/authz.sock", secret: "tailvoy-test-secret-0123456789abcdef" };
 
 // Every record of this file's run, as JSON lines: the tests below read Envoy's output from here.
 const logLines: string[] = [];
@@ -70,7 +68,7 @@ function configOf(listeners: string): Config {
 }
 
 /** One http listener `web` to `backendPort`, rendered on free ports. */
-function webBootstrap(options: { backendPort?: number; authzPort?: number } = {}) {
+function webBootstrap(options: { backendPort?: number; authzSocket?: string; secret?: string } = {}) {
   const config = configOf(`
   web:
     port: 80
@@ -80,7 +78,8 @@ function webBootstrap(options: { backendPort?: number; authzPort?: number } = {}
   const listenerPorts = allocatePorts(l7ListenerNames(config));
   const bootstrap = renderBootstrap(config, {
     listenerPorts,
-    authzAddress: `127.0.0.1:${options.authzPort ?? 9}`,
+    authzSocket: options.authzSocket ?? NO_AUTHZ.authzSocket,
+    secret: options.secret ?? NO_AUTHZ.secret,
     authzTimeoutMs: AUTHZ_TIMEOUT_MS,
   });
   return { config, bootstrap, port: listenerPorts.get("web")! };
@@ -188,9 +187,15 @@ Deno.test("start, ready, stop: own process group, config 0600, nothing left behi
     assert.equal(envoy.state, "ready");
     const pid = envoy.pid!;
     assert.ok(alive(pid));
-    assert.match(envoy.adminAddress ?? "", /^127\.0\.0\.1:\d+$/);
-    const ready = await fetch(`http://${envoy.adminAddress}/ready`);
-    assert.equal((await ready.text()).trim(), "LIVE");
+    // The admin API (whose /config_dump shows the relay secret) is a unix socket only we can reach.
+    const admin = envoy.adminAddress ?? "";
+    assert.match(admin, /^\/.*\/admin\.sock$/);
+    assert.equal((await Deno.stat(admin)).mode! & 0o777, 0o600);
+    assert.equal((await Deno.stat(dirname(admin))).mode! & 0o777, 0o700, "in a private directory");
+    const adminConn = await Deno.connect({ transport: "unix", path: admin });
+    await adminConn.write(encoder.encode("GET /ready HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n"));
+    const answer = decoder.decode(await new Response(adminConn.readable).arrayBuffer());
+    assert.match(answer, /^HTTP\/1\.1 200 [\s\S]*\r\n\r\n[\s\S]*LIVE/);
     (await Deno.connect({ hostname: "127.0.0.1", port })).close(); // the listener is bound
 
     let configPath: string | undefined;
@@ -247,7 +252,7 @@ Deno.test("validate: Envoy's own message in a typed error; missing binary and st
     tls: { cert: /nonexistent/web.crt, key: /nonexistent/web.key }
     backend: app:8080
 `),
-    { listenerPorts: new Map([["web", 18443]]), authzAddress: "127.0.0.1:9001" },
+    { listenerPorts: new Map([["web", 18443]]), ...NO_AUTHZ },
   );
   await assert.rejects(
     envoy.validate(https),
@@ -278,7 +283,7 @@ Deno.test("start fails fast with Envoy's reason when it exits (port taken); noth
 `);
   const bootstrap = renderBootstrap(config, {
     listenerPorts: new Map([["web", (blocker.addr as Deno.NetAddr).port]]),
-    authzAddress: "127.0.0.1:9",
+    ...NO_AUTHZ,
   });
   const envoy = supervisor();
   try {
@@ -409,7 +414,7 @@ Deno.test("reload: an unchanged bootstrap is a no-op; a changed one restarts; an
     const port = allocatePorts(["web"]).get("web")!;
     const changed = renderBootstrap(config, {
       listenerPorts: new Map([["web", port]]),
-      authzAddress: "127.0.0.1:9",
+      ...NO_AUTHZ,
     });
     assert.equal(await envoy.reload(changed, { drainMs: 500 }), true);
     assert.notEqual(envoy.pid, pid);
@@ -479,18 +484,44 @@ async function readResponse(conn: Deno.Conn): Promise<Response1> {
   }
 }
 
-/** A connection to Envoy's listener that starts with our PROXY v2 header (as the relay sends it). */
-async function connectAs(port: number, options: { ip?: string; secret?: string }): Promise<Deno.TcpConn> {
+/**
+ * A connection to Envoy's listener that starts with our PROXY v2 header as the relay sends it: the
+ * destination port names the Service (0: the node).
+ */
+async function connectAs(
+  port: number,
+  options: { ip?: string; secret?: string; servicePort?: number },
+): Promise<Deno.TcpConn> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const header = encodeProxyV2({
     command: "PROXY",
     transport: "tcp",
     source: { address: options.ip ?? "100.64.0.2", port: 41000 },
-    destination: { address: "127.0.0.1", port },
-    tlvs: options.secret === undefined ? [] : [{ type: 0xe0, value: encoder.encode(options.secret) }],
+    destination: { address: "127.0.0.1", port: options.servicePort ?? 0 },
+    tlvs: options.secret === undefined
+      ? []
+      : [{ type: SECRET_TLV_TYPE, value: encoder.encode(options.secret) }],
   });
   await conn.write(header);
   return conn;
+}
+
+/** Our HTTP ext_authz server on a unix socket in a private temp directory, with the stub WhoIs. */
+async function startAuthz(config: Config, decisions: DecisionRecord[] = []) {
+  const dir = await Deno.makeTempDir({ prefix: "tailvoy-authz-test-" });
+  const server = await serveHttpAuthz(join(dir, "authz.sock"), {
+    resolver: new IdentityResolver(stubWhoIs, { ttlMs: 0 }),
+    listeners: listenersFromConfig(config),
+    services: new ServiceIndex(),
+    onDecision: (record) => decisions.push(record),
+  });
+  return {
+    socket: server.path,
+    close: async () => {
+      await server.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
 }
 
 async function request(
@@ -525,16 +556,14 @@ Deno.test({
     const secret = generateSecret();
     const decisions: DecisionRecord[] = [];
     const { config } = webBootstrap();
-    const authz = createAuthzServer({
-      resolver: new IdentityResolver(stubWhoIs, { ttlMs: 0 }),
-      listeners: listenersFromConfig(config),
-      secret,
-      onDecision: (record) => decisions.push(record),
-    });
+    const authz = await startAuthz(config, decisions);
     const envoy = supervisor();
     try {
-      const { port: authzPort } = await authz.listen("127.0.0.1:0");
-      const { bootstrap, port } = webBootstrap({ backendPort: backend.addr.port, authzPort });
+      const { bootstrap, port } = webBootstrap({
+        backendPort: backend.addr.port,
+        authzSocket: authz.socket,
+        secret,
+      });
       await envoy.validate(bootstrap);
       await envoy.start(bootstrap);
 
@@ -559,18 +588,22 @@ Deno.test({
         }
       });
 
-      await t.step("no secret in the PROXY header: 403 from ext_authz, backend never reached", async () => {
-        const before = seen.length;
-        const conn = await connectAs(port, {});
-        try {
-          const r = await request(conn, { close: true });
-          assert.equal(r.status, 403);
-          assert.equal(decisions.at(-1)?.code, "bad_secret");
-          assert.equal(seen.length, before);
-        } finally {
-          conn.close();
-        }
-      });
+      await t.step(
+        "no or a wrong secret in the PROXY header: closed before HTTP; neither ext_authz nor the backend is reached",
+        async () => {
+          const before = { seen: seen.length, decisions: decisions.length };
+          for (const secretSent of [undefined, `${secret}x`, secret.slice(1), ""]) {
+            const conn = await connectAs(port, { secret: secretSent });
+            try {
+              await assert.rejects(request(conn, { close: true }), /connection closed mid-response/);
+            } finally {
+              conn.close();
+            }
+          }
+          assert.equal(seen.length, before.seen);
+          assert.equal(decisions.length, before.decisions, "ext_authz never asked");
+        },
+      );
 
       await t.step("stop waits for a request in flight, which completes with connection: close", async () => {
         const conn = await connectAs(port, { secret });
@@ -611,14 +644,14 @@ Deno.test({
       });
     } finally {
       await cleanup(envoy);
-      await authz.close({ graceMs: 100 });
+      await authz.close();
       await backend.shutdown();
     }
   },
 });
 
 Deno.test({
-  name: "traffic: a host no route of ours serves gets no listener, so ext_authz denies it (403)",
+  name: "traffic: a host no route of ours serves is judged: 403 without a grant, 404 with one",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
@@ -633,33 +666,34 @@ Deno.test({
       - hostname: app.example.com
         backend: 127.0.0.1:9
 `);
-    const authz = createAuthzServer({
-      resolver: new IdentityResolver(stubWhoIs, { ttlMs: 0 }),
-      listeners: listenersFromConfig(config),
-      secret,
-      onDecision: (record) => decisions.push(record),
-    });
+    const authz = await startAuthz(config, decisions);
     const envoy = supervisor();
     try {
-      const { port: authzPort } = await authz.listen("127.0.0.1:0");
       const listenerPorts = allocatePorts(["web"]);
       await envoy.start(renderBootstrap(config, {
         listenerPorts,
-        authzAddress: `127.0.0.1:${authzPort}`,
+        authzSocket: authz.socket,
+        secret,
         authzTimeoutMs: AUTHZ_TIMEOUT_MS,
       }));
-      const conn = await connectAs(listenerPorts.get("web")!, { secret });
-      try {
-        const r = await request(conn, { host: "other.example.com", close: true });
-        assert.equal(r.status, 403, "denied by ext_authz before the catch-all's 404");
-        assert.equal(decisions.at(-1)?.code, "no_listener");
-        assert.equal(decisions.at(-1)?.allow, false);
-      } finally {
-        conn.close();
-      }
+      const ask = async (ip: string) => {
+        const conn = await connectAs(listenerPorts.get("web")!, { secret, ip });
+        try {
+          return await request(conn, { host: "other.example.com", close: true });
+        } finally {
+          conn.close();
+        }
+      };
+      const carol = await ask("100.64.0.3"); // unknown to WhoIs
+      assert.equal(carol.status, 403, "denied by ext_authz before the catch-all's 404");
+      assert.equal(decisions.at(-1)?.code, "unknown_caller");
+      assert.equal(decisions.at(-1)?.listener, "web");
+      const alice = await ask("100.64.0.2"); // her grant is {}
+      assert.equal(alice.status, 404, alice.body);
+      assert.equal(decisions.at(-1)?.allow, true);
     } finally {
       await cleanup(envoy);
-      await authz.close({ graceMs: 100 });
+      await authz.close();
     }
   },
 });
@@ -699,19 +733,15 @@ Deno.test({
         tls: { cert: ${cert}, key: ${key} }
 `);
     const secret = generateSecret();
-    const authz = createAuthzServer({
-      resolver: new IdentityResolver(stubWhoIs, { ttlMs: 0 }),
-      listeners: listenersFromConfig(config),
-      secret,
-    });
+    const authz = await startAuthz(config);
     const envoy = supervisor();
     const caCerts = [await Deno.readTextFile(join(PROJECT_ROOT, "tests", "fixtures", "envoy", "ca.crt"))];
     try {
-      const { port: authzPort } = await authz.listen("127.0.0.1:0");
       const listenerPorts = allocatePorts(["web"]);
       const bootstrap = renderBootstrap(config, {
         listenerPorts,
-        authzAddress: `127.0.0.1:${authzPort}`,
+        authzSocket: authz.socket,
+        secret,
         authzTimeoutMs: AUTHZ_TIMEOUT_MS,
       });
       await envoy.validate(bootstrap);
@@ -774,7 +804,7 @@ Deno.test({
       });
     } finally {
       await cleanup(envoy);
-      await authz.close({ graceMs: 100 });
+      await authz.close();
       await api.shutdown();
       await app.shutdown();
     }

@@ -20,26 +20,30 @@ import {
   type AuthzDeps,
   type CheckResponse,
   CheckResponseSchema,
-  checkSecret,
   classifyAddress,
-  createAuthzServer,
   type DecisionRecord,
-  DEFAULT_SECRET_KEY,
   DENY_BODY,
   DENY_MESSAGE,
   encodeHeaderValue,
   evaluateCheck,
   formatAppCapabilities,
-  generateSecret,
   goJson,
   type HeaderValueOption,
+  httpCheckInput,
+  judge,
   type ListenerSettings,
   listenersFromConfig,
-  loadAuthzProtos,
-  PROTO_DIR,
-  SECRET_METADATA_NAMESPACE,
-  secretMatches,
+  verdictResponse,
 } from "../lib/extauthz/mod.ts";
+import { createAuthzServer } from "../lib/extauthz/grpc.ts";
+import { loadAuthzProtos, PROTO_DIR } from "../lib/extauthz/protos.ts";
+import {
+  generateSecret,
+  SECRET_KEY,
+  SECRET_METADATA_NAMESPACE,
+  secretProblem,
+  ServiceIndex,
+} from "../lib/wire.ts";
 import { PEER_BINS, PROJECT_ROOT } from "../scripts/peers.ts";
 import { CACHED_ONLY } from "../scripts/cache.ts";
 
@@ -111,7 +115,6 @@ function makeDeps(overrides: Partial<AuthzDeps> = {}) {
   const deps: AuthzDeps = {
     resolver: new IdentityResolver(source, { ttlMs: 0 }),
     listeners: listenersFromConfig({ listeners: LISTENERS }),
-    secret: SECRET,
     appCapNames: [APP_CAP],
     onDecision: (r) => records.push(r),
     ...overrides,
@@ -160,7 +163,7 @@ function checkRequest(init: RequestInit = {}) {
       metadata_context: init.secret === null ? {} : {
         filter_metadata: {
           [SECRET_METADATA_NAMESPACE]: {
-            fields: { [DEFAULT_SECRET_KEY]: { stringValue: init.secret ?? SECRET } },
+            fields: { [SECRET_KEY]: { stringValue: init.secret ?? SECRET } },
           },
         },
       },
@@ -285,24 +288,6 @@ Deno.test("allow: an IPv6 tailnet caller is resolved with a bracketed address", 
 Deno.test("deny table: every fail-closed rule", async () => {
   const cases: { name: string; request: unknown; code: DecisionRecord["code"]; why: RegExp }[] = [
     {
-      name: "no secret",
-      request: checkRequest({ secret: null }),
-      code: "bad_secret",
-      why: /no relay secret/,
-    },
-    {
-      name: "wrong secret",
-      request: checkRequest({ secret: `${SECRET}x` }),
-      code: "bad_secret",
-      why: /wrong relay secret/,
-    },
-    {
-      name: "empty secret",
-      request: checkRequest({ secret: "" }),
-      code: "bad_secret",
-      why: /wrong relay secret/,
-    },
-    {
       name: "loopback source",
       request: checkRequest({ ip: "127.0.0.1" }),
       code: "bad_source",
@@ -337,13 +322,13 @@ Deno.test("deny table: every fail-closed rule", async () => {
       name: "no listener",
       request: checkRequest({ listener: null }),
       code: "no_listener",
-      why: /context_extensions/,
+      why: /names no listener/,
     },
     {
       name: "empty listener",
       request: checkRequest({ listener: "" }),
       code: "no_listener",
-      why: /context_extensions/,
+      why: /names no listener/,
     },
     {
       name: "unknown listener",
@@ -463,27 +448,103 @@ Deno.test("shadow listener: a policy deny is allowed and flagged; identity failu
   assert.equal(records[0].code, "no_match");
   assert.match(records[0].explanation, /^DENY L7 listener "audit"/);
   assert.equal(records[0].decision?.allow, false);
-  assertDenied(await evaluateCheck(checkRequest({ listener: "audit", secret: null }), deps), "shadow secret");
+  assertDenied(
+    await evaluateCheck(checkRequest({ listener: "audit", ip: "127.0.0.1" }), deps),
+    "shadow source",
+  );
   assertDenied(
     await evaluateCheck(checkRequest({ listener: "audit", ip: "100.64.0.77" }), deps),
     "shadow whois",
   );
-  assert.deepEqual(records.slice(1).map((r) => [r.code, r.shadow]), [["bad_secret", false], [
+  assert.deepEqual(records.slice(1).map((r) => [r.code, r.shadow]), [["bad_source", false], [
     "unknown_caller",
     false,
   ]]);
 });
 
-Deno.test("svcNameFor: the listener's Service is passed to the resolver", async () => {
-  const { deps, source } = makeDeps({ svcNameFor: (l) => l === "web" ? "svc:web" : undefined });
-  await evaluateCheck(checkRequest(), deps);
-  await evaluateCheck(checkRequest({ listener: "app" }), deps);
-  assert.deepEqual(source.calls.map((c) => c.options?.svcName), ["svc:web", undefined]);
+/** Envoy's HTTP check as our bootstrap makes it send (see lib/wire.ts). */
+function httpCheck(init: RequestInit & { local?: string | null; grpc?: boolean } = {}): Request {
+  const headers = new Headers({
+    host: init.host ?? HOST,
+    "x-request-id": "rid-1",
+    "x-tailvoy-peer": `${
+      (init.ip ?? "100.64.0.2").includes(":") ? `[${init.ip}]` : init.ip ?? "100.64.0.2"
+    }:${init.port ?? 40000}`,
+    ...(init.local === null ? {} : { "x-tailvoy-local": init.local ?? "127.0.0.1:0" }),
+    ...(init.listener === null ? {} : { "x-tailvoy-listener": init.listener ?? "web" }),
+    ...(init.grpc ? { "x-tailvoy-content-type": "application/grpc" } : {}),
+    ...init.headers,
+  });
+  return new Request(`http://${init.host ?? HOST}/check${init.path ?? "/api/items"}`, {
+    method: init.method ?? "GET",
+    headers,
+  });
+}
+
+Deno.test("HTTP checks: caller, Service (PROXY destination port) and listener come from Envoy's headers", async () => {
+  const { deps, source, records } = makeDeps();
+  const services = new ServiceIndex();
+  const web = services.portOf("svc:web");
+  const ask = async (init: Parameters<typeof httpCheck>[0]) => {
+    const input = httpCheckInput(httpCheck(init), services);
+    return verdictResponse(await judge(input, deps), input);
+  };
+  const ok = await ask({});
+  assert.equal(ok.status, 200);
+  assert.equal(ok.headers.get("x-tailscale-user"), "alice@example.com");
+  assert.equal(ok.headers.get("x-tailscale-ip"), "100.64.0.2");
+  assert.equal((await ask({ local: `127.0.0.1:${web}` })).status, 200);
+  assert.equal((await ask({ ip: "fd7a:115c:a1e0::2", local: `[::1]:${web}` })).status, 200);
+  assert.deepEqual(
+    source.calls.map((c) => [c.addr, c.options?.svcName]),
+    [["100.64.0.2", undefined], ["100.64.0.2", "svc:web"], [
+      "fd7a:115c:a1e0::2",
+      "svc:web",
+    ]],
+    "WhoIs is scoped to the Service the relay named",
+  );
+  // A destination port no Service was given, no destination, no caller, no listener: denied.
+  const denied = [
+    [{ local: "127.0.0.1:4242" }, "bad_service"],
+    [{ local: null }, "bad_service"],
+    [{ ip: "127.0.0.1" }, "bad_source"],
+    [{ listener: null }, "no_listener"],
+    [{ listener: "db" }, "unknown_listener"],
+    [{ path: "/admin" }, "no_match"],
+  ] as const;
+  for (const [init, code] of denied) {
+    const r = await ask(init);
+    assert.equal(r.status, 403, JSON.stringify(init));
+    assert.equal(await r.text(), DENY_BODY);
+    assert.equal(r.headers.get("content-type"), "application/json");
+    assert.equal(r.headers.get("x-tailvoy-request-id"), "rid-1");
+    assert.equal(records.at(-1)?.code, code, JSON.stringify(init));
+  }
+  const grpcDeny = await ask({ path: "/admin", grpc: true });
+  assert.equal(grpcDeny.status, 403, "Envoy sends gRPC callers a 403 as PERMISSION_DENIED");
+  assert.equal(await grpcDeny.text(), DENY_MESSAGE);
+  // A check that is not under /check is not Envoy's: denied.
+  const stray = new Request("http://x/other", { headers: httpCheck().headers });
+  const strayInput = httpCheckInput(stray, services);
+  assert.equal(verdictResponse(await judge(strayInput, deps), strayInput).status, 403);
+  assert.equal(records.at(-1)?.code, "malformed");
 });
 
-Deno.test("discovery mode (secret null): no relay secret needed, the listener falls back to the local port, the source must still be a tailnet address", async () => {
+Deno.test("ServiceIndex: 0 is the node, each Service gets a stable port, unknown ports name nothing", () => {
+  const services = new ServiceIndex();
+  assert.equal(services.portOf(undefined), 0);
+  assert.equal(services.serviceAt(0), "");
+  const a = services.portOf("svc:a");
+  const b = services.portOf("svc:b");
+  assert.notEqual(a, b);
+  assert.equal(services.portOf("svc:a"), a);
+  assert.equal(services.serviceAt(a), "svc:a");
+  assert.equal(services.serviceAt(b), "svc:b");
+  for (const port of [b + 1, -1, 1.5, 65536]) assert.equal(services.serviceAt(port), undefined, String(port));
+});
+
+Deno.test("gRPC checks (Envoy Gateway): metadata is never read, the listener falls back to the local port, the source must still be a tailnet address", async () => {
   const { deps, records } = makeDeps({
-    secret: null,
     listeners: (name) => name === "" ? undefined : { protocol: "http", acceptAppCaps: false, shadow: false },
     listenerForPort: (port) => port === 10080 ? "web" : undefined,
   });
@@ -504,7 +565,7 @@ Deno.test("discovery mode (secret null): no relay secret needed, the listener fa
     "non-tailnet source",
   );
   assertDenied(await evaluateCheck(checkRequest({ secret: null, path: "/admin" }), deps), "policy deny");
-  const noPort = makeDeps({ ...deps, secret: null, listenerForPort: () => undefined });
+  const noPort = makeDeps({ ...deps, listenerForPort: () => undefined });
   assertDenied(
     await evaluateCheck(checkRequest({ secret: null, listener: null }), noPort.deps),
     "no listener",
@@ -592,15 +653,10 @@ Deno.test("secrets: generated ones are valid; bad ones are refused by length, ne
   const s = generateSecret();
   assert.match(s, /^[A-Za-z0-9_-]{43}$/);
   assert.notEqual(s, generateSecret());
-  checkSecret(s);
-  assert.throws(() => checkSecret("short"), /Secret of 5 characters is too short/);
-  assert.throws(() => checkSecret("contains a space....."), (e: Error) => !e.message.includes("space"));
-  assert.throws(() => checkSecret("ünïcode-secret-ünïcode"), /not printable ASCII/);
-  const expected = new TextEncoder().encode(s);
-  assert.equal(secretMatches(s, expected), true);
-  assert.equal(secretMatches(`${s}x`, expected), false);
-  assert.equal(secretMatches(s.slice(1), expected), false);
-  assert.equal(secretMatches(undefined, expected), false);
+  assert.equal(secretProblem(s), undefined);
+  assert.match(secretProblem("abc") ?? "", /Secret of 3 characters is too short/);
+  assert.doesNotMatch(secretProblem("contains a space.....") ?? "", /space/);
+  assert.match(secretProblem("ünïcode-secret-ünïcode") ?? "", /not printable ASCII/);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -652,7 +708,7 @@ Deno.test("protos: a CheckRequest captured from Envoy 1.40 decodes and re-encode
   assert.equal(http.headers["x-forwarded-for"], "100.64.0.9,100.64.0.2", "Envoy appends the PROXY source");
   assert.equal(http.headers["x-tailscale-user"], undefined, "stripped by header_mutation before ext_authz");
   assert.match(http.headers["x-request-id"], /^[0-9a-f-]{36}$/);
-  assert.deepEqual(a.metadata_context.filter_metadata[SECRET_METADATA_NAMESPACE].fields[DEFAULT_SECRET_KEY], {
+  assert.deepEqual(a.metadata_context.filter_metadata[SECRET_METADATA_NAMESPACE].fields[SECRET_KEY], {
     stringValue: SECRET,
     kind: "stringValue",
   });
@@ -700,8 +756,8 @@ Deno.test("protos: CheckResponse field numbers are upstream's (hand-encoded byte
 // The gRPC server on its own
 
 Deno.test("createAuthzServer: grpc-js server under Deno answers a grpc-js client; bad settings throw", async () => {
-  assert.throws(() => createAuthzServer({ ...makeDeps().deps, secret: "short" }), /too short/);
-  const server = createAuthzServer(makeDeps().deps);
+  const { deps } = makeDeps();
+  const server = createAuthzServer({ check: (request) => evaluateCheck(request, deps) });
   await assert.rejects(server.listen("nonsense"), /Authz address "nonsense" is not host:port/);
   const { port } = await server.listen("127.0.0.1:0");
   await assert.rejects(server.listen("127.0.0.1:0"), /already listening/);
@@ -720,7 +776,7 @@ Deno.test("createAuthzServer: grpc-js server under Deno answers a grpc-js client
     const ok = await call(checkRequest());
     assert.equal(ok.status.code, 0);
     assert.equal(ok.http_response, "ok_response");
-    const denied = await call(checkRequest({ secret: null }));
+    const denied = await call(checkRequest({ path: "/admin" }));
     assert.equal(denied.status.code, 7);
     assert.equal(denied.denied_response?.body, DENY_BODY);
   } finally {
@@ -1040,7 +1096,7 @@ Deno.test({
         );
         // From now on, our server answers on the same port.
         await new Promise<void>((resolve) => capture.tryShutdown(() => resolve()));
-        server = createAuthzServer(deps);
+        server = createAuthzServer({ check: (request) => evaluateCheck(request, deps) });
         await server.listen(`127.0.0.1:${authzPort}`);
       });
 
@@ -1111,23 +1167,14 @@ Deno.test({
         assert.equal(denied.status, 403, "alice may not, even claiming to be mallory");
       });
 
-      await t.step("missing or wrong secret: 403 with our body and request id", async () => {
-        // The last one: invalid UTF-8 in the TLV, which Envoy turns into "!" (so it cannot match).
-        for (
-          const secret of [
-            null,
-            `${SECRET}-wrong`,
-            new Uint8Array([0xff, ...encoder.encode(SECRET.slice(1))]),
-          ]
-        ) {
-          const r = await send({}, { secret });
-          assert.equal(r.status, 403);
-          assert.equal(r.body, DENY_BODY);
-          const headers = Object.fromEntries(r.headers);
-          assert.equal(headers["content-type"], "application/json");
-          assert.match(headers["x-tailvoy-request-id"], /^[0-9a-f-]{36}$/);
-          assert.equal(records.at(-1)?.code, "bad_secret");
-        }
+      await t.step("a deny: 403 with our body and request id", async () => {
+        const r = await send({ target: "/admin" });
+        assert.equal(r.status, 403);
+        assert.equal(r.body, DENY_BODY);
+        const headers = Object.fromEntries(r.headers);
+        assert.equal(headers["content-type"], "application/json");
+        assert.match(headers["x-tailvoy-request-id"], /^[0-9a-f-]{36}$/);
+        assert.equal(records.at(-1)?.code, "no_match");
       });
 
       await t.step("path normalisation: decided and forwarded on the normalised path", async () => {

@@ -130,25 +130,61 @@ Deno.test({
         );
       });
 
-      await t.step("a forged PROXY header sent straight to Envoy by a local process: 403", async () => {
-        const forged = encodeProxyV2({
-          command: "PROXY",
-          transport: "tcp",
-          source: { address: alice.ipv4, port: 1234 },
-          destination: { address: "127.0.0.1", port: envoyPort },
-          tlvs: [{ type: 0xe0, value: enc.encode("not-the-secret-but-long-enough-to-try-0123456789") }],
-        });
-        const c = await Deno.connect({ hostname: "127.0.0.1", port: envoyPort });
-        assert.equal((await http(c, "/api/users", { prefix: forged })).status, 403);
-        const noTlv = encodeProxyV2({
-          command: "PROXY",
-          transport: "tcp",
-          source: { address: alice.ipv4, port: 1234 },
-          destination: { address: "127.0.0.1", port: envoyPort },
-        });
-        const c2 = await Deno.connect({ hostname: "127.0.0.1", port: envoyPort });
-        assert.equal((await http(c2, "/api/users", { prefix: noTlv })).status, 403);
-      });
+      await t.step(
+        "header injection: a client's x-tailvoy-peer, -local and -listener change nothing and never reach the backend",
+        async () => {
+          const injected = (as: string) => ({
+            "X-Tailvoy-Peer": `${as}:1234`,
+            "X-Tailvoy-Local": "127.0.0.1:9999",
+            "X-Tailvoy-Listener": "db",
+          });
+          // bob claiming alice's address is still bob.
+          assert.equal((await get("bob", "/api/users", { headers: injected(alice.ipv4) })).status, 403);
+          // ci claiming alice: still GET-only.
+          assert.equal(
+            (await get("ci", "/api/users", { method: "POST", headers: injected(alice.ipv4) })).status,
+            403,
+          );
+          // alice naming another listener and an unknown Service port: judged as herself on web.
+          const r = await get("alice", "/api/users", { headers: injected(bob.ipv4) });
+          assert.equal(r.status, 200, r.body);
+          const h = JSON.parse(r.body).headers as Record<string, string>;
+          assert.equal(h["x-tailscale-ip"], alice.ipv4);
+          assert.deepEqual(
+            Object.keys(h).filter((k) => k.startsWith("x-tailvoy-")),
+            [],
+            "none reach the backend",
+          );
+          const decision = proxy.records().findLast((l) =>
+            l.logger === "tailvoy.decision" && l.layer === "l7"
+          );
+          assert.equal(decision?.listener, "web");
+        },
+      );
+
+      await t.step(
+        "a forged PROXY header sent straight to Envoy by a local process: closed before HTTP",
+        async () => {
+          const forged = encodeProxyV2({
+            command: "PROXY",
+            transport: "tcp",
+            source: { address: alice.ipv4, port: 1234 },
+            destination: { address: "127.0.0.1", port: envoyPort },
+            tlvs: [{ type: 0xe0, value: enc.encode("not-the-secret-but-long-enough-to-try-0123456789") }],
+          });
+          // Envoy's RBAC filter closes it before reading a request: no status, no ext_authz call.
+          const c = await Deno.connect({ hostname: "127.0.0.1", port: envoyPort });
+          assert.equal((await http(c, "/api/users", { prefix: forged })).status, 0);
+          const noTlv = encodeProxyV2({
+            command: "PROXY",
+            transport: "tcp",
+            source: { address: alice.ipv4, port: 1234 },
+            destination: { address: "127.0.0.1", port: envoyPort },
+          });
+          const c2 = await Deno.connect({ hostname: "127.0.0.1", port: envoyPort });
+          assert.equal((await http(c2, "/api/users", { prefix: noTlv })).status, 0);
+        },
+      );
 
       await t.step(
         "path tricks: traversal is normalised then denied; encoded slashes are rejected",

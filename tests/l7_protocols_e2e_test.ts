@@ -37,6 +37,7 @@ const PORTS = {
   ws: 17681,
   down: 17682,
   slow: 17690,
+  slowrpc: 17691,
 } as const;
 
 // ---------------------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ const EXPECTED_CAPS: Record<string, unknown[]> = {
   alice: [
     { listeners: ["tls"], hostnames: ["app.example.com"] },
     { listeners: ["secure"], hostnames: ["app.example.com"] },
-    { listeners: ["ws", "down", "slow"] },
+    { listeners: ["ws", "down", "slow", "slowrpc"] },
   ],
   // DBA: postgres only.
   bob: [{ listeners: ["postgres"] }],
@@ -685,15 +686,18 @@ Deno.test({
         });
 
         await t.step(
-          "ext_authz is on a private unix socket by default, not a TCP port other local processes can reach",
+          "ext_authz and Envoy's admin API are unix sockets in private directories, no TCP port; no HTTP/2 server in the proxy",
           async () => {
-            // Deno 2.9.6's node:http2 server can be aborted by a client's GOAWAY after a few thousand
-            // calls (denoland/deno#36788): with no TCP port, only this user can get at it.
+            // Whoever reaches ext_authz can name any caller, and Envoy's admin shows the relay secret.
             const line = JSON.parse(await proxy.waitLog(/ext_authz listening on/, "ext_authz address"));
-            assert.match(line.host, /^unix:\//);
-            const dir = line.host.slice("unix:".length).replace(/\/[^/]+$/, "");
-            assert.equal((await Deno.stat(dir)).mode! & 0o777, 0o700);
+            const envoyLine = JSON.parse(await proxy.waitLog(/Envoy is ready \(pid/, "Envoy's admin"));
+            for (const socket of [line.path as string, envoyLine.admin as string]) {
+              assert.match(socket, /^\//);
+              assert.equal((await Deno.stat(socket.replace(/\/[^/]+$/, ""))).mode! & 0o777, 0o700, socket);
+            }
             await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: 9001 }));
+            // No gRPC server (node:http2, which a client can abort: denoland/deno#36788) in this mode.
+            assert.ok(!proxy.output.includes("gRPC ext_authz"), "no gRPC server in standalone mode");
           },
         );
       } finally {
@@ -703,12 +707,13 @@ Deno.test({
 
       // ---- a gateway of our own whose tailscaled we hang (others' tests keep theirs).
       await t.step(
-        "authz slow (gateway tailscaled stopped): 403 within the ext_authz timeout; recovers",
+        "authz slow (gateway tailscaled stopped): HTTP 403 and gRPC PERMISSION_DENIED within the ext_authz timeout; recovers",
         async () => {
           using slowApi = new LocalApiClient(gwslow.socket);
           await waitForCaps(tailnet, slowApi, { alice: EXPECTED_CAPS.alice }, "the policy at gwslow");
           const slowConfig = await writeConfig(join(dir, "slow.yaml"), [
             `slow: {port: ${PORTS.slow}, protocol: http, backend: "127.0.0.1:${web.port}"}`,
+            `slowrpc: {port: ${PORTS.slowrpc}, protocol: grpc, routes: [{backend: "127.0.0.1:${grpcBackend.port}"}]}`,
           ]);
           const slow = new Proxy(slowConfig, gwslow.socket);
           let stopped = false;
@@ -721,22 +726,54 @@ Deno.test({
             // tailscaled is stopped nothing reaches us through the tailnet (its netstack is stopped too),
             // so we connect as tailscaled would.
             const { config } = await slowApi.getServeConfig();
-            const forward = Object.values(config.Foreground ?? {})
-              .map((fg) => fg.TCP?.[String(PORTS.slow)]?.TCPForward)
-              .find(Boolean);
-            const relayPort = Number(/^127\.0\.0\.1:(\d+)$/.exec(forward ?? "")?.[1]);
-            assert.ok(relayPort > 0, `serve forward: ${forward}`);
+            const relayPortOf = (port: number) => {
+              const forward = Object.values(config.Foreground ?? {})
+                .map((fg) => fg.TCP?.[String(port)]?.TCPForward)
+                .find(Boolean);
+              const relayPort = Number(/^127\.0\.0\.1:(\d+)$/.exec(forward ?? "")?.[1]);
+              assert.ok(relayPort > 0, `serve forward of ${port}: ${forward}`);
+              return relayPort;
+            };
+            const relayPort = relayPortOf(PORTS.slow);
             const alice = tailnet.node("alice");
-            const asTailscaled = async () => {
-              const c = await Deno.connect({ hostname: "127.0.0.1", port: relayPort });
+            const asTailscaled = async (
+              to: { relay: number; port: number } = { relay: relayPort, port: PORTS.slow },
+            ) => {
+              const c = await Deno.connect({ hostname: "127.0.0.1", port: to.relay });
               await c.write(encodeProxyV2({
                 command: "PROXY",
                 transport: "tcp",
                 source: { address: alice.ipv4, port: 40000 + Math.floor(Math.random() * 20000) },
-                destination: { address: gwslow.ipv4, port: PORTS.slow },
+                destination: { address: gwslow.ipv4, port: to.port },
               }));
               return c;
             };
+            // gRPC as alice, on one HTTP/2 connection opened (and admitted) before the hang: grpc-js
+            // dials this listener, which forwards to our relay as tailscaled would.
+            const rpcRelay = relayPortOf(PORTS.slowrpc);
+            const asTailscaledRpc = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+            (async () => {
+              for await (const local of asTailscaledRpc) {
+                const remote = await asTailscaled({ relay: rpcRelay, port: PORTS.slowrpc });
+                void Promise.all([pump(local, remote), pump(remote, local)]).finally(() => {
+                  closeQuietly(local);
+                  closeQuietly(remote);
+                });
+              }
+            })().catch(() => {});
+            const rpcClient = new HealthClient(
+              `127.0.0.1:${asTailscaledRpc.addr.port}`,
+              grpc.credentials.createInsecure(),
+            );
+            const rpc = () =>
+              new Promise<string>((resolve) =>
+                rpcClient.Check(
+                  { service: "" },
+                  { deadline: Date.now() + 10_000 },
+                  (error: grpc.ServiceError | null) => resolve(error ? grpc.status[error.code] : "OK"),
+                )
+              );
+            assert.equal(await rpc(), "OK");
             // A keep-alive connection, admitted by the relay (WhoIs answered) before the hang.
             const kept = await asTailscaled();
             const reader = new ConnReader(kept);
@@ -765,6 +802,9 @@ Deno.test({
             console.log(
               `  hung tailscaled: 403 after ${deniedMs.toFixed(0)} ms (Envoy's 250 ms ext_authz timeout)`,
             );
+            // The same for a gRPC caller: denied, never let through (envoyproxy/envoy#32476 reported
+            // http_service failing open for gRPC on timeout).
+            assert.equal(await rpc(), "PERMISSION_DENIED", "gRPC fails closed on an authz timeout");
 
             // A new connection: the relay's own WhoIs (1 s timeout) fails, and it closes the connection.
             t0 = performance.now();
@@ -781,6 +821,9 @@ Deno.test({
             Deno.kill(gwslow.pid, "SIGCONT");
             stopped = false;
             assert.equal((await ask()).status, 200, "the kept connection recovers");
+            assert.equal(await rpc(), "OK", "the gRPC connection recovers");
+            rpcClient.close();
+            asTailscaledRpc.close();
             assert.equal(
               await waitFor(async () => (await viaTailnet()) === 200 ? 200 : undefined, {
                 what: "requests through the tailnet to recover",

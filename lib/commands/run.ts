@@ -21,7 +21,7 @@ import { Telemetry } from "../telemetry/mod.ts";
 export interface RunOptions {
   /** LocalAPI socket (overrides the config's). */
   socket?: string;
-  /** ext_authz listen address; unset: a private unix socket. */
+  /** Discovery mode: gRPC ext_authz listen address (default 127.0.0.1:9001). Standalone ignores it. */
   authzAddr?: string;
   /** Arguments for Envoy (after `--`). */
   envoyArgs?: string[];
@@ -77,11 +77,16 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
   const socket = options.socket ?? config.tailvoy.localApiSocket;
   const stop = options.stopSignal ?? signalled();
   using api = new LocalApiClient(socket, { timeoutMs: config.tailvoy.timeouts.whois });
-  log.info("starting: {listeners} listeners, LocalAPI {socket}, ext_authz {authz}", {
+  log.info("starting: {listeners} listeners, LocalAPI {socket}", {
     listeners: Object.keys(config.listeners).length,
     socket,
-    authz: options.authzAddr ?? "a private unix socket",
   });
+  if (options.authzAddr && !config.discovery) {
+    log.warn(
+      "--authz-addr {addr} is ignored: it is for Envoy Gateway mode (discovery:); our own Envoy calls ext_authz on a private unix socket",
+      { addr: options.authzAddr },
+    );
+  }
   const telemetry = new Telemetry({ logAllows: config.tailvoy.decisionLog.allows });
   let plane: DataPlane | undefined;
   let l7: L7Stack | undefined;
@@ -152,7 +157,6 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       l7 = await startL7(config, {
         resolver,
         telemetry,
-        authzAddr: options.authzAddr,
         envoyArgs: options.envoyArgs,
       });
     } catch (err) {
@@ -204,7 +208,6 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
           l7 = await startL7(next, {
             resolver,
             telemetry,
-            authzAddr: options.authzAddr,
             envoyArgs: options.envoyArgs,
           });
         }

@@ -1,21 +1,25 @@
 /**
  * Renders Envoy's static bootstrap for the L7 listeners (http, https, grpc) of a parsed config.
  *
- * Shape, per L7 listener `NAME` (Envoy listener `NAME` on `127.0.0.1:<port>`):
- * - listener filters: `proxy_protocol` (header mandatory, v2 only, TLV 0xE0 → connection metadata
- *   `envoy.filters.listener.proxy_protocol/tailvoy_secret`), then `tls_inspector` when SNI picks a
- *   certificate;
+ * Shape, per L7 listener `NAME` (Envoy listener `NAME` on `127.0.0.1:<port>`), following the contract
+ * in `lib/wire.ts`:
+ * - listener filters: `proxy_protocol` (header mandatory, v2 only, the secret TLV → connection
+ *   metadata), then `tls_inspector` when SNI picks a certificate;
+ * - network filters: `rbac`, which closes any connection whose secret TLV is not the per-process secret
+ *   before a byte of HTTP is read (so only our relay can name a caller), then the HCM;
  * - filter chains: one per per-route certificate (`server_names`) and a default chain with the
  *   listener's certificate (https/grpc with `tls`), or plaintext (http, grpc without `tls`);
  * - HCM: path hygiene (normalize, merge slashes, escaped slashes and underscores rejected),
  *   `use_remote_address`, WebSocket upgrades; filters `header_mutation` (drop client
- *   `x-tailscale-*`/`tailscale-*`) → `ext_authz` (our gRPC server) → `router`;
+ *   `x-tailscale-*`/`tailscale-*`/`x-tailvoy-*`) → `ext_authz` → `router`;
+ * - ext_authz: HTTP to our server on its private unix socket, adding the caller
+ *   (`%DOWNSTREAM_REMOTE_ADDRESS%`), the PROXY destination (the Service) and the listener name `NAME`;
+ *   identity headers come back through `allowed_upstream_headers`;
  * - routes: a virtual host per route `hostname` (`*` for routes without one), path routes first (exact,
- *   then longest prefix), then the route's `backend`; `context_extensions.listener = NAME` on every
- *   route and virtual host, which is how the authz server learns the listener. A request no route of
- *   ours matches gets no listener and so is denied by the authz server (and would be a 404).
+ *   then longest prefix), then the route's `backend`. Every request is judged, also one for a host or
+ *   path no route serves: a caller without a grant gets 403, one with a grant 404.
  * - clusters: one per backend and upstream protocol (HTTP/2 for grpc listeners, HTTP/1.1 otherwise),
- *   plus `tailvoy_ext_authz` (h2c).
+ *   plus `tailvoy_ext_authz` (HTTP/1.1, keep-alive, on the unix socket).
  *
  * The output is plain JSON data; {@link serializeBootstrap} sorts object keys so that an unchanged
  * config renders byte for byte the same (reload compares the text).
@@ -25,14 +29,16 @@
 
 import type { Config, ListenerConfig, RouteConfig, TlsConfig } from "../config/mod.ts";
 import { L7_PROTOCOLS } from "../config/mod.ts";
-import { RESERVED_HEADER_PREFIXES } from "../extauthz/headers.ts";
+import { IDENTITY_HEADERS, RESERVED_HEADER_PREFIXES } from "../extauthz/headers.ts";
 import {
-  DEFAULT_SECRET_KEY,
-  DEFAULT_SECRET_TLV_TYPE,
+  AUTHZ_HEADERS,
+  CHECK_PATH_PREFIX,
+  SECRET_KEY,
   SECRET_METADATA_NAMESPACE,
-  SERVICE_KEY,
-  SERVICE_TLV_TYPE,
-} from "../extauthz/secret.ts";
+  SECRET_TLV_TYPE,
+  secretProblem,
+  TAILVOY_HEADER_PREFIX,
+} from "../wire.ts";
 import { EnvoyError } from "./errors.ts";
 
 /** A JSON value, as Envoy reads it. */
@@ -47,7 +53,7 @@ export type NamedResource = JsonObject & { name: string };
 export interface EnvoyBootstrap {
   /** Other top-level bootstrap fields (`overload_manager`). */
   [key: string]: JsonValue;
-  /** Admin API on loopback, port chosen by the OS (read back with `--admin-address-path`). */
+  /** Admin API; the supervisor puts it on a unix socket in its private directory. */
   admin: JsonObject;
   /** Listeners (one per L7 listener, sorted by name) and clusters (sorted by name). */
   static_resources: { listeners: NamedResource[]; clusters: NamedResource[] };
@@ -57,16 +63,14 @@ export interface EnvoyBootstrap {
 export interface RenderOptions {
   /** Loopback port of each L7 listener's Envoy listener, by listener name (see `allocatePorts`). */
   listenerPorts: ReadonlyMap<string, number>;
-  /** Our ext_authz gRPC server, `host:port` (`:port` means loopback). */
-  authzAddress: string;
+  /** Our HTTP ext_authz server's unix socket path (in a private directory). */
+  authzSocket: string;
+  /** The per-process relay secret the RBAC filter requires (printable ASCII). */
+  secret: string;
   /** ext_authz call timeout in ms (default 250, tailvoy's). */
   authzTimeoutMs?: number;
   /** Backend connect timeout in ms (default 5000). */
   connectTimeoutMs?: number;
-  /** PROXY v2 TLV type of the relay secret (default 0xE0). */
-  secretTlvType?: number;
-  /** Metadata key the secret is stored under (default `tailvoy_secret`). */
-  secretKey?: string;
   /** Cap on downstream connections across all listeners (default 50000; Envoy warns without one). */
   maxConnections?: number;
 }
@@ -86,7 +90,6 @@ export const DEFAULT_MAX_CONNECTIONS = 50_000;
 const TYPE = "type.googleapis.com/envoy.";
 const HCM_TYPE = `${TYPE}extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`;
 const EXT_AUTHZ = "envoy.filters.http.ext_authz";
-const PER_ROUTE_TYPE = `${TYPE}extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute`;
 const HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 type Upstream = "h1" | "h2";
@@ -162,36 +165,18 @@ function cluster(
   };
 }
 
-function tcpAuthzCluster(address: string): NamedResource {
-  const authz = splitHostPort(address);
-  const host = authz.host === "" || authz.host === "0.0.0.0"
-    ? "127.0.0.1"
-    : authz.host === "::"
-    ? "::1"
-    : authz.host;
-  return cluster(AUTHZ_CLUSTER, host.includes(":") ? `[${host}]:${authz.port}` : `${host}:${authz.port}`, {
-    upstream: "h2",
-    connectTimeoutMs: 1000,
-  });
-}
-
-// ext_authz on a unix socket (the default): no TCP port another local process could reach.
+// ext_authz on a unix socket: no TCP port another local process could reach. HTTP/1.1 keep-alive: one
+// pooled connection per concurrent check, on Deno's fastest HTTP path.
 function pipeCluster(name: string, path: string): NamedResource {
   return {
     name,
     type: "STATIC",
     connect_timeout: duration(1000),
-    typed_extension_protocol_options: httpProtocolOptions("h2"),
+    typed_extension_protocol_options: httpProtocolOptions("h1"),
     load_assignment: {
       cluster_name: name,
       endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path } } } }] }],
     },
-  };
-}
-
-function authzPerRoute(listener: string): JsonObject {
-  return {
-    [EXT_AUTHZ]: { "@type": PER_ROUTE_TYPE, check_settings: { context_extensions: { listener } } },
   };
 }
 
@@ -251,12 +236,10 @@ function routeAction(cluster: string): JsonObject {
 }
 
 function renderVirtualHosts(
-  name: string,
   listener: L7Listener,
   backendCluster: (backend: string) => string,
 ): JsonObject[] {
   const hosts = groupRoutes(listener.routes);
-  const perRoute = authzPerRoute(name);
   const keys = [...hosts.keys()].sort((
     a,
     b,
@@ -267,7 +250,6 @@ function renderVirtualHosts(
       name: `${key} ${p.pattern}`,
       match: p.match,
       route: routeAction(backendCluster(p.backend)),
-      typed_per_filter_config: perRoute,
     }));
     routes.push(
       vhost.backend !== undefined
@@ -275,25 +257,17 @@ function renderVirtualHosts(
           name: `${key} backend`,
           match: { prefix: "/" },
           route: routeAction(backendCluster(vhost.backend)),
-          typed_per_filter_config: perRoute,
         }
         : {
           name: `${key} no route`,
           match: { prefix: "/" },
           direct_response: { status: 404 },
-          typed_per_filter_config: perRoute,
         },
     );
-    return {
-      name: key === "*" ? "catch_all" : key,
-      domains: [key],
-      routes,
-      // Also here, so that a route added at this level can never lack the listener.
-      typed_per_filter_config: perRoute,
-    };
+    return { name: key === "*" ? "catch_all" : key, domains: [key], routes };
   });
   if (!hosts.has("*")) {
-    // Hosts we do not serve. No listener in context_extensions, so the authz server denies (403).
+    // Hosts we do not serve: judged like any request (403 without a grant), then 404.
     vhosts.push({
       name: "catch_all",
       domains: ["*"],
@@ -322,8 +296,7 @@ function downstreamTls(tls: TlsConfig): JsonObject {
  * chain with the listener's certificate. Without a listener certificate, an https listener has no
  * default chain (a ClientHello for another name is refused) and a grpc one stays plaintext (h2c).
  */
-function filterChains(listener: L7Listener, hcm: JsonObject): { chains: JsonObject[]; sni: boolean } {
-  const filters = [{ name: "envoy.filters.network.http_connection_manager", typed_config: hcm }];
+function filterChains(listener: L7Listener, filters: JsonObject[]): { chains: JsonObject[]; sni: boolean } {
   const byName = new Map<string, TlsConfig>();
   if (listener.protocol !== "http") {
     for (const route of listener.routes) {
@@ -344,38 +317,59 @@ function filterChains(listener: L7Listener, hcm: JsonObject): { chains: JsonObje
   return { chains, sni: byName.size > 0 };
 }
 
-function proxyProtocolFilter(options: { tlvType: number; key: string }): JsonObject {
+const PROXY_PROTOCOL_FILTER: JsonObject = {
+  name: "envoy.filters.listener.proxy_protocol",
+  typed_config: {
+    "@type": `${TYPE}extensions.filters.listener.proxy_protocol.v3.ProxyProtocol`,
+    // Only our relay connects, always with a v2 header; anything else is refused.
+    allow_requests_without_proxy_protocol: false,
+    disallowed_versions: ["V1"],
+    rules: [{
+      tlv_type: SECRET_TLV_TYPE,
+      on_tlv_present: { key: SECRET_KEY, metadata_namespace: SECRET_METADATA_NAMESPACE },
+    }],
+  },
+};
+
+/** Closes, before any HTTP, every connection whose PROXY header did not carry the relay secret. */
+function secretFilter(secret: string): JsonObject {
   return {
-    name: "envoy.filters.listener.proxy_protocol",
+    name: "envoy.filters.network.rbac",
     typed_config: {
-      "@type": `${TYPE}extensions.filters.listener.proxy_protocol.v3.ProxyProtocol`,
-      // Only our relay connects, always with a v2 header; anything else is refused.
-      allow_requests_without_proxy_protocol: false,
-      disallowed_versions: ["V1"],
-      rules: [
-        {
-          tlv_type: options.tlvType,
-          on_tlv_present: { key: options.key, metadata_namespace: SECRET_METADATA_NAMESPACE },
+      "@type": `${TYPE}extensions.filters.network.rbac.v3.RBAC`,
+      stat_prefix: "tailvoy_relay_secret",
+      rules: {
+        action: "ALLOW",
+        policies: {
+          "tailvoy-relay": {
+            permissions: [{ any: true }],
+            principals: [{
+              sourced_metadata: {
+                metadata_matcher: {
+                  filter: SECRET_METADATA_NAMESPACE,
+                  path: [{ key: SECRET_KEY }],
+                  value: { string_match: { exact: secret } },
+                },
+              },
+            }],
+          },
         },
-        {
-          tlv_type: SERVICE_TLV_TYPE,
-          on_tlv_present: { key: SERVICE_KEY, metadata_namespace: SECRET_METADATA_NAMESPACE },
-        },
-      ],
+      },
     },
   };
 }
 
-function httpFilters(authz: { timeoutMs: number }): JsonObject[] {
+function httpFilters(listener: string, authz: { timeoutMs: number }): JsonObject[] {
+  const identity = Object.values(IDENTITY_HEADERS).map((exact) => ({ exact }));
   return [
     {
       // Before ext_authz: the identity headers a backend sees (x-tailscale-*, and tailscale serve's
-      // tailscale-*) can only be the ones we add.
+      // tailscale-*) can only be the ones we add, and no client copy of our own x-tailvoy-* goes on.
       name: "envoy.filters.http.header_mutation",
       typed_config: {
         "@type": `${TYPE}extensions.filters.http.header_mutation.v3.HeaderMutation`,
         mutations: {
-          request_mutations: RESERVED_HEADER_PREFIXES.map((prefix) => ({
+          request_mutations: [...RESERVED_HEADER_PREFIXES, TAILVOY_HEADER_PREFIX].map((prefix) => ({
             remove_on_match: { key_matcher: { prefix } },
           })),
         },
@@ -386,11 +380,38 @@ function httpFilters(authz: { timeoutMs: number }): JsonObject[] {
       typed_config: {
         "@type": `${TYPE}extensions.filters.http.ext_authz.v3.ExtAuthz`,
         transport_api_version: "V3",
+        // Slow, down, 5xx or timing out: deny (403, which Envoy sends to gRPC callers as status 7).
         failure_mode_allow: false,
         status_on_error: { code: "Forbidden" },
-        // Forwards the relay secret that the proxy_protocol filter stored.
-        metadata_context_namespaces: [SECRET_METADATA_NAMESPACE],
-        grpc_service: { envoy_grpc: { cluster_name: AUTHZ_CLUSTER }, timeout: duration(authz.timeoutMs) },
+        // Besides Host, method and path (always sent): what the check reads. Not content-type: see
+        // AUTHZ_HEADERS.contentType.
+        allowed_headers: { patterns: [{ exact: "x-request-id" }] },
+        http_service: {
+          server_uri: {
+            uri: "http://tailvoy-authz",
+            cluster: AUTHZ_CLUSTER,
+            timeout: duration(authz.timeoutMs),
+          },
+          path_prefix: CHECK_PATH_PREFIX,
+          authorization_request: {
+            // From the connection, overwriting any client copy.
+            headers_to_add: [
+              { key: AUTHZ_HEADERS.peer, value: "%DOWNSTREAM_REMOTE_ADDRESS%" },
+              { key: AUTHZ_HEADERS.local, value: "%DOWNSTREAM_LOCAL_ADDRESS%" },
+              // A constant: listener names (letters, digits, . - _) hold no `%` format operators.
+              { key: AUTHZ_HEADERS.listener, value: listener },
+              { key: AUTHZ_HEADERS.contentType, value: "%REQ(content-type)%" },
+            ],
+          },
+          authorization_response: {
+            allowed_upstream_headers: { patterns: identity },
+            allowed_client_headers: {
+              patterns: [{ exact: "content-type" }, { exact: "x-request-id" }, {
+                exact: "x-tailvoy-request-id",
+              }],
+            },
+          },
+        },
       },
     },
     {
@@ -406,11 +427,11 @@ function httpFilters(authz: { timeoutMs: number }): JsonObject[] {
  */
 export function renderBootstrap(config: Pick<Config, "listeners">, options: RenderOptions): EnvoyBootstrap {
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-  const proxyProtocol = proxyProtocolFilter({
-    tlvType: options.secretTlvType ?? DEFAULT_SECRET_TLV_TYPE,
-    key: options.secretKey ?? DEFAULT_SECRET_KEY,
-  });
-  const filters = httpFilters({ timeoutMs: options.authzTimeoutMs ?? DEFAULT_AUTHZ_TIMEOUT_MS });
+  const proxyProtocol = PROXY_PROTOCOL_FILTER;
+  const problem = secretProblem(options.secret);
+  if (problem) throw new EnvoyError("render", problem);
+  const secret = secretFilter(options.secret);
+  const authzTimeoutMs = options.authzTimeoutMs ?? DEFAULT_AUTHZ_TIMEOUT_MS;
   const clusters = new Map<string, NamedResource>();
   const listeners: NamedResource[] = [];
   const statPrefixes = new Set<string>();
@@ -454,11 +475,14 @@ export function renderBootstrap(config: Pick<Config, "listeners">, options: Rend
         name,
         // Host `app.example.com:80` selects the virtual host of `app.example.com`.
         ignore_port_in_host_matching: true,
-        virtual_hosts: renderVirtualHosts(name, listener, backendCluster),
+        virtual_hosts: renderVirtualHosts(listener, backendCluster),
       },
-      http_filters: filters,
+      http_filters: httpFilters(name, { timeoutMs: authzTimeoutMs }),
     };
-    const { chains, sni } = filterChains(listener, hcm);
+    const { chains, sni } = filterChains(listener, [secret, {
+      name: "envoy.filters.network.http_connection_manager",
+      typed_config: hcm,
+    }]);
     listeners.push({
       name,
       stat_prefix: statPrefix,
@@ -474,11 +498,10 @@ export function renderBootstrap(config: Pick<Config, "listeners">, options: Rend
     });
   }
 
-  const authzCluster = options.authzAddress.startsWith("unix:")
-    ? pipeCluster(AUTHZ_CLUSTER, options.authzAddress.slice("unix:".length))
-    : tcpAuthzCluster(options.authzAddress);
+  const authzCluster = pipeCluster(AUTHZ_CLUSTER, options.authzSocket);
 
   return {
+    // The supervisor moves it to a unix socket in its private directory (the secret is in our config).
     admin: { address: socketAddress("127.0.0.1", 0) },
     static_resources: {
       listeners,

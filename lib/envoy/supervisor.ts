@@ -15,6 +15,7 @@
  * @module
  */
 
+import { lineSplitter } from "../lines.ts";
 import type { Logger, LogLevel } from "@logtape/logtape";
 import { getLogger } from "../log.ts";
 import { type EnvoyBootstrap, serializeBootstrap } from "./bootstrap.ts";
@@ -63,6 +64,7 @@ interface Instance {
   pid: number;
   dir: string;
   adminPath: string;
+  /** `127.0.0.1:port`, or the path of a unix socket (our own bootstraps). */
   admin?: string;
   startedAt: number;
   status: Promise<Deno.CommandStatus>;
@@ -113,19 +115,68 @@ const DEFAULT_DRAIN_MS = 15_000;
 // Per-listener open connections and per-HCM requests in flight (admin's are ours, and skipped).
 const ACTIVE_STATS = "^(listener\\.[^.]+\\.downstream_cx_active|http\\.[^.]+\\.downstream_rq_active)$";
 
-/** Splits a text stream into lines. */
-function lineSplitter(): TransformStream<string, string> {
-  let rest = "";
-  return new TransformStream({
-    transform(chunk, controller) {
-      const lines = (rest + chunk).split("\n");
-      rest = lines.pop() ?? "";
-      for (const line of lines) controller.enqueue(line.replace(/\r$/, ""));
-    },
-    flush(controller) {
-      if (rest) controller.enqueue(rest);
-    },
-  });
+/**
+ * One HTTP/1.1 request over a unix socket, `Connection: close`, the answer read to EOF (at most 4 MiB).
+ * Deno's fetch through a unix "proxy" sends absolute-form targets, which Envoy's admin answers with 404.
+ */
+async function unixRequest(
+  socket: string,
+  target: string,
+  options: { method?: string; timeoutMs: number },
+): Promise<{ status: number; body: string }> {
+  const conn = await Deno.connect({ transport: "unix", path: socket });
+  const timer = setTimeout(() => conn.close(), options.timeoutMs);
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        `${
+          options.method ?? "GET"
+        } ${target} HTTP/1.1\r\nHost: envoy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    for await (const chunk of conn.readable) {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size > 4 << 20) throw new Error(`Envoy admin answer to ${target} is over 4 MiB`);
+    }
+    const text = new TextDecoder().decode(concatBytes(chunks));
+    const end = text.indexOf("\r\n\r\n");
+    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1]);
+    if (end < 0 || !status) throw new Error(`Envoy admin answered ${target} with no HTTP response`);
+    return { status, body: decodeBody(text.slice(0, end), text.slice(end + 4)) };
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* closed by the timer or the peer */ }
+  }
+}
+
+function concatBytes(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+// Envoy's admin answers with a content-length or chunked.
+function decodeBody(head: string, body: string): string {
+  if (!/^transfer-encoding:\s*chunked/im.test(head)) return body;
+  let out = "";
+  let rest = body;
+  while (rest.length) {
+    const eol = rest.indexOf("\r\n");
+    const size = parseInt(rest.slice(0, eol), 16);
+    if (!(size > 0)) break;
+    out += rest.slice(eol + 2, eol + 2 + size);
+    rest = rest.slice(eol + 2 + size + 2);
+  }
+  return out;
 }
 
 /**
@@ -133,7 +184,7 @@ function lineSplitter(): TransformStream<string, string> {
  *
  * ```ts
  * const envoy = new EnvoySupervisor({ binary: config.tailvoy.envoyBinary, extraArgs });
- * const bootstrap = renderBootstrap(config, { listenerPorts, authzAddress });
+ * const bootstrap = renderBootstrap(config, { listenerPorts, authzSocket, secret });
  * await envoy.validate(bootstrap); // EnvoyError "validate" with Envoy's message: exit 2
  * await envoy.start(bootstrap);    // resolves once /ready says LIVE
  * // ...
@@ -363,8 +414,17 @@ export class EnvoySupervisor {
     const adminPath = `${dir}/admin-address`;
     let instance: Instance | undefined;
     try {
-      // The bootstrap names certificate files and our authz port: readable by us only.
-      if (text !== null) await Deno.writeTextFile(configPath, text, { mode: 0o600, createNew: true });
+      // The bootstrap names certificate files, our authz socket and the relay secret: readable by us
+      // only, and so is the admin API (its /config_dump shows all of it): a unix socket in our 0700
+      // directory, not a TCP port every local user can reach.
+      if (text !== null) {
+        const bootstrap = JSON.parse(text);
+        bootstrap.admin = {
+          ...bootstrap.admin,
+          address: { pipe: { path: `${dir}/admin.sock`, mode: 0o600 } },
+        };
+        await Deno.writeTextFile(configPath, JSON.stringify(bootstrap), { mode: 0o600, createNew: true });
+      }
       if (generation !== this.#generation) throw new EnvoyError("start", "Envoy was stopped during start-up");
       const options = this.#options;
       const args = mergeEnvoyArgs(
@@ -469,6 +529,11 @@ export class EnvoySupervisor {
     options: { method?: string } = {},
   ): Promise<{ status: number; body: string } | undefined> {
     if (!instance.admin || instance.exit) return undefined;
+    if (instance.admin.startsWith("/")) {
+      return await unixRequest(instance.admin, path, { method: options.method, timeoutMs: 1000 }).catch(() =>
+        undefined
+      );
+    }
     // No pooled connections: they would show up as open admin connections and outlive the process.
     this.#http ??= Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
     try {

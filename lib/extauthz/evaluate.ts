@@ -1,25 +1,28 @@
 /**
- * One ext_authz Check, without gRPC: from a decoded CheckRequest to the CheckResponse, failing closed
- * at every step.
+ * One ext_authz check, whatever the transport: {@link judge} takes a {@link CheckInput} (built from
+ * Envoy's HTTP check by `http.ts`, or from a gRPC CheckRequest by {@link checkInputFromRequest}) and
+ * decides, failing closed at every step.
+ *
+ * Who may name the caller: in standalone mode only our relay can open a connection to our Envoy (its
+ * RBAC filter checks the relay secret before any HTTP, see `lib/wire.ts`), and only Envoy can reach our
+ * authz socket; in discovery mode (Envoy Gateway) the PROXY source is believed as Envoy reports it.
  *
  * Order of checks, each a deny on failure:
- * 1. the request has the expected shape and is an HTTP request;
- * 2. the connection carries our per-process secret (so its PROXY header came from our relay, and
- *    the source address can be believed); skipped in discovery mode (`secret: null`), see
- *    {@link AuthzDeps.secret};
- * 3. the source (`attributes.source.address.socket_address`, never a header) is a tailnet address;
- * 4. `context_extensions.listener` (or, in discovery mode when it is absent, the listener on the
- *    connection's local port) names a known http/https/grpc listener;
- * 5. tailscaled says who the caller is (`checkL7`, through the identity resolver and its short cache,
- *    so grant changes are seen within its TTL even on a long keep-alive connection);
- * 6. the policy allows the listener, host, canonical path and method.
+ * 1. the check is well formed and is an HTTP request;
+ * 2. the source (from the connection, never a client header) is a tailnet address;
+ * 3. the listener (set per listener by our Envoy, `context_extensions.listener` under Envoy Gateway, or
+ *    in discovery mode the listener on the connection's local port) is a known http/https/grpc listener;
+ * 4. tailscaled says who the caller is (`checkL7`, through the identity resolver and its short cache, so
+ *    grant changes are seen within its TTL even on a long keep-alive connection);
+ * 5. the policy allows the listener, host, canonical path and method.
  *
- * A shadow listener turns a deny of step 6 (only) into an allow, loudly: steps 1-5 establish who is
+ * A shadow listener turns a deny of step 5 (only) into an allow, loudly: steps 1-4 establish who is
  * calling, which shadow mode must not skip.
  *
  * @module
  */
 
+import { z } from "zod";
 import { checkL7 } from "../access/mod.ts";
 import type { ListenerConfig } from "../config/mod.ts";
 import { L7_PROTOCOLS } from "../config/mod.ts";
@@ -27,15 +30,8 @@ import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
 import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation } from "../policy/mod.ts";
 import { type AddressKind, classifyAddress, joinHostPort } from "./address.ts";
-import { type IdentityHeaderOptions, identityHeaders, spoofedHeaders } from "./headers.ts";
-import { type CheckRequest, CheckRequestSchema, type CheckResponse } from "./schema.ts";
-import {
-  DEFAULT_SECRET_KEY,
-  SECRET_METADATA_NAMESPACE,
-  secretMatches,
-  secretProblem,
-  SERVICE_KEY,
-} from "./secret.ts";
+import { identityHeaders, spoofedHeaders } from "./headers.ts";
+import { CheckRequestSchema, type CheckResponse, type HeaderValueOption } from "./schema.ts";
 
 /** What evaluation needs to know about a listener. */
 export type ListenerSettings = Pick<ListenerConfig, "protocol" | "acceptAppCaps" | "shadow">;
@@ -56,15 +52,15 @@ export function listenersFromConfig(
 
 /**
  * Why a request was allowed or denied: the policy engine's codes, plus the checks made before it.
- * `bad_secret`: no or wrong relay secret; `bad_source`: the source is loopback or not a tailnet
- * address; `no_listener`: no `context_extensions.listener` (a route without our per-route settings);
- * `unknown_listener`: not a configured http/https/grpc listener; `malformed`: not an HTTP CheckRequest;
- * `internal_error`: a bug, denied.
+ * `bad_source`: the source is loopback or not a tailnet address; `bad_service`: the connection names
+ * a Service our relay never sent; `no_listener`: no listener (a route without our per-route
+ * settings); `unknown_listener`: not a configured http/https/grpc listener; `malformed`: not an HTTP
+ * check; `internal_error`: a bug, denied.
  */
 export type AuthzCode =
   | DecisionCode
-  | "bad_secret"
   | "bad_source"
+  | "bad_service"
   | "no_listener"
   | "unknown_listener"
   | "malformed"
@@ -104,39 +100,77 @@ export interface DecisionRecord {
   latencyMs: number;
 }
 
-/** Everything {@link evaluateCheck} depends on. */
+/** Everything {@link judge} depends on. */
 export interface AuthzDeps {
   /** Caller identities (WhoIs with a short cache). */
   resolver: IdentityResolver;
   /** The configured listeners. */
   listeners: ListenerLookup;
   /**
-   * The per-process secret the relay sends in its PROXY v2 TLV. `null` in discovery mode (Envoy
-   * Gateway), whose listeners cannot check our TLV: the PROXY source is then believed as Envoy reports
-   * it, which is only sound when Envoy's listeners are reachable through tailvoy alone.
-   */
-  secret: string | null;
-  /**
    * Discovery mode: the listener name for a request whose route sets no `context_extensions.listener`,
    * from the port the connection reached (the discovered Envoy listener's).
    */
   listenerForPort?: (port: number) => string | undefined;
-  /** Metadata key of the secret (default `tailvoy_secret`). */
-  secretKey?: string;
-  /** Metadata namespace of the secret (default `envoy.filters.listener.proxy_protocol`). */
-  secretNamespace?: string;
   /** Capabilities forwarded in `Tailscale-App-Capabilities` on `acceptAppCaps` listeners (default tailvoy's). */
   appCapNames?: readonly string[];
-  /**
-   * The Tailscale Service (`svc:name`) a listener is published as, so WhoIs returns the caps granted
-   * towards the Service rather than the node. TODO: wire from `tailscale.serviceMappings` once the
-   * resolver's service-scoped WhoIs is used for L7.
-   */
-  svcNameFor?: (listener: string) => string | undefined;
-  /** Called once per Check with the decision (must not throw; errors are logged and ignored). */
+  /** Called once per check with the decision (must not throw; errors are logged and ignored). */
   onDecision?: (record: DecisionRecord) => void;
   /** Monotonic clock in ms, for latency (default `performance.now`). */
   now?: () => number;
+}
+
+/** One request to judge, as the transport adapters hand it over (and the gRPC bridge sends as JSON). */
+export const CheckInputSchema = z.object({
+  /** Envoy's `x-request-id` (also returned on a deny). */
+  requestId: z.string(),
+  /** The listener name; `""` when the check named none. */
+  listener: z.string(),
+  /** Caller IP from the connection (`""` when absent). */
+  callerIp: z.string(),
+  /** Caller port from the connection. */
+  callerPort: z.number().int().optional(),
+  /** Port of the connection's local end (the PROXY header's destination). */
+  localPort: z.number().int().optional(),
+  /** The Tailscale Service (`svc:NAME`) the connection came through; WhoIs is scoped to it. */
+  svcName: z.string().optional(),
+  /** HTTP method, as received. */
+  method: z.string(),
+  /** Host or `:authority`, as received. */
+  host: z.string(),
+  /** Request target after Envoy's normalisation, query included. */
+  path: z.string(),
+  /** Whether the request is gRPC (a deny is then PERMISSION_DENIED with a plain message). */
+  grpc: z.boolean(),
+  /**
+   * The request's headers, when the check carries them all (gRPC from an Envoy we do not configure):
+   * client copies of identity headers are then removed too.
+   */
+  headers: z.record(z.string(), z.string()).optional(),
+  /** Set by an adapter that could not read the check: denied with this reason, before anything else. */
+  refuse: z.object({ code: z.string(), reason: z.string() }).optional(),
+});
+
+/** One request to judge. */
+export type CheckInput = Omit<z.infer<typeof CheckInputSchema>, "refuse"> & {
+  refuse?: { code: AuthzCode; reason: string };
+};
+
+/** The answer to one check, as any transport sends it back. */
+export interface CheckAnswer {
+  /** Whether Envoy lets the request through. */
+  allow: boolean;
+  /** Allow: request headers to set upstream (identity). */
+  set: HeaderValueOption[];
+  /** Allow: client headers to remove upstream. */
+  remove: string[];
+  /** The request id, repeated on a deny. */
+  requestId: string;
+}
+
+/** A {@link CheckAnswer} and the decision behind it. */
+export interface Verdict extends CheckAnswer {
+  /** What was decided and why, as logged. */
+  record: DecisionRecord;
 }
 
 /** Body of a denied HTTP request, as tailvoy sends it. */
@@ -149,14 +183,11 @@ export const DENY_MESSAGE = "access denied by tailvoy policy";
 export const PERMISSION_DENIED = 7;
 
 const log = getLogger("extauthz");
-const encoder = new TextEncoder();
 const EMPTY_HEADERS: Readonly<Record<string, string>> = Object.freeze({});
 
 function own<T>(map: Readonly<Record<string, T>> | undefined, key: string): T | undefined {
   return map && Object.hasOwn(map, key) ? map[key] : undefined;
 }
-
-type Http = NonNullable<NonNullable<NonNullable<CheckRequest["attributes"]>["request"]>["http"]>;
 
 interface Outcome {
   allow: boolean;
@@ -173,18 +204,6 @@ function refuse(code: AuthzCode, reason: string, listener = ""): Outcome {
   return { allow: false, code, explanation: `DENY L7${where}: ${reason}` };
 }
 
-interface Context {
-  http: Http;
-  headers: Readonly<Record<string, string>>;
-  listener: string;
-  callerIp: string;
-  callerPort?: number;
-  /** Port of the connection's local end (the PROXY header's destination). */
-  localPort?: number;
-  host: string;
-  path: string;
-}
-
 function sourceProblem(kind: AddressKind, ip: string): string {
   const source = `source ${JSON.stringify(ip)}`;
   if (kind === "loopback") return `${source} is loopback: no PROXY header named the caller`;
@@ -192,60 +211,35 @@ function sourceProblem(kind: AddressKind, ip: string): string {
   return `${source} (or its port) is missing or invalid`;
 }
 
-async function decide(
-  attributes: NonNullable<CheckRequest["attributes"]>,
-  ctx: Context,
-  deps: AuthzDeps,
-): Promise<Outcome> {
-  const namespace = deps.secretNamespace ?? SECRET_METADATA_NAMESPACE;
-  const key = deps.secretKey ?? DEFAULT_SECRET_KEY;
-  const secret = deps.secret;
-  // Never compare against an empty or mangled secret (createAuthzServer refuses one at start).
-  const problem = secret === null ? undefined : secretProblem(secret);
-  if (problem) return refuse("internal_error", problem);
-  const presented = own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, key)
-    ?.stringValue;
-  if (secret !== null && !secretMatches(presented, encoder.encode(secret))) {
-    return refuse(
-      "bad_secret",
-      presented === undefined
-        ? `connection carries no relay secret (metadata ${namespace}/${key}): it did not come through tailvoy's relay`
-        : `connection carries a wrong relay secret (metadata ${namespace}/${key})`,
-      ctx.listener,
-    );
+async function decide(input: CheckInput, deps: AuthzDeps): Promise<Outcome> {
+  if (input.refuse) return refuse(input.refuse.code, input.refuse.reason, input.listener);
+  const kind = classifyAddress(input.callerIp);
+  if (kind !== "tailnet" || input.callerPort === undefined) {
+    return refuse("bad_source", sourceProblem(kind, input.callerIp), input.listener);
   }
-  const kind = classifyAddress(ctx.callerIp);
-  if (kind !== "tailnet" || ctx.callerPort === undefined) {
-    return refuse("bad_source", sourceProblem(kind, ctx.callerIp), ctx.listener);
+  if (input.listener === "" && input.localPort !== undefined) {
+    input.listener = deps.listenerForPort?.(input.localPort) ?? "";
   }
-  if (ctx.listener === "" && ctx.localPort !== undefined) {
-    ctx.listener = deps.listenerForPort?.(ctx.localPort) ?? "";
+  if (input.listener === "") {
+    return refuse("no_listener", "request names no listener: its route lacks tailvoy's ext_authz settings");
   }
-  if (ctx.listener === "") {
-    return refuse(
-      "no_listener",
-      "request has no context_extensions.listener: its route lacks tailvoy's per-route ext_authz settings",
-    );
-  }
-  const settings = deps.listeners(ctx.listener);
+  const settings = deps.listeners(input.listener);
   if (!settings || !L7_PROTOCOLS.includes(settings.protocol)) {
     return refuse(
       "unknown_listener",
       settings
-        ? `listener ${JSON.stringify(ctx.listener)} is a ${settings.protocol} listener, not http/https/grpc`
-        : `listener ${JSON.stringify(ctx.listener)} is not configured`,
-      ctx.listener,
+        ? `listener ${JSON.stringify(input.listener)} is a ${settings.protocol} listener, not http/https/grpc`
+        : `listener ${JSON.stringify(input.listener)} is not configured`,
+      input.listener,
     );
   }
-  // The Service the relay saw the connection arrive through (same authenticated header as the secret).
-  const fromRelay = secret === null
-    ? undefined
-    : own(own(attributes.metadata_context?.filter_metadata, namespace)?.fields, SERVICE_KEY)?.stringValue;
-  const svcName = (fromRelay?.startsWith("svc:") ? fromRelay : undefined) ?? deps.svcNameFor?.(ctx.listener);
   const { decision, identity } = await checkL7(
     deps.resolver,
-    { addr: joinHostPort(ctx.callerIp, ctx.callerPort), ...(svcName ? { svcName } : {}) },
-    { listener: ctx.listener, host: ctx.host, path: ctx.path, method: ctx.http.method ?? "" },
+    {
+      addr: joinHostPort(input.callerIp, input.callerPort),
+      ...(input.svcName ? { svcName: input.svcName } : {}),
+    },
+    { listener: input.listener, host: input.host, path: input.path, method: input.method },
   );
   const explanation = formatExplanation(decision);
   const outcome = { code: decision.code, explanation, decision, identity, settings };
@@ -255,47 +249,12 @@ async function decide(
   return { ...outcome, allow: false };
 }
 
-function denyResponse(requestId: string, grpc: boolean): CheckResponse {
-  const header = (key: string, value: string) => ({
-    header: { key, value },
-    append: { value: false },
-    append_action: "OVERWRITE_IF_EXISTS_OR_ADD" as const,
-  });
-  return {
-    status: { code: PERMISSION_DENIED, message: DENY_MESSAGE },
-    denied_response: {
-      // Envoy 1.40 turns a 403 local reply to a gRPC request into grpc-status 7 (PERMISSION_DENIED)
-      // with the body as grpc-message, so gRPC callers get a readable message instead of JSON.
-      status: { code: "Forbidden" },
-      headers: [
-        ...(grpc ? [] : [header("content-type", "application/json")]),
-        header("x-request-id", requestId),
-        header("x-tailvoy-request-id", requestId),
-      ],
-      body: grpc ? DENY_MESSAGE : DENY_BODY,
-    },
-  };
-}
-
-function allowResponse(
-  identity: Identity,
-  requestHeaders: Readonly<Record<string, string>>,
-  options: IdentityHeaderOptions,
-): CheckResponse {
-  const set = identityHeaders(identity, options);
-  const remove = spoofedHeaders(requestHeaders, set);
-  return {
-    status: { code: 0 },
-    ok_response: { headers: set, ...(remove.length > 0 ? { headers_to_remove: remove } : {}) },
-  };
-}
-
-function malformed(issue: { path: PropertyKey[]; message: string } | undefined): string {
-  const at = issue?.path.length ? ` at ${issue.path.map(String).join(".")}` : "";
-  return `malformed CheckRequest${at}: ${issue?.message ?? "unknown problem"}`;
-}
-
 function logOutcome(record: DecisionRecord): void {
+  if (record.allow && !record.shadow) {
+    // The common case: skip building the properties when debug is off.
+    log.debug((l) => l`allow ${record.method} ${record.host}${record.path} on ${record.listener}`);
+    return;
+  }
   const props = {
     requestId: record.requestId,
     listener: record.listener,
@@ -311,80 +270,57 @@ function logOutcome(record: DecisionRecord): void {
   };
   if (record.shadow) {
     log.warn("SHADOW MODE: allowing a request the policy DENIES on {listener}: {explanation}", props);
-  } else if (record.allow) {
-    log.debug("allow {method} {host}{path} on {listener} for {caller}", props);
   } else {
     log.info("deny {method} {host}{path} on {listener} for {caller} ({code}): {explanation}", props);
   }
 }
 
+function internalError(error: unknown): Outcome {
+  return refuse(
+    "internal_error",
+    `internal error: ${error instanceof Error ? error.message : String(error)}`,
+  );
+}
+
 /**
- * Evaluates one CheckRequest (as decoded by proto-loader) and returns the CheckResponse. Never
- * rejects: anything unexpected is a deny. Calls `deps.onDecision` with the record.
+ * Judges one check. Never rejects: anything unexpected is a deny. Calls `deps.onDecision` with the
+ * record.
  */
-export async function evaluateCheck(request: unknown, deps: AuthzDeps): Promise<CheckResponse> {
+export async function judge(input: CheckInput, deps: AuthzDeps): Promise<Verdict> {
   const now = deps.now ?? (() => performance.now());
   const started = now();
   const time = new Date();
-  const parsed = CheckRequestSchema.safeParse(request);
-  const attributes = parsed.success ? parsed.data.attributes : undefined;
-  const http = attributes?.request?.http;
-  const headers = http?.headers ?? EMPTY_HEADERS;
-  const socket = attributes?.source?.address?.socket_address;
-  const local = attributes?.destination?.address?.socket_address;
-  const ctx: Context = {
-    http: http ?? {},
-    headers,
-    listener: own(attributes?.context_extensions, "listener") ?? "",
-    callerIp: socket?.address ?? "",
-    callerPort: socket?.port_value,
-    localPort: local?.port_value,
-    host: http?.host ?? "",
-    path: http?.path ?? "",
-  };
-  // Envoy sets x-request-id itself (a client's is replaced at the edge); the stream id is a fallback.
-  const requestId = own(headers, "x-request-id") || http?.id || crypto.randomUUID();
-  const grpc = (own(headers, "content-type") ?? "").startsWith("application/grpc");
   let outcome: Outcome;
   try {
-    outcome = !attributes || !http
-      ? refuse(
-        "malformed",
-        parsed.success ? "not an HTTP request" : malformed(parsed.error.issues[0]),
-      )
-      : await decide(attributes, ctx, deps);
+    outcome = await decide(input, deps);
   } catch (error) {
-    outcome = refuse(
-      "internal_error",
-      `internal error: ${error instanceof Error ? error.message : String(error)}`,
-    );
+    outcome = internalError(error);
   }
-  let response = denyResponse(requestId, grpc);
+  let set: HeaderValueOption[] = [];
+  let remove: string[] = [];
   if (outcome.allow && outcome.identity && outcome.settings) {
     try {
-      response = allowResponse(outcome.identity, headers, {
-        callerIp: ctx.callerIp,
+      set = identityHeaders(outcome.identity, {
+        callerIp: input.callerIp,
         appCapNames: outcome.settings.acceptAppCaps ? deps.appCapNames ?? DEFAULT_CAP_NAMES : undefined,
       });
+      remove = spoofedHeaders(input.headers, set);
     } catch (error) {
-      outcome = refuse(
-        "internal_error",
-        `internal error: ${error instanceof Error ? error.message : String(error)}`,
-      );
+      outcome = internalError(error);
     }
   } else if (outcome.allow) {
     outcome = refuse("internal_error", "allow without an identity");
   }
   const record: DecisionRecord = {
     time,
-    requestId,
-    listener: ctx.listener,
-    callerIp: ctx.callerIp,
-    ...(ctx.callerPort === undefined ? {} : { callerPort: ctx.callerPort }),
+    requestId: input.requestId,
+    listener: input.listener,
+    callerIp: input.callerIp,
+    ...(input.callerPort === undefined ? {} : { callerPort: input.callerPort }),
     ...(outcome.identity ? { identity: outcome.identity } : {}),
-    host: outcome.decision?.host ?? ctx.host,
-    method: ctx.http.method ?? "",
-    path: outcome.decision?.canonicalPath ?? ctx.path,
+    host: outcome.decision?.host ?? input.host,
+    method: input.method,
+    path: outcome.decision?.canonicalPath ?? input.path,
     allow: outcome.allow,
     shadow: outcome.shadow ?? false,
     code: outcome.code,
@@ -398,5 +334,90 @@ export async function evaluateCheck(request: unknown, deps: AuthzDeps): Promise<
   } catch (error) {
     log.error("onDecision callback failed: {error}", { error });
   }
-  return response;
+  const requestId = input.requestId;
+  return outcome.allow
+    ? { allow: true, set, remove, requestId, record }
+    : { allow: false, set: [], remove: [], requestId, record };
+}
+
+function malformed(issue: { path: PropertyKey[]; message: string } | undefined): string {
+  const at = issue?.path.length ? ` at ${issue.path.map(String).join(".")}` : "";
+  return `malformed CheckRequest${at}: ${issue?.message ?? "unknown problem"}`;
+}
+
+/**
+ * A gRPC CheckRequest (as decoded by proto-loader) as a {@link CheckInput}: the caller from
+ * `attributes.source`, the listener from `context_extensions.listener`, the local port from
+ * `attributes.destination`. Metadata is not read: a gRPC check comes from Envoy Gateway's Envoy, whose
+ * connections carry no relay secret.
+ */
+export function checkInputFromRequest(request: unknown): CheckInput {
+  const parsed = CheckRequestSchema.safeParse(request);
+  const attributes = parsed.success ? parsed.data.attributes : undefined;
+  const http = attributes?.request?.http;
+  const headers = http?.headers ?? EMPTY_HEADERS;
+  const socket = attributes?.source?.address?.socket_address;
+  // Envoy sets x-request-id itself (a client's is replaced at the edge); the stream id is a fallback.
+  const input: CheckInput = {
+    requestId: own(headers, "x-request-id") || http?.id || crypto.randomUUID(),
+    listener: own(attributes?.context_extensions, "listener") ?? "",
+    callerIp: socket?.address ?? "",
+    method: http?.method ?? "",
+    host: http?.host ?? "",
+    path: http?.path ?? "",
+    grpc: (own(headers, "content-type") ?? "").startsWith("application/grpc"),
+    headers,
+  };
+  if (socket?.port_value !== undefined) input.callerPort = socket.port_value;
+  const localPort = attributes?.destination?.address?.socket_address?.port_value;
+  if (localPort !== undefined) input.localPort = localPort;
+  if (!attributes || !http) {
+    input.refuse = {
+      code: "malformed",
+      reason: parsed.success ? "not an HTTP request" : malformed(parsed.error.issues[0]),
+    };
+  }
+  return input;
+}
+
+function header(key: string, value: string): HeaderValueOption {
+  return { header: { key, value }, append: { value: false }, append_action: "OVERWRITE_IF_EXISTS_OR_ADD" };
+}
+
+/** The headers of a deny response (content type for HTTP, the request id twice). */
+export function denyHeaders(requestId: string, grpc: boolean): [string, string][] {
+  return [
+    ...(grpc ? [] : [["content-type", "application/json"] as [string, string]]),
+    ["x-request-id", requestId],
+    ["x-tailvoy-request-id", requestId],
+  ];
+}
+
+/** A {@link CheckAnswer} as a gRPC CheckResponse. */
+export function toCheckResponse(verdict: CheckAnswer, input: Pick<CheckInput, "grpc">): CheckResponse {
+  if (verdict.allow) {
+    return {
+      status: { code: 0 },
+      ok_response: {
+        headers: verdict.set,
+        ...(verdict.remove.length > 0 ? { headers_to_remove: verdict.remove } : {}),
+      },
+    };
+  }
+  return {
+    status: { code: PERMISSION_DENIED, message: DENY_MESSAGE },
+    denied_response: {
+      // Envoy turns a 403 local reply to a gRPC request into grpc-status 7 (PERMISSION_DENIED) with the
+      // body as grpc-message, so gRPC callers get a readable message instead of JSON.
+      status: { code: "Forbidden" },
+      headers: denyHeaders(verdict.requestId, input.grpc).map(([k, v]) => header(k, v)),
+      body: input.grpc ? DENY_MESSAGE : DENY_BODY,
+    },
+  };
+}
+
+/** Evaluates one gRPC CheckRequest and returns the CheckResponse. Never rejects. */
+export async function evaluateCheck(request: unknown, deps: AuthzDeps): Promise<CheckResponse> {
+  const input = checkInputFromRequest(request);
+  return toCheckResponse(await judge(input, deps), input);
 }

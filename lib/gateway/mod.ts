@@ -23,7 +23,7 @@ import {
   ServiceHealthTracker,
 } from "../discovery/mod.ts";
 import { EnvoySupervisor } from "../envoy/mod.ts";
-import { type AuthzServer, createAuthzServer, DEFAULT_AUTHZ_ADDRESS } from "../extauthz/mod.ts";
+import { DEFAULT_AUTHZ_ADDRESS, GrpcAuthzProcess } from "../extauthz/grpc_process.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
 import { decisionEvent } from "../l7/mod.ts";
@@ -51,7 +51,7 @@ export class Gateway {
   readonly plane: DataPlane;
   #config: Config;
   readonly #deps: GatewayDeps;
-  readonly #authz: AuthzServer;
+  readonly #authz: GrpcAuthzProcess;
   readonly #envoy?: EnvoySupervisor;
   #admin: EnvoyAdminClient;
   #health: ServiceHealthTracker;
@@ -76,7 +76,12 @@ export class Gateway {
   private constructor(
     config: Config,
     deps: GatewayDeps,
-    parts: { plane: DataPlane; authz: AuthzServer; envoy?: EnvoySupervisor; byPort: Map<number, string> },
+    parts: {
+      plane: DataPlane;
+      authz: GrpcAuthzProcess;
+      envoy?: EnvoySupervisor;
+      byPort: Map<number, string>;
+    },
   ) {
     this.#byPort = parts.byPort;
     this.#config = config;
@@ -96,17 +101,16 @@ export class Gateway {
     if (!config.discovery) throw new Error("Gateway needs a config with a discovery block");
     // Filled by each discovery: ext_authz names a request's listener by the port it reached.
     const byPort = new Map<number, string>();
-    const authz = createAuthzServer({
+    // gRPC in a supervised child process: no HTTP/2 client can take the data plane down.
+    const authz = await GrpcAuthzProcess.start(deps.authzAddr ?? DEFAULT_AUTHZ_ADDRESS, {
       resolver: deps.resolver,
       // Envoy Gateway names the listener in the SecurityPolicy's contextExtensions, as with tailvoy:
       // any name is accepted; grants decide what it allows.
       listeners: (name) => name === "" ? undefined : HTTP_SETTINGS,
       listenerForPort: (port) => byPort.get(port),
-      secret: null,
       appCapNames: config.tailvoy.capabilities,
       onDecision: (record) => deps.telemetry?.decision(decisionEvent(record)),
     });
-    await authz.listen(deps.authzAddr ?? DEFAULT_AUTHZ_ADDRESS);
     let envoy: EnvoySupervisor | undefined;
     let plane: DataPlane | undefined;
     let gateway: Gateway;
@@ -127,7 +131,7 @@ export class Gateway {
     } catch (err) {
       await plane?.close(0);
       await envoy?.stop({ drainMs: 0 }).catch(() => {});
-      await authz.close({ graceMs: 0 });
+      await authz.close();
       throw err;
     }
     await gateway.poll();

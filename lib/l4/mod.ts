@@ -18,7 +18,7 @@ import { UdpListener } from "./udp.ts";
 
 export { FlowTable } from "./flows.ts";
 export { relay, type RelayConn, type RelayResult } from "./relay.ts";
-export { type L7Target, routeBySni, SECRET_TLV_TYPE, TcpListener } from "./tcp.ts";
+export { type L7Target, routeBySni, TcpListener } from "./tcp.ts";
 export { UdpListener, UdpSessionTable } from "./udp.ts";
 
 /** Inputs of {@link startDataPlane}. */
@@ -350,7 +350,7 @@ export class DataPlane {
   // What a listener is built from: equal keys mean a reload can keep the running listener.
   #entryKey(name: string, l: ListenerConfig, l7: L7Target | undefined): string {
     const services = l.ingress === "serve" && l.protocol !== "udp" ? this.#servicesOf(name) : [];
-    const target = l7 && { ...l7, secret: undefined };
+    const target = l7 && { ...l7, secret: undefined, services: undefined };
     return JSON.stringify({ l, l7: target ?? null, services, proxy: this.#proxyProtocolTo.has(name) });
   }
 }

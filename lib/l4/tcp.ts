@@ -19,22 +19,23 @@ import { admit } from "./admit.ts";
 import type { FlowTable } from "./flows.ts";
 import { relay, type RelayConn } from "./relay.ts";
 
-// The TLVs ext_authz checks: our per-process secret, and the Service the connection came through.
-import { DEFAULT_SECRET_TLV_TYPE as SECRET_TLV_TYPE, SERVICE_TLV_TYPE } from "../extauthz/secret.ts";
-export { SECRET_TLV_TYPE, SERVICE_TLV_TYPE };
+import { SECRET_TLV_TYPE, type ServiceIndex } from "../wire.ts";
 
 /** How connections reach a listener. */
 export type Ingress = "serve" | "direct";
 
 /**
  * Where an L7 listener's connections go: Envoy's listener, told the caller in a PROXY v2 header with
- * our secret (Envoy we run) or, in discovery mode, without one or without any header (Envoy Gateway's).
+ * our secret and the Service (Envoy we run, see `lib/wire.ts`) or, in discovery mode, without them or
+ * without any header (Envoy Gateway's).
  */
 export interface L7Target {
   hostname: string;
   port: number;
-  /** Sent in TLV 0xE0; absent in discovery mode (Envoy Gateway's listeners cannot check it). */
+  /** Sent in the secret TLV; absent in discovery mode (Envoy Gateway's listeners cannot check it). */
   secret?: Uint8Array;
+  /** With the secret: the Services, sent as the PROXY destination port. */
+  services?: ServiceIndex;
   /** Send a PROXY v2 header (default true): false for an Envoy listener without the proxy_protocol filter. */
   proxyProtocol?: boolean;
   /**
@@ -319,13 +320,14 @@ export class TcpListener {
     }
     let replay = rest;
     if (l7.proxyProtocol ?? true) {
-      const header = this.#proxyHeader(caller, identity, l7.port, [
-        ...(l7.secret ? [{ type: SECRET_TLV_TYPE, value: l7.secret }] : []),
-        // Lets ext_authz scope WhoIs to the Service this connection came through.
-        ...(l7.secret && this.spec.svcName
-          ? [{ type: SERVICE_TLV_TYPE, value: new TextEncoder().encode(this.spec.svcName) }]
-          : []),
-      ]);
+      // Our Envoy: the destination port tells ext_authz the Service, to scope WhoIs to it.
+      const dstPort = l7.secret && l7.services ? l7.services.portOf(this.spec.svcName) : l7.port;
+      const header = this.#proxyHeader(
+        caller,
+        identity,
+        dstPort,
+        l7.secret ? [{ type: SECRET_TLV_TYPE, value: l7.secret }] : [],
+      );
       if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
       replay = concat(header, rest);
     }

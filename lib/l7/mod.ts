@@ -1,7 +1,8 @@
 /**
- * The L7 stack: our ext_authz gRPC server, Envoy rendered from the config and supervised, and the
- * per-listener targets the L4 relay forwards http/https/grpc connections to (Envoy's loopback
- * listeners, with a per-process secret only we and Envoy know).
+ * The L7 stack: our HTTP ext_authz server on a unix socket in a private directory, Envoy rendered from
+ * the config and supervised, and the per-listener targets the L4 relay forwards http/https/grpc
+ * connections to (Envoy's loopback listeners, which admit only connections carrying the per-process
+ * secret only we and Envoy know; see `lib/wire.ts`).
  *
  * @module
  */
@@ -15,17 +16,17 @@ import {
   renderBootstrap,
 } from "../envoy/mod.ts";
 import {
-  type AuthzServer,
-  createAuthzServer,
   type DecisionRecord,
-  generateSecret,
+  type HttpAuthzServer,
   listenersFromConfig,
+  serveHttpAuthz,
 } from "../extauthz/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import type { L7Target } from "../l4/mod.ts";
 import { getLogger } from "../log.ts";
 import { unknownCallerDecision } from "../policy/mod.ts";
 import type { DecisionEvent, Telemetry } from "../telemetry/mod.ts";
+import { generateSecret, ServiceIndex } from "../wire.ts";
 
 export { EnvoyError } from "../envoy/mod.ts";
 
@@ -33,11 +34,6 @@ export { EnvoyError } from "../envoy/mod.ts";
 export interface L7Options {
   resolver: IdentityResolver;
   telemetry?: Telemetry;
-  /**
-   * ext_authz listen address (`-authz-addr`). Unset: a unix socket in a private directory, which only
-   * this user can reach (Deno's HTTP/2 server can be crashed by a misbehaving client: denoland/deno#36788).
-   */
-  authzAddr?: string;
   /** Arguments after `--`, passed to Envoy. */
   envoyArgs?: string[];
 }
@@ -48,10 +44,10 @@ export class L7Stack {
   targets: Map<string, L7Target>;
   readonly #ports: Map<string, number>;
   readonly #secret: string;
+  readonly #services: ServiceIndex;
   readonly #current: { lookup: ReturnType<typeof listenersFromConfig> };
-  readonly #authzAddress: string;
-  readonly #privateDir?: string;
-  readonly #authz: AuthzServer;
+  readonly #privateDir: string;
+  readonly #authz: HttpAuthzServer;
   readonly #envoy: EnvoySupervisor;
   readonly #gauges: ReturnType<typeof setInterval>;
 
@@ -60,19 +56,19 @@ export class L7Stack {
       targets: Map<string, L7Target>;
       ports: Map<string, number>;
       secret: string;
+      services: ServiceIndex;
       current: { lookup: ReturnType<typeof listenersFromConfig> };
-      authzAddress: string;
-      privateDir?: string;
+      privateDir: string;
     },
-    authz: AuthzServer,
+    authz: HttpAuthzServer,
     envoy: EnvoySupervisor,
     telemetry?: Telemetry,
   ) {
     this.targets = state.targets;
     this.#ports = state.ports;
     this.#secret = state.secret;
+    this.#services = state.services;
     this.#current = state.current;
-    this.#authzAddress = state.authzAddress;
     this.#privateDir = state.privateDir;
     this.#authz = authz;
     this.#envoy = envoy;
@@ -93,32 +89,33 @@ export class L7Stack {
     if (!names.length) return undefined;
     const log = getLogger("l7");
     const secret = generateSecret();
+    const services = new ServiceIndex();
     // ext_authz reads the listener settings through this holder, so a reload can swap them.
     const current = { lookup: listenersFromConfig(config) };
-    const authz = createAuthzServer({
-      resolver: options.resolver,
-      listeners: (name) => current.lookup(name),
-      secret,
-      appCapNames: config.tailvoy.capabilities,
-      onDecision: (record) => options.telemetry?.decision(decisionEvent(record)),
-    });
-    const privateDir = options.authzAddr ? undefined : await Deno.makeTempDir({ prefix: "tailvoy-authz-" });
-    if (privateDir) await Deno.chmod(privateDir, 0o700);
-    const bound = await authz.listen(options.authzAddr ?? `unix:${privateDir}/authz.sock`);
+    // Whoever can connect to the authz socket can name any caller: only this user may reach it.
+    const privateDir = await Deno.makeTempDir({ prefix: "tailvoy-authz-" });
+    await Deno.chmod(privateDir, 0o700);
+    let authz: HttpAuthzServer;
+    try {
+      authz = await serveHttpAuthz(`${privateDir}/authz.sock`, {
+        resolver: options.resolver,
+        listeners: (name) => current.lookup(name),
+        services,
+        appCapNames: config.tailvoy.capabilities,
+        onDecision: (record) => options.telemetry?.decision(decisionEvent(record)),
+      });
+    } catch (err) {
+      await Deno.remove(privateDir, { recursive: true }).catch(() => {});
+      throw err;
+    }
     const envoy = new EnvoySupervisor({ binary: config.tailvoy.envoyBinary, extraArgs: options.envoyArgs });
     try {
       const ports = allocatePorts(names);
-      const authzAddress = bound.host.startsWith("unix:")
-        ? bound.host
-        : `${bound.host.includes(":") ? `[${bound.host}]` : bound.host}:${bound.port}`;
-      const bootstrap = renderBootstrap(config, { listenerPorts: ports, authzAddress });
+      const bootstrap = renderBootstrap(config, { listenerPorts: ports, authzSocket: authz.path, secret });
       await envoy.validate(bootstrap);
       await envoy.start(bootstrap);
       await envoy.ready;
-      const bytes = new TextEncoder().encode(secret);
-      const targets = new Map(
-        names.map((name) => [name, { hostname: "127.0.0.1", port: ports.get(name)!, secret: bytes }]),
-      );
+      const targets = l7Targets(names, ports, { secret, services });
       log.info("Envoy ready ({binary}, admin {admin}): {listeners}", {
         binary: envoy.binary,
         admin: envoy.adminAddress,
@@ -127,15 +124,15 @@ export class L7Stack {
         pid: envoy.pid,
       });
       return new L7Stack(
-        { targets, ports, secret, current, authzAddress, privateDir },
+        { targets, ports, secret, services, current, privateDir },
         authz,
         envoy,
         options.telemetry,
       );
     } catch (err) {
       await envoy.stop({ drainMs: 0 }).catch(() => {});
-      await authz.close({ graceMs: 0 });
-      if (privateDir) await Deno.remove(privateDir, { recursive: true }).catch(() => {});
+      await authz.close();
+      await Deno.remove(privateDir, { recursive: true }).catch(() => {});
       throw err;
     }
   }
@@ -149,15 +146,16 @@ export class L7Stack {
     const names = l7ListenerNames(config);
     const fresh = allocatePorts(names.filter((n) => !this.#ports.has(n)));
     const ports = new Map(names.map((n) => [n, this.#ports.get(n) ?? fresh.get(n)!]));
-    const bootstrap = renderBootstrap(config, { listenerPorts: ports, authzAddress: this.#authzAddress });
+    const bootstrap = renderBootstrap(config, {
+      listenerPorts: ports,
+      authzSocket: this.#authz.path,
+      secret: this.#secret,
+    });
     const restarted = await this.#envoy.reload(bootstrap, { drainMs: options.drainMs });
     this.#current.lookup = listenersFromConfig(config);
     this.#ports.clear();
     for (const [n, p] of ports) this.#ports.set(n, p);
-    const bytes = new TextEncoder().encode(this.#secret);
-    this.targets = new Map(
-      names.map((n) => [n, { hostname: "127.0.0.1", port: ports.get(n)!, secret: bytes }]),
-    );
+    this.targets = l7Targets(names, ports, { secret: this.#secret, services: this.#services });
     return restarted;
   }
 
@@ -181,8 +179,19 @@ export class L7Stack {
     clearInterval(this.#gauges);
     await this.#envoy.stop({ drainMs });
     await this.#authz.close();
-    if (this.#privateDir) await Deno.remove(this.#privateDir, { recursive: true }).catch(() => {});
+    await Deno.remove(this.#privateDir, { recursive: true }).catch(() => {});
   }
+}
+
+function l7Targets(
+  names: readonly string[],
+  ports: ReadonlyMap<string, number>,
+  options: { secret: string; services: ServiceIndex },
+): Map<string, L7Target> {
+  const secret = new TextEncoder().encode(options.secret);
+  return new Map(
+    names.map((n) => [n, { hostname: "127.0.0.1", port: ports.get(n)!, secret, services: options.services }]),
+  );
 }
 
 /** An ext_authz decision record as a telemetry event (metrics and decision log). */
