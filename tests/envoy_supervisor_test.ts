@@ -8,6 +8,7 @@
  */
 
 import assert from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
 import { dirname, join } from "node:path";
 import { type Config, parseConfig } from "../lib/config/mod.ts";
 import {
@@ -30,6 +31,7 @@ import { setupLogging } from "../lib/log.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import { generateSecret, SECRET_TLV_TYPE, ServiceIndex } from "../lib/wire.ts";
 import { PEER_BINS, PROJECT_ROOT } from "../scripts/peers.ts";
+import { grpcHealthBackend, healthService } from "./harness/grpc_health.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -843,4 +845,86 @@ Deno.test("an Envoy left behind by a dead tailvoy is reaped on the next start; a
   } finally {
     await Deno.remove(base, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "traffic: ext_authz down, hanging or failing denies HTTP (403) and gRPC (PERMISSION_DENIED) callers",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    await requireEnvoy();
+    const grpcBackend = await grpcHealthBackend();
+    const config = configOf(`
+  web:
+    port: 80
+    protocol: http
+    backend: 127.0.0.1:9
+  rpc:
+    port: 81
+    protocol: grpc
+    routes: [{backend: "127.0.0.1:${grpcBackend.port}"}]
+`);
+    const dir = await Deno.makeTempDir({ prefix: "tailvoy-authz-down-" });
+    const socket = join(dir, "authz.sock");
+    let mode: "hang" | "500" | "down" = "down";
+    let server: Deno.HttpServer | undefined;
+    const secret = generateSecret();
+    const envoy = supervisor();
+    const { Client } = healthService();
+    try {
+      const listenerPorts = allocatePorts(["web", "rpc"]);
+      // The default timeout (250 ms): what production runs with.
+      await envoy.start(renderBootstrap(config, { listenerPorts, authzSocket: socket, secret }));
+      // Stands in for our relay: prepends the PROXY header with the secret.
+      const relay = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      (async () => {
+        for await (const conn of relay) {
+          const upstream = await connectAs(listenerPorts.get("rpc")!, { secret });
+          conn.readable.pipeTo(upstream.writable).catch(() => {});
+          upstream.readable.pipeTo(conn.writable).catch(() => {});
+        }
+      })().catch(() => {});
+      const ask = async () => {
+        const conn = await connectAs(listenerPorts.get("web")!, { secret });
+        try {
+          return (await request(conn, { close: true })).status;
+        } finally {
+          conn.close();
+        }
+      };
+      const rpc = async () => {
+        const client = new Client(`127.0.0.1:${relay.addr.port}`, grpc.credentials.createInsecure());
+        try {
+          return await new Promise<string>((resolve) =>
+            client.Check(
+              { service: "" },
+              { deadline: Date.now() + 10_000 },
+              (error: grpc.ServiceError | null) => resolve(error ? grpc.status[error.code] : "OK"),
+            )
+          );
+        } finally {
+          client.close();
+        }
+      };
+      for (const next of ["down", "hang", "500"] as const) {
+        await t.step(`ext_authz ${next}`, async () => {
+          mode = next;
+          if (next !== "down" && !server) {
+            server = Deno.serve({ path: socket, onListen: () => {} }, async () => {
+              if (mode === "hang") await new Promise((r) => setTimeout(r, 1000));
+              return new Response("boom", { status: mode === "500" ? 500 : 200 });
+            });
+          }
+          assert.equal(await ask(), 403);
+          assert.equal(await rpc(), "PERMISSION_DENIED");
+        });
+      }
+      relay.close();
+    } finally {
+      await cleanup(envoy);
+      await server?.shutdown();
+      grpcBackend.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
