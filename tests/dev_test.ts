@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { lineSplitter } from "../lib/lines.ts";
 import { PROJECT_ROOT } from "../scripts/peers.ts";
 import { descendants, type ProcessEntry, stillRunning } from "./harness/procs.ts";
 import { waitFor } from "./harness/tailnet.ts";
@@ -21,12 +22,8 @@ function startDev(): { child: Deno.ChildProcess; lines: string[]; done: Promise<
   }).spawn();
   const lines: string[] = [];
   const collect = async (stream: ReadableStream<Uint8Array>) => {
-    let buf = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      buf += chunk;
-      const parts = buf.split("\n");
-      buf = parts.pop()!;
-      lines.push(...parts);
+    for await (const line of stream.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter())) {
+      lines.push(line);
     }
   };
   return { child, lines, done: Promise.all([collect(child.stdout), collect(child.stderr)]) };

@@ -116,7 +116,7 @@ const DEFAULT_DRAIN_MS = 15_000;
 const ACTIVE_STATS = "^(listener\\.[^.]+\\.downstream_cx_active|http\\.[^.]+\\.downstream_rq_active)$";
 
 /**
- * One HTTP/1.1 request over a unix socket, `Connection: close`, the answer read to EOF (at most 4 MiB).
+ * One HTTP/1.1 request over a unix socket, `Connection: close`, the answer read to EOF.
  * Deno's fetch through a unix "proxy" sends absolute-form targets, which Envoy's admin answers with 404.
  */
 async function unixRequest(
@@ -134,14 +134,8 @@ async function unixRequest(
         } ${target} HTTP/1.1\r\nHost: envoy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`,
       ),
     );
-    const chunks: Uint8Array[] = [];
-    let size = 0;
-    for await (const chunk of conn.readable) {
-      chunks.push(chunk);
-      size += chunk.length;
-      if (size > 4 << 20) throw new Error(`Envoy admin answer to ${target} is over 4 MiB`);
-    }
-    const text = new TextDecoder().decode(concatBytes(chunks));
+    // The socket is in our private directory: only Envoy answers, and it ends with Connection: close.
+    const text = await new Response(conn.readable).text();
     const end = text.indexOf("\r\n\r\n");
     const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1]);
     if (end < 0 || !status) throw new Error(`Envoy admin answered ${target} with no HTTP response`);
@@ -152,16 +146,6 @@ async function unixRequest(
       conn.close();
     } catch { /* closed by the timer or the peer */ }
   }
-}
-
-function concatBytes(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
 }
 
 // Envoy's admin answers with a content-length or chunked.

@@ -7,6 +7,7 @@
  */
 
 import { join } from "node:path";
+import { lineSplitter } from "../../lib/lines.ts";
 import { sourceRunArgs } from "../../scripts/cache.ts";
 import { PROJECT_ROOT } from "../../scripts/peers.ts";
 import { waitFor } from "./tailnet.ts";
@@ -58,18 +59,13 @@ export class Proxy {
       stderr: "piped",
     }).spawn();
     const collect = async (stream: ReadableStream<Uint8Array>) => {
-      let buf = "";
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        buf += chunk;
-        const parts = buf.split("\n");
-        buf = parts.pop()!;
-        for (const line of parts.filter(Boolean)) {
-          if (isLogRecord(line)) {
-            this.lines.push(line);
-          } else {
-            this.other.push(line);
-            console.error(`proxy pid ${this.child.pid} wrote a line that is not a log record: ${line}`);
-          }
+      for await (const line of stream.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter())) {
+        if (!line) continue;
+        if (isLogRecord(line)) {
+          this.lines.push(line);
+        } else {
+          this.other.push(line);
+          console.error(`proxy pid ${this.child.pid} wrote a line that is not a log record: ${line}`);
         }
       }
     };
