@@ -9,8 +9,9 @@
  *   of a tailnet in a box, vs a bare LocalAPI `status` round trip on the same socket.
  * - l4: throughput, new connections/s, added latency and RSS of the relay vs direct loopback, Envoy's
  *   tcp_proxy and socat (see scripts/bench_l4.ts).
- * - l7: requests/s and latency through the full path vs the same Envoy without ext_authz vs straight
- *   to the backend, and ext_authz checks/s (see scripts/bench_l7.ts).
+ * - l7: requests/s and latency through the full path vs the same Envoy without ext_authz, with a zero-work
+ *   ext_authz (the floor of the HTTP ext_authz hop) and straight to the backend; our ext_authz server's
+ *   checks/s and CPU per check; the proxy's idle RSS (see scripts/bench_l7.ts).
  *
  * `--quick` shortens the long sections.
  *

@@ -5,39 +5,50 @@
  *
  * HTTP: keep-alive HTTP/1.1 connections, each starting with an optional preamble (the PROXY v2 header
  * tailscaled, or our relay, would send), then one request at a time; latency is from writing a request
- * to the last byte of its response. ext_authz: grpc-js unary `Check` calls with pre-encoded bytes.
+ * to the last byte of its response. ext_authz: the same connections on a unix socket, each sending the
+ * pre-built check request (what Envoy sends) one at a time.
  *
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import { type HttpTarget, type L7LoadCommand, type L7LoadResult, latencyOf } from "./l7_protocol.ts";
 
 const enc = new TextEncoder();
 const latin1 = new TextDecoder("latin1");
 
-/** One keep-alive HTTP/1.1 client connection. */
+/** One keep-alive HTTP/1.1 client connection, sending the same request again and again. */
 class HttpConn {
-  readonly #target: HttpTarget;
+  readonly #connect: () => Promise<Deno.Conn>;
   readonly #request: Uint8Array;
   readonly #first: Uint8Array;
-  #conn?: Deno.TcpConn;
+  #conn?: Deno.Conn;
   #buf = new Uint8Array(64 * 1024);
   #len = 0;
   #fresh = true;
 
-  constructor(target: HttpTarget) {
-    this.#target = target;
-    this.#request = enc.encode(`GET ${target.path} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`);
+  /** `first` is what a new connection sends (preamble + request), `request` every later request. */
+  constructor(connect: () => Promise<Deno.Conn>, request: Uint8Array, first = request) {
+    this.#connect = connect;
+    this.#request = request;
+    this.#first = first;
+  }
+
+  /** A connection to an HTTP target on 127.0.0.1 (`GET path`, with its preamble first). */
+  static tcp(target: HttpTarget): HttpConn {
+    const request = enc.encode(`GET ${target.path} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`);
     const preamble = target.preamble
       ? Uint8Array.from(atob(target.preamble), (c) => c.charCodeAt(0))
       : undefined;
-    this.#first = preamble ? new Uint8Array([...preamble, ...this.#request]) : this.#request;
+    const connect = async () => {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: target.port });
+      conn.setNoDelay(true);
+      return conn;
+    };
+    return new HttpConn(connect, request, preamble ? new Uint8Array([...preamble, ...request]) : request);
   }
 
   async open(): Promise<void> {
-    this.#conn = await Deno.connect({ hostname: "127.0.0.1", port: this.#target.port });
-    this.#conn.setNoDelay(true);
+    this.#conn = await this.#connect();
     this.#len = 0;
     this.#fresh = true;
   }
@@ -125,20 +136,33 @@ async function oneRequest(conn: HttpConn, tally: Tally): Promise<void> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function closedLoop(cmd: Extract<L7LoadCommand, { op: "closed" }>): Promise<L7LoadResult> {
+/** `connections` connections from `open`, each sending its next request on the response, until the deadline. */
+async function closed(
+  connections: number,
+  durationMs: number,
+  open: () => HttpConn,
+): Promise<{ tally: Tally; ms: number }> {
   const tally: Tally = { requests: 0, non2xx: 0, errors: 0, samples: [] };
   const t0 = performance.now();
-  const deadline = t0 + cmd.durationMs;
-  await Promise.all(Array.from({ length: cmd.connections }, async () => {
-    const conn = new HttpConn(cmd.target);
+  const deadline = t0 + durationMs;
+  await Promise.all(Array.from({ length: connections }, async () => {
+    const conn = open();
     try {
       while (performance.now() < deadline) await oneRequest(conn, tally);
     } finally {
       conn.close();
     }
   }));
-  const { samples, ...rest } = tally;
-  return { ok: true, op: "closed", ...rest, ms: performance.now() - t0, latency: latencyOf(samples) };
+  return { tally, ms: performance.now() - t0 };
+}
+
+async function closedLoop(cmd: Extract<L7LoadCommand, { op: "closed" }>): Promise<L7LoadResult> {
+  const { tally: { samples, ...rest }, ms } = await closed(
+    cmd.connections,
+    cmd.durationMs,
+    () => HttpConn.tcp(cmd.target),
+  );
+  return { ok: true, op: "closed", ...rest, ms, latency: latencyOf(samples) };
 }
 
 async function openLoop(cmd: Extract<L7LoadCommand, { op: "open" }>): Promise<L7LoadResult> {
@@ -148,7 +172,7 @@ async function openLoop(cmd: Extract<L7LoadCommand, { op: "open" }>): Promise<L7
   // Each connection sends every `interval` ms, the connections staggered evenly.
   const interval = (cmd.connections * 1000) / cmd.rate;
   await Promise.all(Array.from({ length: cmd.connections }, async (_, i) => {
-    const conn = new HttpConn(cmd.target);
+    const conn = HttpConn.tcp(cmd.target);
     await conn.open().catch(() => {});
     let next = t0 + (i * interval) / cmd.connections;
     try {
@@ -166,64 +190,19 @@ async function openLoop(cmd: Extract<L7LoadCommand, { op: "open" }>): Promise<L7
   return { ok: true, op: "open", ...rest, ms: performance.now() - t0, latency: latencyOf(samples) };
 }
 
-// grpc-js clients by port, kept open for the life of this process: closing a channel sends GOAWAY,
-// which can abort a Deno node:http2 server inside nghttp2 (denoland/deno#36788), and the ext_authz
-// server under test is one.
-// deno-lint-ignore no-explicit-any
-const clients = new Map<number, any>();
-
 async function authz(cmd: Extract<L7LoadCommand, { op: "authz" }>): Promise<L7LoadResult> {
-  // Imported here: only this command needs grpc-js and the protos.
-  const grpc = await import("@grpc/grpc-js");
-  const { CHECK_PATH, loadAuthzProtos } = await import("../../lib/extauthz/protos.ts");
-  const protos = loadAuthzProtos();
-  const bytes = Buffer.from(cmd.request, "base64");
-  let client = clients.get(cmd.port) as InstanceType<typeof grpc.Client> | undefined;
-  if (!client) {
-    client = new grpc.Client(`127.0.0.1:${cmd.port}`, grpc.credentials.createInsecure());
-    clients.set(cmd.port, client);
-  }
-  const samples: number[] = [];
-  let calls = 0;
-  let allowed = 0;
-  let errors = 0;
-  let firstError: string | undefined;
-  const call = () =>
-    new Promise<Buffer>((resolve, reject) =>
-      client!.makeUnaryRequest(
-        CHECK_PATH,
-        (b: Buffer) => b,
-        (b: Buffer) => b,
-        bytes,
-        (error, response) => error ? reject(error) : resolve(response!),
-      )
-    );
-  const t0 = performance.now();
-  const deadline = t0 + cmd.durationMs;
-  await Promise.all(Array.from({ length: cmd.concurrency }, async () => {
-    while (performance.now() < deadline) {
-      const start = performance.now();
-      try {
-        const response = protos.decodeCheckResponse(await call()) as { http_response?: string };
-        samples.push(performance.now() - start);
-        calls++;
-        if (response.http_response === "ok_response") allowed++;
-      } catch (err) {
-        errors++;
-        firstError ??= err instanceof Error ? err.message : String(err);
-        await sleep(10);
-      }
-    }
-  }));
+  const request = Uint8Array.from(atob(cmd.request), (c) => c.charCodeAt(0));
+  const connect = () => Deno.connect({ transport: "unix", path: cmd.socket });
+  const { tally, ms } = await closed(cmd.concurrency, cmd.durationMs, () => new HttpConn(connect, request));
   return {
     ok: true,
     op: "authz",
-    calls,
-    allowed,
-    errors,
-    firstError,
-    ms: performance.now() - t0,
-    latency: latencyOf(samples),
+    calls: tally.requests,
+    allowed: tally.requests - tally.non2xx,
+    errors: tally.errors,
+    ...(tally.firstError ? { firstError: tally.firstError } : {}),
+    ms,
+    latency: latencyOf(tally.samples),
   };
 }
 

@@ -22,10 +22,10 @@ export type L7LoadCommand =
   /** Open loop: `rate` requests/s spread evenly over `connections` keep-alive connections. */
   | { op: "open"; target: HttpTarget; connections: number; durationMs: number; rate: number }
   /**
-   * ext_authz `Check` calls over one grpc-js channel, `concurrency` in flight, with the encoded
-   * CheckRequest `request` (base64).
+   * HTTP ext_authz checks to the unix socket `socket`: `concurrency` keep-alive HTTP/1.1 connections,
+   * each with one check in flight, each check the bytes `request` (base64: a whole HTTP/1.1 request).
    */
-  | { op: "authz"; port: number; request: string; concurrency: number; durationMs: number };
+  | { op: "authz"; socket: string; request: string; concurrency: number; durationMs: number };
 
 /** Latency percentiles in ms. */
 export interface Latency {
@@ -56,6 +56,7 @@ export type L7LoadResult =
     ok: true;
     op: "authz";
     calls: number;
+    /** Checks answered 200 (allowed). */
     allowed: number;
     errors: number;
     firstError?: string;
