@@ -30,6 +30,10 @@ Deno.test("decide: static config — listener names checked, L4 or L7 from the l
     (err) =>
       err instanceof CheckInputError && /Unknown listener "nope": the config has web, db/.test(err.message),
   );
+  // Not a listener, though a plain object has a member of that name.
+  for (const name of ["toString", "constructor", "__proto__", "hasOwnProperty"]) {
+    assert.throws(() => decide(alice, { listener: name }, { config }), CheckInputError, name);
+  }
 });
 
 Deno.test("decide: discovery config — any listener name (Envoy's), L7 when a path is given", () => {

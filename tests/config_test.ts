@@ -409,6 +409,28 @@ Deno.test("YAML syntax errors have line:column", () => {
   );
 });
 
+Deno.test("YAML aliases: unresolved, looping and exploding aliases are errors at the alias's line", () => {
+  assertReported(
+    "tailvoy:\n  ingress: direct\nlisteners:\n  web: {port: 80, protocol: http, backend: *b}\n",
+    "invalid YAML: alias *b has no anchor &b before it (line 4:44)",
+    "define &b before its first use",
+  );
+  assertReported(
+    "tailvoy: {ingress: direct}\nlisteners:\n  web: &a\n    port: 80\n    x: *a\n",
+    "invalid YAML: alias *a is inside the node it names (a loop) (line 5:8)",
+  );
+  assertReported("a: &a [*a]\n", "alias *a is inside the node it names (a loop) (line 1:8)");
+  const bomb = "x: &x [1, 2]\ny: &y [*x, *x, *x, *x, *x, *x, *x, *x, *x, *x]\n" +
+    "z: &z [*y, *y, *y, *y, *y, *y, *y, *y, *y, *y]\nw: [*z, *z, *z, *z, *z, *z, *z, *z, *z, *z, *z]\n";
+  assertReported(bomb, "invalid YAML: aliases expand to more than 1000 nodes (line 2:8)");
+  // Aliases that resolve are fine (tailvoy configs use them for shared routes).
+  const config = parseConfig(
+    "tailvoy: {ingress: direct}\nlisteners:\n  a: &l {port: 80, protocol: http, backend: 'a:1'}\n  b: {<<: *l, port: 81}\n",
+    { env: {} },
+  );
+  assert.deepEqual([config.listeners.a.port, config.listeners.b.port], [80, 81]);
+});
+
 Deno.test("formatIssues sorts by position and puts unlocated issues last", () => {
   const issues: ConfigIssue[] = [
     { path: [], message: "b", source: "x.yaml" },
@@ -450,6 +472,41 @@ Deno.test("unknown keys: did-you-mean at every level", () => {
     "listeners.web.methods: unknown key",
     "allowed keys here: port, protocol, backend, routes, tls, acceptAppCaps, shadow, ingress",
   );
+});
+
+Deno.test("keys named like Object.prototype members are unknown keys with path and line, at every level", () => {
+  const names = [
+    "valueOf",
+    "hasOwnProperty",
+    "toLocaleString",
+    "propertyIsEnumerable",
+    "__defineGetter__",
+    "toString",
+    "constructor",
+    "isPrototypeOf",
+    "__proto__",
+  ];
+  for (const name of names) {
+    assertReported(
+      `${name}: 1\n` + withListeners("  web: {port: 80, protocol: http, backend: a:1}\n"),
+      `${name}: unknown key (line 1:1)`,
+    );
+    assertReported(`tailvoy:\n  ${name}: x\n`, `tailvoy.${name}: unknown key (line 2:3)`);
+    assertReported(
+      withListeners(`  web:\n    port: 80\n    protocol: http\n    backend: a:1\n    ${name}: {port: 1}\n`),
+      `listeners.web.${name}: unknown key`,
+    );
+  }
+  // As a mapping, `__proto__` stays a key: it never becomes the listener's prototype and supplies fields.
+  assertReported(
+    withListeners("  web:\n    __proto__: {port: 80, protocol: http, backend: a:1}\n"),
+    "listeners.web.protocol: required",
+  );
+  // A listener may be named like one; lookups by name find only real listeners.
+  const config = parseConfig(withListeners("  constructor: {port: 80, protocol: tcp, backend: a:1}\n"), {
+    env: {},
+  });
+  assert.deepEqual(Object.keys(config.listeners), ["constructor"]);
 });
 
 Deno.test("the removed tailscale.service key is rejected as tailvoy does, with a migration hint", async () => {
@@ -695,6 +752,36 @@ Deno.test("discovery serviceMappings are regexes and are required", () => {
   );
   assertReported(discovery, "tailscale.serviceMappings: required in discovery mode");
   parse(`tailscale:\n  serviceMappings:\n    web: ["(?i)HTTP"]\n${discovery}`);
+});
+
+Deno.test("patterns are RE2: its syntax and errors, matched in linear time (no catastrophic backtracking)", () => {
+  const discovery = "discovery:\n  envoyAdmin: http://127.0.0.1:19000\n  envoyAddress: 127.0.0.1\n";
+  // Backtracking-only constructs are config errors, with path and line.
+  for (
+    const [pattern, why] of [["(?=x)web", "Perl syntax"], ["(a)\\1", "escape"], [
+      "(?<=a)b",
+      "invalid named capture",
+    ]]
+  ) {
+    assertReported(
+      `tailscale:\n  serviceMappings:\n    web: ['${pattern}']\n${discovery}`,
+      `tailscale.serviceMappings.web[0]: invalid regex`,
+      why,
+      "(line 3:11)",
+    );
+    assertReported(
+      `tailscale:\n  serviceMappings: {web: ['.*']}\n${discovery}  listenerFilter: '${pattern}'\n`,
+      "discovery.listenerFilter: invalid regex",
+    );
+  }
+  // RE2's own syntax: inline flags, unanchored search.
+  const config = parse(`tailscale:\n  serviceMappings:\n    web: ["(?i)^DEFAULT/", "(a+)+$"]\n${discovery}`);
+  const servicesOf = createServiceMatcher(config);
+  assert.deepEqual(servicesOf("default/eg/http"), ["svc:web"]);
+  assert.deepEqual(servicesOf("other"), []);
+  // With a backtracking engine this never returns (2^60 paths); RE2 scans the name once.
+  assert.deepEqual(servicesOf(`${"a".repeat(60)}-`), []);
+  assert.deepEqual(servicesOf(`x${"a".repeat(60)}`), ["svc:web"]);
 });
 
 Deno.test("discovery block: required keys and formats", () => {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { own } from "../own.ts";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import type { Config } from "../config/mod.ts";
@@ -63,7 +64,7 @@ export function decide(
   request: CheckRequest,
   options: CheckOptions = {},
 ): Decision {
-  const listener = options.config?.listeners[request.listener];
+  const listener = own(options.config?.listeners, request.listener);
   // In discovery mode the listeners come from Envoy at run time: any name may be asked about.
   if (options.config && !listener && !options.config.discovery) {
     const names = Object.keys(options.config.listeners);

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { RE2JS } from "re2js";
+
 /** What is wrong with a value, and what to do about it. */
 export interface Problem {
   /** Sentence-case description quoting the value. */
@@ -236,14 +238,28 @@ export function checkDuration(value: string): Problem | undefined {
   return { message: `invalid duration ${quote(value)}`, hint };
 }
 
+/** A compiled tailvoy regex: `test` finds a match anywhere in the text (unanchored, as Go's MatchString). */
+export interface Pattern {
+  /** The pattern as written. */
+  readonly source: string;
+  /** True if the pattern matches somewhere in `text`; linear in the length of `text`. */
+  test(text: string): boolean;
+}
+
 /**
- * Compiles a tailvoy regex (Go RE2 syntax) to a JavaScript RegExp. A leading inline flag group
- * such as `(?i)` becomes a RegExp flag, since JavaScript rejects it. Throws SyntaxError if invalid.
+ * Compiles a tailvoy regex with RE2 (the `re2js` port of Go's engine, as the Go tailvoy uses): RE2's
+ * syntax, including inline flags such as `(?i)`, and matching in time linear in the input, so a pattern
+ * such as `(a+)+$` cannot stall the event loop. Throws `RE2JSSyntaxException` if RE2 rejects it
+ * (backreferences, lookarounds).
  */
-export function compilePattern(pattern: string): RegExp {
-  const inline = /^\(\?([ims]+)\)/.exec(pattern);
-  if (!inline) return new RegExp(pattern);
-  return new RegExp(pattern.slice(inline[0].length), [...new Set(inline[1])].join(""));
+export function compilePattern(pattern: string): Pattern {
+  const re = RE2JS.compile(pattern);
+  return { source: pattern, test: (text) => re.test(text) };
+}
+
+/** Why RE2 rejected a pattern, from the error {@linkcode compilePattern} threw. */
+export function patternError(error: unknown): string {
+  return error instanceof Error ? error.message.replace(/^error parsing regexp: /, "") : String(error);
 }
 
 /** Checks that a string compiles with {@linkcode compilePattern}. */
@@ -252,9 +268,7 @@ export function checkPattern(value: string): Problem | undefined {
     compilePattern(value);
     return undefined;
   } catch (error) {
-    const reason = error instanceof Error
-      ? error.message.replace(/^Invalid regular expression: /, "")
-      : String(error);
+    const reason = patternError(error);
     return {
       message: `invalid regex ${quote(value)}: ${reason}`,
       hint: "fix the pattern, or escape special characters with \\",

@@ -7,6 +7,7 @@
 import type { z } from "zod";
 import { type ConfigIssue, formatPath, splitMessage } from "./errors.ts";
 import type { RuleIssue } from "./rules.ts";
+import { own } from "../own.ts";
 import { closest } from "./suggest.ts";
 import { locate, type YamlSource } from "./yaml_source.ts";
 
@@ -45,7 +46,7 @@ function allowedKeys(schema: Schema, path: readonly PropertyKey[]): string[] {
   for (const segment of path) {
     const d = def(current);
     const next: Schema | undefined = d.type === "object"
-      ? d.shape?.[String(segment)]
+      ? own(d.shape, String(segment))
       : d.type === "record"
       ? d.valueType
       : d.type === "array"
@@ -85,9 +86,9 @@ const TYPE_HINTS: Record<string, string> = {
   array: "write a list, e.g. [a, b] or lines starting with -",
 };
 
-// Keys tailvoy removed, with its own migration message.
-const REMOVED_KEYS: Record<string, (value: unknown, data: unknown) => { message: string; hint: string }> = {
-  "tailscale.service": (value, data) => {
+// Keys tailvoy removed, with its own migration message (a Map: user keys must not find Object members).
+const REMOVED_KEYS = new Map<string, (value: unknown, data: unknown) => { message: string; hint: string }>([
+  ["tailscale.service", (value, data) => {
     const listeners = (data as { listeners?: unknown })?.listeners;
     const names = typeof listeners === "object" && listeners !== null
       ? Object.keys(listeners).join(", ")
@@ -97,14 +98,14 @@ const REMOVED_KEYS: Record<string, (value: unknown, data: unknown) => { message:
       message: "has been replaced by tailscale.serviceMappings",
       hint: `write serviceMappings: {${service}: [${names || "<listener names>"}]} instead`,
     };
-  },
-};
+  }],
+]);
 
 function valueAt(data: unknown, path: readonly PropertyKey[]): unknown {
   let value = data;
   for (const segment of path) {
     if (typeof value !== "object" || value === null) return undefined;
-    value = (value as Record<PropertyKey, unknown>)[segment];
+    value = own(value as Record<string, unknown>, String(segment));
   }
   return value;
 }
@@ -120,8 +121,8 @@ function generic(issue: Issue, path: (string | number)[]): { message: string; hi
   switch (issue.code) {
     case "invalid_type":
       return {
-        message: `expected ${TYPE_NAMES[issue.expected] ?? issue.expected}, got ${describe(input)}`,
-        hint: TYPE_HINTS[issue.expected],
+        message: `expected ${own(TYPE_NAMES, issue.expected) ?? issue.expected}, got ${describe(input)}`,
+        hint: own(TYPE_HINTS, issue.expected),
       };
     case "invalid_value": {
       const values = issue.values.map(String);
@@ -183,7 +184,7 @@ export function fromZodIssues(
       const allowed = allowedKeys(schema, issue.path);
       return issue.keys.map((key) => {
         const keyPath = [...path, key];
-        const removed = REMOVED_KEYS[formatPath(keyPath)];
+        const removed = REMOVED_KEYS.get(formatPath(keyPath));
         const suggestion = closest(key, allowed);
         if (suggestion && !removed) misspelt.add(formatPath([...path, suggestion]));
         const text = removed ? removed(valueAt(data, keyPath), data) : {

@@ -38,7 +38,7 @@ export {
   type ReadCredentialsOptions,
 } from "./credentials.ts";
 export { createServiceMatcher, SERVICE_PREFIX, type ServiceMatcherInput } from "./services.ts";
-export { compilePattern, parseDuration } from "./formats.ts";
+export { compilePattern, parseDuration, type Pattern } from "./formats.ts";
 export {
   DEFAULT_ADMIN_ADDRESS,
   DEFAULT_CAPABILITY,

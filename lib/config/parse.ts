@@ -5,11 +5,12 @@
  * @module
  */
 
+import { own } from "../own.ts";
 import { ConfigError, type ConfigIssue, formatPath } from "./errors.ts";
 import { fromRuleIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
 import { checkRules } from "./rules.ts";
 import { type Config, ConfigSchema } from "./schema.ts";
-import { expandEnv, parseYaml, toPlain } from "./yaml_source.ts";
+import { aliasIssues, expandEnv, parseYaml, toPlain } from "./yaml_source.ts";
 
 /** Options for {@linkcode parseConfig}. */
 export interface ParseConfigOptions {
@@ -35,8 +36,10 @@ export function parseConfig(text: string, options: ParseConfigOptions = {}): Con
   // hasOwn: a plain object would otherwise answer ${constructor} with Object's own property.
   const envIssues = expandEnv(
     yaml,
-    env ? (name) => Object.hasOwn(env, name) ? env[name] : undefined : (name) => Deno.env.get(name),
+    env ? (name) => own(env, name) : (name) => Deno.env.get(name),
   );
+  const badAliases = aliasIssues(yaml);
+  if (badAliases.length > 0) throw new ConfigError([...envIssues, ...badAliases]);
   let data: unknown;
   try {
     data = toPlain(yaml);

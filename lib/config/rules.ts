@@ -7,6 +7,7 @@
  */
 
 import { L7_PROTOCOLS } from "./constants.ts";
+import { patternError } from "./formats.ts";
 import { compileMappingEntry, type MappingEntry } from "./services.ts";
 import { closest } from "./suggest.ts";
 
@@ -339,9 +340,7 @@ function checkServiceMappings(
       try {
         entry = compileMappingEntry(service, pattern, { staticListeners });
       } catch (error) {
-        const reason = error instanceof Error
-          ? error.message.replace(/^Invalid regular expression: /, "")
-          : "";
+        const reason = patternError(error);
         report({
           path: [...path, service, index],
           message: staticListeners

@@ -29,7 +29,7 @@ export interface MappingEntryOptions {
   staticListeners?: ReadonlySet<string>;
 }
 
-/** Compiles one `serviceMappings` entry of `service`. Throws SyntaxError on a bad regex. */
+/** Compiles one `serviceMappings` entry of `service` (RE2). Throws on a pattern RE2 rejects. */
 export function compileMappingEntry(
   service: string,
   pattern: string,

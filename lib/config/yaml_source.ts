@@ -6,6 +6,7 @@
  * @module
  */
 
+import { own } from "../own.ts";
 import {
   type Document,
   isAlias,
@@ -16,6 +17,7 @@ import {
   parse,
   parseDocument,
   type Scalar,
+  visit,
 } from "yaml";
 import type { ConfigIssue } from "./errors.ts";
 
@@ -71,7 +73,7 @@ export function parseYaml(text: string, source?: string): { yaml: YamlSource; is
     return {
       path: [],
       message: `invalid YAML: ${detail}`,
-      hint: SYNTAX_HINTS[error.code] ?? "fix the YAML syntax near this position",
+      hint: own(SYNTAX_HINTS, error.code) ?? "fix the YAML syntax near this position",
       ...position(yaml, error.pos[0]),
       source,
     };
@@ -261,20 +263,77 @@ function retypePlain(text: string): unknown {
   }
 }
 
+/** How many nodes aliases may expand to in all (the yaml package's guard against alias bombs). */
+const MAX_ALIAS_COUNT = 1000;
+
+/**
+ * Aliases that cannot be expanded, each located at the alias: one with no anchor of its name before it,
+ * one inside the node its anchor names (a loop, which would recurse forever), and, when the document's
+ * aliases would expand to more than {@link MAX_ALIAS_COUNT} nodes, the first alias.
+ */
+export function aliasIssues(yaml: YamlSource): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  let first: number | undefined;
+  const at = (offset: number, message: string, hint: string): ConfigIssue => ({
+    path: [],
+    message: `invalid YAML: ${message}`,
+    hint,
+    ...position(yaml, offset),
+    source: yaml.source,
+  });
+  visit(yaml.doc, {
+    Alias(_key, node, ancestors) {
+      const offset = node.range?.[0] ?? 0;
+      first ??= offset;
+      const target = node.resolve(yaml.doc);
+      if (!target) {
+        issues.push(
+          at(
+            offset,
+            `alias *${node.source} has no anchor &${node.source} before it`,
+            `define &${node.source} before its first use`,
+          ),
+        );
+      } else if ((ancestors as readonly unknown[]).includes(target)) {
+        issues.push(
+          at(
+            offset,
+            `alias *${node.source} is inside the node it names (a loop)`,
+            "an alias cannot repeat a mapping or list inside itself",
+          ),
+        );
+      }
+    },
+  });
+  if (issues.length === 0 && first !== undefined) {
+    try {
+      yaml.doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+    } catch {
+      issues.push(
+        at(
+          first,
+          `aliases expand to more than ${MAX_ALIAS_COUNT} nodes`,
+          "repeat fewer or smaller anchors, or write the values out",
+        ),
+      );
+    }
+  }
+  return issues;
+}
+
 /**
  * The document as plain data. Null map values are dropped, as Go's decoder turned them into
- * zero values: `backend:` with nothing after it reads as "no backend".
+ * zero values: `backend:` with nothing after it reads as "no backend". Check {@link aliasIssues} first.
  */
 export function toPlain(yaml: YamlSource): unknown {
-  return dropNulls(yaml.doc.toJS({ maxAliasCount: 1000 }) ?? {});
+  return dropNulls(yaml.doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) ?? {});
 }
 
 function dropNulls(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(dropNulls);
   if (typeof value !== "object" || value === null) return value;
-  const out: Record<string, unknown> = {};
-  for (const [key, item] of Object.entries(value)) {
-    if (item !== null) out[key] = dropNulls(item);
-  }
-  return out;
+  // fromEntries makes own properties: a `__proto__` key stays a key (and is then an unknown one).
+  return Object.fromEntries(
+    Object.entries(value).filter(([, item]) => item !== null).map(([key, item]) => [key, dropNulls(item)]),
+  );
 }

@@ -11,8 +11,9 @@
  * @module
  */
 
+import { setOwn } from "../own.ts";
 import type { Config, DiscoveryConfig, ListenerConfig } from "../config/mod.ts";
-import { compilePattern } from "../config/mod.ts";
+import { compilePattern, type Pattern } from "../config/mod.ts";
 import { joinHostPort } from "../extauthz/address.ts";
 import type { L7Target } from "../l4/mod.ts";
 import { type DiscoveredListener, parseClusterHealth, parseListeners } from "./parse.ts";
@@ -114,8 +115,8 @@ export class EnvoyAdminClient {
   }
 }
 
-/** The `discovery.listenerFilter` regex, or `undefined`. */
-export function listenerFilter(discovery: DiscoveryConfig): RegExp | undefined {
+/** The `discovery.listenerFilter` regex (RE2), or `undefined`. */
+export function listenerFilter(discovery: DiscoveryConfig): Pattern | undefined {
   return discovery.listenerFilter ? compilePattern(discovery.listenerFilter) : undefined;
 }
 
@@ -170,7 +171,7 @@ export function planDiscovered(base: Config, listeners: readonly DiscoveredListe
         );
       }
       const listener: ListenerConfig = { ...common, port: l.port, protocol: "http" };
-      plan.config.listeners[l.name] = listener;
+      setOwn(plan.config.listeners, l.name, listener);
       plan.l7Targets.set(l.name, {
         hostname: discovery.envoyAddress,
         port: l.port,
@@ -179,12 +180,12 @@ export function planDiscovered(base: Config, listeners: readonly DiscoveredListe
       });
       continue;
     }
-    plan.config.listeners[l.name] = {
+    setOwn(plan.config.listeners, l.name, {
       ...common,
       port: l.port,
       protocol: "tcp",
       backend: joinHostPort(discovery.envoyAddress, l.port),
-    };
+    });
     if (proxy) plan.proxyProtocolTo.add(l.name);
   }
   return plan;

@@ -23,13 +23,13 @@ export function resolveEnvoyBinary(
 }
 
 // Envoy's short options and their long names (TCLAP rejects an option given twice).
-const ALIASES: Record<string, string> = { "-l": "--log-level", "-c": "--config-path" };
+const ALIASES = new Map([["-l", "--log-level"], ["-c", "--config-path"]]);
 // Options without a value.
 const SWITCHES = new Set(["--disable-hot-restart"]);
 
 function optionName(token: string): string {
   const name = token.split("=")[0];
-  return ALIASES[name] ?? name;
+  return ALIASES.get(name) ?? name;
 }
 
 /**

@@ -28,6 +28,7 @@ import type { ListenerConfig } from "../config/mod.ts";
 import { L7_PROTOCOLS } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
+import { own } from "../own.ts";
 import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation } from "../policy/mod.ts";
 import { type AddressKind, classifyAddress, joinHostPort } from "./address.ts";
 import { identityHeaders, spoofedHeaders } from "./headers.ts";
@@ -46,8 +47,7 @@ export type ListenerLookup = (name: string) => ListenerSettings | undefined;
 export function listenersFromConfig(
   config: { listeners: Readonly<Record<string, ListenerSettings>> },
 ): ListenerLookup {
-  const listeners = config.listeners;
-  return (name) => Object.hasOwn(listeners, name) ? listeners[name] : undefined;
+  return (name) => own(config.listeners, name);
 }
 
 /**
@@ -184,10 +184,6 @@ export const PERMISSION_DENIED = 7;
 
 const log = getLogger("extauthz");
 const EMPTY_HEADERS: Readonly<Record<string, string>> = Object.freeze({});
-
-function own<T>(map: Readonly<Record<string, T>> | undefined, key: string): T | undefined {
-  return map && Object.hasOwn(map, key) ? map[key] : undefined;
-}
 
 interface Outcome {
   allow: boolean;
