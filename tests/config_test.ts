@@ -99,6 +99,7 @@ Deno.test("README quickstart gets every default", async () => {
         acceptAppCaps: false,
         shadow: false,
         ingress: "serve",
+        keepHeaders: [],
       },
     },
     tailvoy: {
@@ -471,6 +472,24 @@ Deno.test("unknown keys: did-you-mean at every level", () => {
     withListeners("  web:\n    port: 80\n    protocol: http\n    backend: a:1\n    methods: [GET]\n"),
     "listeners.web.methods: unknown key",
     "allowed keys here: port, protocol, backend, routes, tls, acceptAppCaps, shadow, ingress",
+  );
+});
+
+Deno.test("keepHeaders: override headers a listener lets through; known names, L7 only", () => {
+  const config = parse(withListeners(
+    "  web: {port: 80, protocol: http, backend: 'a:1', keepHeaders: [x-http-method-override]}\n",
+  ));
+  assert.deepEqual(config.listeners.web.keepHeaders, ["x-http-method-override"]);
+  assertReported(
+    withListeners(
+      "  web: {port: 80, protocol: http, backend: 'a:1', keepHeaders: [x-http-method-overide]}\n",
+    ),
+    "listeners.web.keepHeaders[0]: must be one of x-original-url",
+    'did you mean "x-http-method-override"?',
+  );
+  assertReported(
+    withListeners("  db: {port: 5432, protocol: tcp, backend: 'a:1', keepHeaders: [x-original-url]}\n"),
+    "listeners.db.keepHeaders: only applies to http, https and grpc listeners, not tcp",
   );
 });
 

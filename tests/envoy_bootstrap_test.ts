@@ -7,6 +7,7 @@
  * tests/fixtures/envoy/ (self-signed, test only).
  */
 
+import { OVERRIDE_HEADERS } from "../lib/config/constants.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type Config, loadConfig, parseConfig } from "../lib/config/mod.ts";
@@ -189,6 +190,16 @@ function assertInvariants(
     ) assert.equal(hcm[key], value, `${where}: ${key}`);
     assert.equal(at(hcm, "common_http_protocol_options.headers_with_underscores_action"), "REJECT_REQUEST");
     assert.deepEqual(hcm.upgrade_configs, [{ upgrade_type: "websocket" }]);
+    // Envoy's own replies: JSON with the request id; ext_authz's denies keep their body.
+    assert.deepEqual(at(hcm, "local_reply_config.body_format.json_format"), {
+      error: "%RESPONSE_CODE_DETAILS%",
+      status: "%RESPONSE_CODE%",
+      message: "%LOCAL_REPLY_BODY%",
+      requestId: "%REQ(X-REQUEST-ID)%",
+    });
+    assert.deepEqual(at(hcm, "local_reply_config.mappers.0.filter"), {
+      response_flag_filter: { flags: ["UAEX"] },
+    });
     assert.equal(typeof hcm.stat_prefix, "string");
     assert.doesNotMatch(String(hcm.stat_prefix), /\./, "stat prefix is one segment");
 
@@ -203,6 +214,9 @@ function assertInvariants(
       { remove_on_match: { key_matcher: { prefix: "x-tailscale-" } } },
       { remove_on_match: { key_matcher: { prefix: "tailscale-" } } },
       { remove_on_match: { key_matcher: { prefix: "x-tailvoy-" } } },
+      ...["forwarded", ...OVERRIDE_HEADERS.filter((h) => !spec.keepHeaders.includes(h))].map((exact) => ({
+        remove_on_match: { key_matcher: { exact } },
+      })),
     ]);
     const authz = obj(filters[1].typed_config);
     assert.equal(authz.failure_mode_allow, false);
@@ -237,6 +251,9 @@ function assertInvariants(
         "tailscale-user-login",
         "tailscale-user-name",
         "tailscale-app-capabilities",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-host",
       ],
     );
 
@@ -267,7 +284,7 @@ function assertInvariants(
         } else {
           assert.deepEqual(
             route.direct_response,
-            { status: 404 },
+            { status: 404, body: { inline_string: "no route for this host and path" } },
             `${where}: the only other action is a 404`,
           );
         }

@@ -204,6 +204,10 @@ Deno.test("allow: identity headers for a user node, each set to overwrite", asyn
       ["x-tailscale-tags", ""],
       ["tailscale-user-login", "alice@example.com"],
       ["tailscale-user-name", "=?utf-8?q?Alice_Zo=C3=AB?="],
+      // Forwarding headers, overwritten with what the connection says (as tailscale serve does).
+      ["x-forwarded-for", "100.64.0.2"],
+      ["x-real-ip", "100.64.0.2"],
+      ["x-forwarded-host", HOST],
     ].map(([key, value]) => ({
       header: { key, value },
       append: { value: false },
@@ -227,6 +231,50 @@ Deno.test("allow: identity headers for a user node, each set to overwrite", asyn
   assert.equal(r.shadow, false);
   assert.match(r.explanation, /^ALLOW L7 listener "web"/);
   assert.ok(r.latencyMs >= 0 && r.time instanceof Date);
+});
+
+Deno.test("allow: Forwarded and override headers are removed unless the listener keeps them (gRPC checks carry all headers)", async () => {
+  const { deps } = makeDeps({
+    listeners: listenersFromConfig({
+      listeners: {
+        ...LISTENERS,
+        rpc: {
+          protocol: "grpc",
+          acceptAppCaps: false,
+          shadow: false,
+          keepHeaders: ["x-http-method-override"],
+        },
+      },
+    }),
+  });
+  const headers = {
+    forwarded: "for=100.64.0.9",
+    "x-forwarded-for": "100.64.0.9",
+    "x-original-url": "/admin",
+    "x-rewrite-url": "/admin",
+    "x-http-method-override": "DELETE",
+    "x-http-method": "DELETE",
+    "x-method-override": "DELETE",
+  };
+  const removed = (listener: string) =>
+    evaluateCheck(checkRequest({ listener, headers }), deps).then((r) =>
+      r.ok_response?.headers_to_remove?.sort()
+    );
+  assert.deepEqual(await removed("web"), [
+    "forwarded",
+    "x-http-method",
+    "x-http-method-override",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+  ]);
+  assert.deepEqual(await removed("rpc"), [
+    "forwarded",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+  ]);
 });
 
 Deno.test("allow: a tagged node gets an empty user, its tags, and no serve user headers", async () => {

@@ -131,6 +131,67 @@ Deno.test({
       });
 
       await t.step(
+        "forwarding and override headers: set from the connection, or removed, whatever the client sends",
+        async () => {
+          const r = await get("alice", "/api/me", {
+            headers: {
+              "X-Forwarded-For": `${bob.ipv4}, 10.0.0.1`,
+              "X-Real-IP": bob.ipv4,
+              "Forwarded": `for=${bob.ipv4};proto=https`,
+              "X-Forwarded-Proto": "https",
+              "X-Forwarded-Host": "evil.example.com",
+              "X-Original-URL": "/admin",
+              "X-Rewrite-URL": "/admin",
+              "X-HTTP-Method-Override": "DELETE",
+              "X-HTTP-Method": "DELETE",
+              "X-Method-Override": "DELETE",
+            },
+          });
+          assert.equal(r.status, 200, r.body);
+          const h = JSON.parse(r.body).headers as Record<string, string>;
+          assert.equal(h["x-forwarded-for"], alice.ipv4, "overwritten, as tailscale serve does");
+          assert.equal(h["x-real-ip"], alice.ipv4);
+          assert.equal(h["x-forwarded-proto"], "http", "the listener's scheme");
+          assert.equal(h["x-forwarded-host"], "app.box.test", "the Host the policy judged");
+          for (
+            const name of [
+              "forwarded",
+              "x-original-url",
+              "x-rewrite-url",
+              "x-http-method-override",
+              "x-http-method",
+              "x-method-override",
+            ]
+          ) assert.equal(h[name], undefined, `${name} removed`);
+        },
+      );
+
+      await t.step(
+        "refusals Envoy makes itself carry our JSON body and request id, with truthful statuses",
+        async () => {
+          const cases: [string, Parameters<typeof http>[2], number, string][] = [
+            ["/api/users", { method: "get" }, 400, "http1.codec_error"],
+            ["/api/users", { method: "FROB" }, 400, "http1.codec_error"],
+            ["app.box.test:443", { method: "CONNECT" }, 404, "route_not_found"],
+          ];
+          for (const [path, options, status, error] of cases) {
+            const r = await get("alice", path, options);
+            assert.equal(r.status, status, `${options?.method} ${path}: ${r.body}`);
+            const body = JSON.parse(r.body);
+            assert.equal(body.error, error);
+            assert.equal(body.status, status);
+            assert.ok("requestId" in body);
+            // Once Envoy has parsed the request it has an id, and says it in a header too.
+            if (body.requestId !== null) assert.equal(r.headers["x-tailvoy-request-id"], body.requestId);
+          }
+          assert.ok(
+            (await get("alice", "app.box.test:443", { method: "CONNECT" })).headers["x-tailvoy-request-id"],
+            "the request id header",
+          );
+        },
+      );
+
+      await t.step(
         "header injection: a client's x-tailvoy-peer, -local and -listener change nothing and never reach the backend",
         async () => {
           const injected = (as: string) => ({

@@ -28,3 +28,19 @@ export const DEFAULT_CAPABILITY = "rajsingh.info/cap/tailvoy";
 
 /** Default admin (health, metrics) listen address. */
 export const DEFAULT_ADMIN_ADDRESS = "127.0.0.1:9002";
+
+/**
+ * Request headers some backends honour to serve another path or method than the one the policy judged
+ * (an `/admin` page under an `/api/*` grant, a DELETE under a GET-only one): removed at L7 unless a
+ * listener keeps them by name (`keepHeaders`).
+ */
+export const OVERRIDE_HEADERS = [
+  "x-original-url",
+  "x-rewrite-url",
+  "x-http-method-override",
+  "x-http-method",
+  "x-method-override",
+] as const;
+
+/** One of {@link OVERRIDE_HEADERS}. */
+export type OverrideHeader = typeof OVERRIDE_HEADERS[number];

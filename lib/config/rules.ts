@@ -184,6 +184,15 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
       hint: "remove acceptAppCaps; capabilities are passed to backends in an HTTP header",
     });
   }
+  if (
+    Array.isArray(listener.keepHeaders) && listener.keepHeaders.length && !L7_PROTOCOLS.includes(protocol)
+  ) {
+    report({
+      path: at("keepHeaders"),
+      message: `only applies to http, https and grpc listeners, not ${protocol}`,
+      hint: "remove keepHeaders; a tcp, tls or udp listener passes bytes through unread",
+    });
+  }
 }
 
 function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: RuleIssue) => void): void {

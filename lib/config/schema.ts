@@ -31,6 +31,7 @@ import {
   HEALTH_POLICIES,
   INGRESS_MODES,
   L7_PROTOCOLS,
+  OVERRIDE_HEADERS,
   PROTOCOLS,
 } from "./constants.ts";
 import { joinMessage } from "./errors.ts";
@@ -143,6 +144,12 @@ const ListenerSchema = z.strictObject({
   shadow: z.boolean().default(false),
   /** Our addition: override `tailvoy.ingress` for this listener. udp listeners are always `direct`. */
   ingress: z.enum(INGRESS_MODES).optional(),
+  /**
+   * Our addition (http/https/grpc): override headers (`X-HTTP-Method-Override`, `X-Original-URL`, …) to
+   * let through to the backend; by default all are removed, since a backend that honours them serves
+   * another method or path than the one the policy judged.
+   */
+  keepHeaders: z.array(z.enum(OVERRIDE_HEADERS)).default([]),
 });
 
 /** `tailscale:` block, as in tailvoy (minus the removed `service` key). */

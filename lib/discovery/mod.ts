@@ -147,7 +147,13 @@ export function planDiscovered(base: Config, listeners: readonly DiscoveredListe
     warnings: [],
   };
   for (const l of listeners) {
-    const common = { routes: [], acceptAppCaps: false, shadow: false, ingress: "serve" as const };
+    const common = {
+      routes: [],
+      acceptAppCaps: false,
+      shadow: false,
+      ingress: "serve" as const,
+      keepHeaders: [],
+    };
     const warn = (message: string) => plan.warnings.push({ listener: l.name, message });
     if (l.kind === "udp") {
       warn("UDP listeners are not exposed in discovery mode (tailscaled serve forwards TCP only)");

@@ -29,7 +29,12 @@
 
 import type { Config, ListenerConfig, RouteConfig, TlsConfig } from "../config/mod.ts";
 import { L7_PROTOCOLS } from "../config/mod.ts";
-import { IDENTITY_HEADERS, RESERVED_HEADER_PREFIXES } from "../extauthz/headers.ts";
+import {
+  FORWARDING_HEADERS,
+  IDENTITY_HEADERS,
+  RESERVED_HEADER_PREFIXES,
+  strippedHeaders,
+} from "../extauthz/headers.ts";
 import {
   AUTHZ_HEADERS,
   CHECK_PATH_PREFIX,
@@ -93,7 +98,9 @@ const EXT_AUTHZ = "envoy.filters.http.ext_authz";
 const HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 type Upstream = "h1" | "h2";
-type L7Listener = Pick<ListenerConfig, "protocol" | "routes" | "tls">;
+type L7Listener =
+  & Pick<ListenerConfig, "protocol" | "routes" | "tls">
+  & Partial<Pick<ListenerConfig, "keepHeaders">>;
 
 /** The names of the L7 (Envoy-served) listeners of `config`, sorted. */
 export function l7ListenerNames(config: Pick<Config, "listeners">): string[] {
@@ -261,7 +268,7 @@ function renderVirtualHosts(
         : {
           name: `${key} no route`,
           match: { prefix: "/" },
-          direct_response: { status: 404 },
+          direct_response: NO_ROUTE,
         },
     );
     return { name: key === "*" ? "catch_all" : key, domains: [key], routes };
@@ -271,7 +278,7 @@ function renderVirtualHosts(
     vhosts.push({
       name: "catch_all",
       domains: ["*"],
-      routes: [{ name: "unknown host", match: { prefix: "/" }, direct_response: { status: 404 } }],
+      routes: [{ name: "unknown host", match: { prefix: "/" }, direct_response: NO_ROUTE }],
     });
   }
   return vhosts;
@@ -331,6 +338,42 @@ const PROXY_PROTOCOL_FILTER: JsonObject = {
   },
 };
 
+/**
+ * Every reply Envoy makes itself (a bad request, an unknown method, no route, a failed upstream) carries
+ * a JSON body like our denies and the request id, with its own, truthful status (gRPC callers get the
+ * status Envoy maps it to). ext_authz's denies already carry ours, and keep it as it is.
+ */
+const LOCAL_REPLIES: JsonObject = {
+  mappers: [
+    {
+      filter: { response_flag_filter: { flags: ["UAEX"] } },
+      body_format_override: {
+        text_format_source: { inline_string: "%LOCAL_REPLY_BODY%" },
+        content_type: "application/json",
+      },
+    },
+    {
+      // Matches every request (we configure no health checks): the request id, as our denies have it.
+      filter: { not_health_check_filter: {} },
+      headers_to_add: [{
+        header: { key: "x-tailvoy-request-id", value: "%REQ(X-REQUEST-ID)%" },
+        append_action: "OVERWRITE_IF_EXISTS_OR_ADD",
+      }],
+    },
+  ],
+  body_format: {
+    json_format: {
+      error: "%RESPONSE_CODE_DETAILS%",
+      status: "%RESPONSE_CODE%",
+      message: "%LOCAL_REPLY_BODY%",
+      requestId: "%REQ(X-REQUEST-ID)%",
+    },
+  },
+};
+
+/** What a request no route of ours serves gets, once ext_authz has let it through. */
+const NO_ROUTE: JsonObject = { status: 404, body: { inline_string: "no route for this host and path" } };
+
 /** Closes, before any HTTP, every connection whose PROXY header did not carry the relay secret. */
 function secretFilter(secret: string): JsonObject {
   return {
@@ -359,19 +402,32 @@ function secretFilter(secret: string): JsonObject {
   };
 }
 
-function httpFilters(listener: string, authz: { timeoutMs: number }): JsonObject[] {
-  const identity = Object.values(IDENTITY_HEADERS).map((exact) => ({ exact }));
+function httpFilters(
+  listener: string,
+  options: { timeoutMs: number; keepHeaders?: readonly string[] },
+): JsonObject[] {
+  const upstream = [...Object.values(IDENTITY_HEADERS), ...Object.values(FORWARDING_HEADERS)].map((
+    exact,
+  ) => ({
+    exact,
+  }));
   return [
     {
       // Before ext_authz: the identity headers a backend sees (x-tailscale-*, and tailscale serve's
-      // tailscale-*) can only be the ones we add, and no client copy of our own x-tailvoy-* goes on.
+      // tailscale-*) can only be the ones we add, no client copy of our own x-tailvoy-* goes on, and
+      // neither does Forwarded or a header that would make the backend serve another path or method.
       name: "envoy.filters.http.header_mutation",
       typed_config: {
         "@type": `${TYPE}extensions.filters.http.header_mutation.v3.HeaderMutation`,
         mutations: {
-          request_mutations: [...RESERVED_HEADER_PREFIXES, TAILVOY_HEADER_PREFIX].map((prefix) => ({
-            remove_on_match: { key_matcher: { prefix } },
-          })),
+          request_mutations: [
+            ...[...RESERVED_HEADER_PREFIXES, TAILVOY_HEADER_PREFIX].map((prefix) => ({
+              remove_on_match: { key_matcher: { prefix } },
+            })),
+            ...strippedHeaders(options.keepHeaders).map((exact) => ({
+              remove_on_match: { key_matcher: { exact } },
+            })),
+          ],
         },
       },
     },
@@ -390,7 +446,7 @@ function httpFilters(listener: string, authz: { timeoutMs: number }): JsonObject
           server_uri: {
             uri: "http://tailvoy-authz",
             cluster: AUTHZ_CLUSTER,
-            timeout: duration(authz.timeoutMs),
+            timeout: duration(options.timeoutMs),
           },
           path_prefix: CHECK_PATH_PREFIX,
           authorization_request: {
@@ -404,7 +460,7 @@ function httpFilters(listener: string, authz: { timeoutMs: number }): JsonObject
             ],
           },
           authorization_response: {
-            allowed_upstream_headers: { patterns: identity },
+            allowed_upstream_headers: { patterns: upstream },
             allowed_client_headers: {
               patterns: [{ exact: "content-type" }, { exact: "x-request-id" }, {
                 exact: "x-tailvoy-request-id",
@@ -471,13 +527,14 @@ export function renderBootstrap(config: Pick<Config, "listeners">, options: Rend
       strip_trailing_host_dot: true,
       common_http_protocol_options: { headers_with_underscores_action: "REJECT_REQUEST" },
       upgrade_configs: [{ upgrade_type: "websocket" }],
+      local_reply_config: LOCAL_REPLIES,
       route_config: {
         name,
         // Host `app.example.com:80` selects the virtual host of `app.example.com`.
         ignore_port_in_host_matching: true,
         virtual_hosts: renderVirtualHosts(listener, backendCluster),
       },
-      http_filters: httpFilters(name, { timeoutMs: authzTimeoutMs }),
+      http_filters: httpFilters(name, { timeoutMs: authzTimeoutMs, keepHeaders: listener.keepHeaders }),
     };
     const { chains, sni } = filterChains(listener, [secret, {
       name: "envoy.filters.network.http_connection_manager",

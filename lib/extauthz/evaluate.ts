@@ -31,11 +31,14 @@ import { getLogger } from "../log.ts";
 import { own } from "../own.ts";
 import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation } from "../policy/mod.ts";
 import { type AddressKind, classifyAddress, joinHostPort } from "./address.ts";
-import { identityHeaders, spoofedHeaders } from "./headers.ts";
+import { forwardingHeaders, identityHeaders, spoofedHeaders } from "./headers.ts";
 import { CheckRequestSchema, type CheckResponse, type HeaderValueOption } from "./schema.ts";
 
 /** What evaluation needs to know about a listener. */
-export type ListenerSettings = Pick<ListenerConfig, "protocol" | "acceptAppCaps" | "shadow">;
+export type ListenerSettings = Pick<ListenerConfig, "protocol" | "acceptAppCaps" | "shadow"> & {
+  /** Override headers this listener lets through (see `OVERRIDE_HEADERS`); none when absent. */
+  keepHeaders?: readonly string[];
+};
 
 /** Looks a listener up by its name; `undefined` for a name that is not configured. */
 export type ListenerLookup = (name: string) => ListenerSettings | undefined;
@@ -296,11 +299,14 @@ export async function judge(input: CheckInput, deps: AuthzDeps): Promise<Verdict
   let remove: string[] = [];
   if (outcome.allow && outcome.identity && outcome.settings) {
     try {
-      set = identityHeaders(outcome.identity, {
-        callerIp: input.callerIp,
-        appCapNames: outcome.settings.acceptAppCaps ? deps.appCapNames ?? DEFAULT_CAP_NAMES : undefined,
-      });
-      remove = spoofedHeaders(input.headers, set);
+      set = [
+        ...identityHeaders(outcome.identity, {
+          callerIp: input.callerIp,
+          appCapNames: outcome.settings.acceptAppCaps ? deps.appCapNames ?? DEFAULT_CAP_NAMES : undefined,
+        }),
+        ...forwardingHeaders(input.callerIp, outcome.decision?.host ?? input.host),
+      ];
+      remove = spoofedHeaders(input.headers, set, { keep: outcome.settings.keepHeaders });
     } catch (error) {
       outcome = internalError(error);
     }

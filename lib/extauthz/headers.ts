@@ -19,6 +19,7 @@
  */
 
 import type { Identity } from "../identity/mod.ts";
+import { OVERRIDE_HEADERS } from "../config/constants.ts";
 import type { HeaderValueOption } from "./schema.ts";
 
 /** Header names set on allowed requests (lower case, as Envoy compares them). */
@@ -33,6 +34,26 @@ export const IDENTITY_HEADERS: Readonly<
   name: "tailscale-user-name",
   appCapabilities: "tailscale-app-capabilities",
 });
+
+/**
+ * Forwarding headers set on every allowed request, overwriting what the client sent (as `tailscale serve`
+ * does): `X-Forwarded-For` and `X-Real-IP` are the caller's tailnet address, `X-Forwarded-Host` the Host.
+ */
+export const FORWARDING_HEADERS: Readonly<Record<"for" | "realIp" | "host", string>> = Object.freeze({
+  for: "x-forwarded-for",
+  realIp: "x-real-ip",
+  host: "x-forwarded-host",
+});
+
+/** RFC 7239 `Forwarded`: written by the client, so removed (the `X-Forwarded-*` above replace it). */
+export const FORWARDED_HEADER = "forwarded";
+
+export { OVERRIDE_HEADERS, type OverrideHeader } from "../config/constants.ts";
+
+/** The headers removed from every request of a listener that keeps `keep` (lower case). */
+export function strippedHeaders(keep: readonly string[] = []): string[] {
+  return [FORWARDED_HEADER, ...OVERRIDE_HEADERS.filter((h) => !keep.includes(h))];
+}
 
 /** Prefixes of request headers only tailvoy may set; client copies are removed. */
 export const RESERVED_HEADER_PREFIXES: readonly string[] = Object.freeze(["x-tailscale-", "tailscale-"]);
@@ -142,6 +163,15 @@ function setHeader(key: string, value: string): HeaderValueOption {
   };
 }
 
+/** {@link FORWARDING_HEADERS} for an allowed request from `callerIp` to `host`. */
+export function forwardingHeaders(callerIp: string, host: string): HeaderValueOption[] {
+  return [
+    setHeader(FORWARDING_HEADERS.for, callerIp),
+    setHeader(FORWARDING_HEADERS.realIp, callerIp),
+    setHeader(FORWARDING_HEADERS.host, headerSafe(host)),
+  ];
+}
+
 /** Inputs of {@link identityHeaders}. */
 export interface IdentityHeaderOptions {
   /** The caller's IP, as Envoy reported it. */
@@ -186,10 +216,12 @@ export function identityHeaders(identity: Identity, options: IdentityHeaderOptio
 export function spoofedHeaders(
   requestHeaders: Readonly<Record<string, string>> | undefined,
   set: readonly HeaderValueOption[],
+  options: { keep?: readonly string[] } = {},
 ): string[] {
   if (!requestHeaders) return [];
   const ours = new Set(set.map((h) => h.header.key));
+  const stripped = new Set(strippedHeaders(options.keep));
   return Object.keys(requestHeaders).filter((key) =>
-    RESERVED_HEADER_PREFIXES.some((prefix) => key.startsWith(prefix)) && !ours.has(key)
+    !ours.has(key) && (stripped.has(key) || RESERVED_HEADER_PREFIXES.some((prefix) => key.startsWith(prefix)))
   );
 }

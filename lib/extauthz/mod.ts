@@ -45,12 +45,18 @@ export {
 export {
   encodeHeaderValue,
   formatAppCapabilities,
+  FORWARDED_HEADER,
+  FORWARDING_HEADERS,
+  forwardingHeaders,
   goJson,
   IDENTITY_HEADERS,
   type IdentityHeaderOptions,
   identityHeaders,
+  OVERRIDE_HEADERS,
+  type OverrideHeader,
   RESERVED_HEADER_PREFIXES,
   spoofedHeaders,
+  strippedHeaders,
 } from "./headers.ts";
 export {
   type CheckRequest,
