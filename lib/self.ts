@@ -11,7 +11,8 @@ import { fileURLToPath } from "node:url";
 /**
  * Permissions of the proxy at run time: network (listeners, backends, Envoy admin, ext_authz), the
  * LocalAPI socket and config files, temp files for Envoy's bootstrap, spawning Envoy, environment for
- * credentials, and system info for the hostname. `deno compile` bakes them in.
+ * credentials, system info for the hostname, and FFI for the kernel's socket diagnostics (who opened a
+ * serve-ingress connection; `lib/sockdiag/`). `deno compile` bakes them in.
  */
 export const RUNTIME_PERMISSIONS = [
   "--allow-net",
@@ -20,6 +21,7 @@ export const RUNTIME_PERMISSIONS = [
   "--allow-env",
   "--allow-run",
   "--allow-sys",
+  "--allow-ffi",
 ] as const;
 
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));

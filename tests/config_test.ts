@@ -118,6 +118,7 @@ Deno.test("README quickstart gets every default", async () => {
         unadvertiseGrace: 5000,
       },
       apiBaseUrl: "https://api.tailscale.com",
+      servePeerCheck: true,
       decisionLog: { allows: true },
     },
   });

@@ -8,6 +8,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
+import { RUNTIME_PERMISSIONS } from "../lib/self.ts";
+import { sourceRunArgs } from "../scripts/cache.ts";
+import { PROJECT_ROOT } from "../scripts/peers.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import { makeCert } from "./harness/certs.ts";
 import { readSome, tlsBackend, tlsVia } from "./harness/clients.ts";
@@ -92,6 +95,51 @@ Deno.test({
           assert.equal(fg[0].TCP?.[String(SERVE + 32)]?.ProxyProtocol, 2);
           assert.match(fg[0].TCP?.[String(SERVE + 32)]?.TCPForward ?? "", /^127\.0\.0\.1:\d+$/);
         });
+
+        await t.step(
+          "serve: a local process of another user sending a PROXY header naming alice is refused; tailscaled's are served",
+          async () => {
+            const { config } = await api.getServeConfig();
+            const forward =
+              Object.values(config.Foreground ?? {})[0]?.TCP?.[String(SERVE + 32)]?.TCPForward ?? "";
+            const relayPort = Number(forward.split(":")[1]);
+            // What tailscaled sends, forged by a process running as nobody (the test runs as root, like
+            // tailscaled here): a PROXY v2 header for alice, then a line.
+            const forged = [
+              ...encodeProxyV2({
+                command: "PROXY",
+                transport: "tcp",
+                source: { address: alice.ipv4, port: 4242 },
+                destination: { address: gw.ipv4, port: SERVE + 32 },
+              }),
+              ...enc.encode("hi"),
+            ];
+            // bash's /dev/tcp: no interpreter that nobody may not be able to reach.
+            const bytes = forged.map((b) => `\\x${b.toString(16).padStart(2, "0")}`).join("");
+            // The proxy may close before the write: no SIGPIPE, no error text.
+            const script =
+              `trap '' PIPE; exec 3<>/dev/tcp/127.0.0.1/${relayPort}; printf '${bytes}' >&3 2>/dev/null; ` +
+              `r=$(timeout 5 cat <&3); echo -n "\${r:-closed}"`;
+            const asNobody = await new Deno.Command("setpriv", {
+              args: ["--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c", script],
+              env: { PATH: "/usr/bin:/bin" },
+            }).output();
+            assert.equal(
+              new TextDecoder().decode(asNobody.stdout),
+              "closed",
+              new TextDecoder().decode(asNobody.stderr),
+            );
+            await serveProxy.waitLog(
+              /refused on .*db.*runs as uid 65534, not tailscaled's 0/,
+              "the refusal names the uid",
+            );
+            // tailscaled itself is still believed.
+            const a = await tailnet.dial("alice", gw.ipv4, SERVE + 32);
+            await a.write(enc.encode("ok"));
+            assert.equal(await readSome(a), "echo:ok");
+            a.close();
+          },
+        );
 
         await t.step("serve: alice reaches the tcp backend, bob's connection is closed", async () => {
           const a = await tailnet.dial("alice", gw.ipv4, SERVE + 32);
@@ -201,6 +249,30 @@ Deno.test({
           assert.deepEqual(config.Foreground ?? {}, {});
         });
       }
+
+      await t.step(
+        "serve: without the means to check who connects, the proxy refuses to start and says why",
+        async () => {
+          const out = await new Deno.Command(Deno.execPath(), {
+            args: [
+              ...sourceRunArgs(join(PROJECT_ROOT, "main.ts"), {
+                permissions: RUNTIME_PERMISSIONS.filter((p) => p !== "--allow-ffi"),
+              }),
+              "--config",
+              join(dir, "serve.yaml"),
+              "--socket",
+              gw.socket,
+            ],
+            stdin: "null",
+          }).output();
+          const text = new TextDecoder().decode(out.stderr) + new TextDecoder().decode(out.stdout);
+          assert.equal(out.code, 1, text);
+          assert.match(text, /run with --allow-ffi/);
+          assert.match(text, /tailvoy\.servePeerCheck: false/);
+          const { config } = await api.getServeConfig();
+          assert.deepEqual(config.Foreground ?? {}, {}, "nothing was served");
+        },
+      );
 
       // ---- direct ingress: userspace tailscaled delivers gw:PORT to 127.0.0.1:PORT.
       const DIRECT = 17500;

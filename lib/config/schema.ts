@@ -232,6 +232,11 @@ const TailvoySchema = z.strictObject({
   controlUrl: checked(checkHttpUrl).optional(),
   /** Tailscale API base URL for the OAuth client exchange (default `https://api.tailscale.com`). */
   apiBaseUrl: checked(checkHttpUrl).default("https://api.tailscale.com"),
+  /**
+   * Accept a serve-ingress connection only from tailscaled's user (default true): the PROXY header such
+   * a connection starts with names the caller, so no other local user may open one. Linux only.
+   */
+  servePeerCheck: z.boolean().default(true),
   /** Decision log: one JSON line per L4 flow (open and close) and per L7 decision. */
   decisionLog: z.strictObject({
     /** Log allowed decisions too (default true); denies are always logged. */

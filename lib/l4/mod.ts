@@ -12,6 +12,7 @@ import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { getLogger } from "../log.ts";
 import { type Entries, type Forward, ServeSession } from "../serve/mod.ts";
+import { SockDiag } from "../sockdiag/mod.ts";
 import { FlowTable } from "./flows.ts";
 import { type L7Target, type TcpDeps, TcpListener, type TcpListenerSpec } from "./tcp.ts";
 import { UdpListener } from "./udp.ts";
@@ -73,6 +74,7 @@ export class DataPlane {
   /** Services already reported as not approved (once each is enough). */
   #unapprovedWarned = new Set<string>();
   #proxyProtocolTo: ReadonlySet<string>;
+  #sockDiag?: SockDiag;
 
   private constructor(config: Config, deps: DataPlaneDeps) {
     this.#deps = deps;
@@ -107,6 +109,9 @@ export class DataPlane {
   static async start(config: Config, deps: DataPlaneDeps): Promise<DataPlane> {
     const plane = new DataPlane(config, deps);
     try {
+      const serve = config.discovery !== undefined ||
+        Object.values(config.listeners).some((l) => l.ingress === "serve" && l.protocol !== "udp");
+      if (serve && config.tailvoy.servePeerCheck) await plane.#checkServePeers();
       for (const [name, l] of Object.entries(config.listeners)) {
         const entry = await plane.#startListener(name, l, deps.l7Targets);
         if (entry) plane.#entries.set(name, entry);
@@ -331,6 +336,48 @@ export class DataPlane {
    * Shuts down in order: our Services are unadvertised and, after `graceMs`, our serve entries are
    * removed and listeners stop accepting; open flows get `drainMs` to finish, then are closed.
    */
+  /**
+   * Serve ingress: a connection's PROXY header names the caller, so only tailscaled may open one. Each
+   * connection's other end must belong to tailscaled's user (the owner of its LocalAPI socket), asked of
+   * the kernel by exact 4-tuple at accept.
+   */
+  async #checkServePeers(): Promise<void> {
+    let uid: number | null;
+    try {
+      uid = (await Deno.stat(this.#deps.api.socket)).uid;
+    } catch (err) {
+      throw new Error(
+        `Cannot tell tailscaled's user from its socket ${this.#deps.api.socket} (${err}): check the path, or set tailvoy.servePeerCheck: false`,
+      );
+    }
+    try {
+      this.#sockDiag = SockDiag.open();
+    } catch (err) {
+      throw new Error(
+        `Serve ingress must check that connections come from tailscaled, and cannot: ${
+          err instanceof Error ? err.message : err
+        }. Fix that, use tailvoy.ingress: direct, or set tailvoy.servePeerCheck: false (then any local process that finds a serve port can name any caller)`,
+      );
+    }
+    const diag = this.#sockDiag;
+    this.#tcpDeps.servePeer = (conn) => {
+      const peer = conn.remoteAddr;
+      const local = conn.localAddr;
+      const owner = diag.tcpOwner({ ip: peer.hostname, port: peer.port }, {
+        ip: local.hostname,
+        port: local.port,
+      });
+      if (!owner) {
+        return "the connecting socket is gone (or unknown to the kernel): cannot tell it is tailscaled";
+      }
+      if (owner.uid !== uid) {
+        return `the connecting process runs as uid ${owner.uid}, not tailscaled's ${uid}: only tailscaled may send PROXY headers to a serve port`;
+      }
+      return undefined;
+    };
+    log.info("serve ingress accepts connections from tailscaled's user only (uid {uid})", { uid });
+  }
+
   async close(drainMs: number, options: { graceMs?: number } = {}): Promise<void> {
     this.#closing = true;
     this.flows.stopRecheck();
@@ -345,6 +392,8 @@ export class DataPlane {
     for (const l of this.tcp) l.close();
     await this.flows.drain(drainMs);
     for (const l of this.udp) l.close();
+    this.#sockDiag?.close();
+    this.#sockDiag = undefined;
   }
 
   // What a listener is built from: equal keys mean a reload can keep the running listener.

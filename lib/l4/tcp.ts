@@ -81,6 +81,11 @@ export interface TcpDeps {
   resolver: IdentityResolver;
   flows: FlowTable;
   timeouts: TcpTimeouts;
+  /**
+   * Serve ingress: why a connection must be refused before its PROXY header is read (it does not come
+   * from tailscaled), or `undefined` to go on. Absent: every loopback peer is believed.
+   */
+  servePeer?: (conn: Deno.TcpConn) => string | undefined;
   /** Metrics and decision log. */
   telemetry?: Telemetry;
 }
@@ -229,6 +234,10 @@ export class TcpListener {
     if (this.spec.ingress === "serve") {
       // Only tailscaled (on loopback) may tell us who is calling, and it always does.
       if (!isLoopback(remote.hostname)) return this.#refuse(conn, `non-loopback peer ${remote.hostname}`);
+      const notTailscaled = this.#deps.servePeer?.(conn);
+      if (notTailscaled) {
+        return this.#refuse(conn, notTailscaled, { peer: formatAddr(remote.hostname, remote.port) });
+      }
       try {
         const got = await readProxyHeader(conn, { timeoutMs: this.#deps.timeouts.proxyHeader });
         if (got.header.command !== "PROXY" || !got.header.source) {
