@@ -213,10 +213,12 @@ Deno.test("our additions: every key with non-default values", async () => {
       unadvertiseGrace: 5000,
     },
     apiBaseUrl: "https://api.tailscale.com",
+    servePeerCheck: false,
     decisionLog: { allows: false },
   });
   const { web, api, dns } = config.listeners;
   assert.equal(web.acceptAppCaps, true);
+  assert.deepEqual(web.keepHeaders, ["x-http-method-override"]);
   assert.equal(web.shadow, true);
   assert.deepEqual(web.tls, { cert: "/certs/web.crt", key: "/certs/web.key" });
   assert.equal(web.backend, undefined, "an L7 backend is folded into routes");
