@@ -4,7 +4,8 @@
  * measured in the same run — direct loopback, Envoy's `tcp_proxy` (`--concurrency 1` and 2), `socat`,
  * and our `relay()` alone (`bench/l4_bare_relay.ts`: what the Deno runtime costs before any of our
  * per-connection logic). Prints throughput, new connections/s, added latency and RSS, with the proxy's
- * CPU per GiB and per connection (robust on a shared machine), each goal of the issue next to its figure.
+ * CPU per GiB and per connection (robust on a shared machine), each goal of the issue next to its figure;
+ * and the proxy's CPU for a TLS ClientHello dribbled in 1-byte records against a normal one (issue #16).
  *
  * Every program runs in its own process: the proxy under test, the backend (`bench/l4_sink.ts`) and the
  * load generator (`bench/l4_load.ts`), so none shares an event loop with another. Everything on
@@ -16,6 +17,8 @@
 import { openBenchSession, relayPortFor, type Spawn, waitUntil } from "./bench/session.ts";
 import { join } from "node:path";
 import { LocalApiClient } from "../lib/localapi/mod.ts";
+import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
+import { reframe } from "../tests/fixtures/client_hello/capture.ts";
 import type { Tailnet } from "../tests/harness/tailnet.ts";
 import type { LoadCommand, LoadResult, ProxyHeaderSpec } from "./bench/l4_protocol.ts";
 import { cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./bench/l4_procs.ts";
@@ -69,6 +72,8 @@ const QUICK: Plan = {
 
 /** The tailnet port of the bench listener (tailscaled would forward it to us; we connect straight). */
 const SERVE_PORT = 15432;
+/** The tailnet port of the `tls` listener of the ClientHello rows. */
+const TLS_SERVE_PORT = 15443;
 const ENVOY = PEER_BINS.envoy;
 
 /** Something the load generator can connect to. */
@@ -82,6 +87,8 @@ interface Target {
   pid?: number;
   /** The PROXY v2 header every connection starts with (our serve listener only). */
   proxy?: ProxyHeaderSpec;
+  /** The loopback port of its `tls` listener (ours only). */
+  tlsPort?: number;
 }
 
 function median(xs: number[]): number {
@@ -246,9 +253,13 @@ async function startTailvoy(
     config,
     [
       "tailscale:",
-      "  serviceMappings: {gw: [db]}",
+      "  serviceMappings: {gw: [db, hello]}",
       "listeners:",
       `  db: {port: ${SERVE_PORT}, protocol: tcp, backend: "127.0.0.1:${options.backendPort}"}`,
+      // For the ClientHello rows. Alice has no grant for it and nothing listens on the backend: every
+      // connection ends refused once its hello is read (the sink would choke on TLS bytes).
+      `  hello: {port: ${TLS_SERVE_PORT}, protocol: tls, routes: [{hostname: app.example.com, ` +
+      `backend: "127.0.0.1:${freePort()}"}]}`,
       "tailvoy:",
       "  ingress: serve",
       // Steady state: one WhoIs per minute per caller, not per second (the default TTL is 1 s).
@@ -271,9 +282,12 @@ async function startTailvoy(
   // Our loopback listener is the target of the serve entry we registered with tailscaled.
   using api = new LocalApiClient(gw.socket, { timeoutMs: 5000 });
   let port = 0;
-  await waitUntil(child, "its serve entry in tailscaled", {
+  let tlsPort = 0;
+  await waitUntil(child, "its serve entries in tailscaled", {
     timeoutMs: 30_000,
-    check: async () => (port = await relayPortFor(api, SERVE_PORT)) > 0,
+    check: async () =>
+      (port = await relayPortFor(api, SERVE_PORT)) > 0 &&
+      (tlsPort = await relayPortFor(api, TLS_SERVE_PORT)) > 0,
   });
   return {
     key: "tailvoy",
@@ -281,6 +295,7 @@ async function startTailvoy(
     port,
     pid: child.pid,
     proxy: { source: options.tailnet.node("alice").ipv4, destination: gw.ipv4, destinationPort: SERVE_PORT },
+    tlsPort,
   };
 }
 
@@ -516,6 +531,89 @@ async function benchMemory(
   );
 }
 
+/** Connections per ClientHello row (CPU comes in 10 ms ticks: 0.01 and 0.05 ms per connection). */
+const HELLO_CONNS = { normal: 1000, dribbled: 200 };
+
+/**
+ * `hello` (one handshake record) padded with a padding extension (RFC 7685) to a 2,704-byte message and
+ * framed in 1-byte records: 16,224 bytes, the most the 16 KiB cap lets through in such records.
+ */
+function dribbledHello(hello: Uint8Array): Uint8Array {
+  const body = 9; // after the record and handshake headers
+  // The extensions block ends the hello; its length follows version, random, session id, suites and
+  // compression methods.
+  let ext = body + 2 + 32;
+  ext += 1 + hello[ext];
+  ext += 2 + (hello[ext] << 8 | hello[ext + 1]);
+  ext += 1 + hello[ext];
+  const pad = 2704 - (hello.length - 5) - 4;
+  const padded = new Uint8Array(hello.length + 4 + pad);
+  padded.set(hello);
+  const view = new DataView(padded.buffer);
+  view.setUint16(3, padded.length - 5);
+  view.setUint32(5, 1 << 24 | (padded.length - body)); // client_hello, 24-bit length
+  view.setUint16(ext, view.getUint16(ext) + 4 + pad);
+  view.setUint16(hello.length, 21);
+  view.setUint16(hello.length + 2, pad);
+  return reframe(padded, [1]);
+}
+
+/**
+ * One connection to our `tls` listener: PROXY header, then `hello` in one write, or dribbled one
+ * 6-byte record per write a millisecond apart (so the proxy reads them one by one) until the proxy
+ * closes. Resolves once the proxy has closed the connection.
+ */
+async function sendHello(t: Target, hello: Uint8Array, dribble: boolean): Promise<void> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: t.tlsPort! });
+  conn.setNoDelay(true);
+  let closed = false;
+  const closing = conn.read(new Uint8Array(64)).catch(() => null).finally(() => closed = true);
+  const header = encodeProxyV2({
+    command: "PROXY",
+    transport: "tcp",
+    source: { address: t.proxy!.source, port: 1024 + Math.floor(Math.random() * 64000) },
+    destination: { address: t.proxy!.destination, port: TLS_SERVE_PORT },
+  });
+  try {
+    const chunks = dribble ? [header] : [header, hello];
+    for (let at = 0; dribble && at < hello.length; at += 6) chunks.push(hello.subarray(at, at + 6));
+    for (const chunk of chunks) {
+      if (closed) break;
+      for (let at = 0; at < chunk.length;) at += await conn.write(chunk.subarray(at));
+      if (dribble) await new Promise((r) => setTimeout(r, 1));
+    }
+    await closing;
+  } catch {
+    /* the proxy closed first */
+  } finally {
+    conn.close();
+  }
+}
+
+async function benchHello(b: Bench): Promise<void> {
+  const { report, tailvoy } = b;
+  const normal = Deno.readFileSync(new URL("../tests/fixtures/client_hello/go.bin", import.meta.url));
+  const dribbled = dribbledHello(normal);
+  console.log(
+    `\n## TLS ClientHello, read before the caller is authorized (proxy CPU per connection over ` +
+      `${HELLO_CONNS.normal} normal and ${HELLO_CONNS.dribbled} dribbled connections, 20 at a time; ` +
+      `each refused after its hello: no grant)`,
+  );
+  const perConn = async (hello: Uint8Array, dribble: boolean, count: number) => {
+    const one = () => sendHello(tailvoy, hello, dribble);
+    const cpu0 = await cpuMs(tailvoy.pid!);
+    for (let i = 0; i < count; i += 20) await Promise.all(Array.from({ length: 20 }, one));
+    return (await cpuMs(tailvoy.pid!) - cpu0) / count;
+  };
+  await perConn(normal, false, 100); // warm-up: JIT, WhoIs cache
+  const normalName = "hello CPU: normal (Go, 1,525 B, 1 record)";
+  report.row(normalName, await perConn(normal, false, HELLO_CONNS.normal), "ms");
+  const dribbledName = "hello CPU: 16 KiB in 1-byte records, dribbled";
+  const cpu = await perConn(dribbled, true, HELLO_CONNS.dribbled);
+  report.row(dribbledName, cpu, "ms", [normalName]);
+  report.goal("dribbled hello <= 5 ms proxy CPU", `${cpu.toFixed(2)} ms`, cpu <= 5);
+}
+
 /** Runs the L4 benchmarks once and prints (and records) every figure; see the module doc. */
 export async function benchL4(options: BenchL4Options = {}): Promise<void> {
   const plan = options.quick ? QUICK : FULL;
@@ -604,6 +702,7 @@ export async function benchL4(options: BenchL4Options = {}): Promise<void> {
     await section(() => benchThroughput(bench));
     await section(() => benchConnections(bench, cold.latenciesMs[0][0]));
     await section(() => benchMemory(bench, idle, fdLimit));
+    await section(() => benchHello(bench));
 
     console.log(`\n## goals (L4)\n${bench.report.goals.map((g) => `  ${g}`).join("\n")}`);
     console.log(`L4 bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);

@@ -1,7 +1,8 @@
 /**
  * ClientHello parsing: real hellos captured from openssl, curl, node, Deno and Go (see
  * fixtures/client_hello/manifest.json and capture.ts), every split of every byte stream, hand-built
- * malformed hellos, random corruption, and the reader over real loopback TCP.
+ * malformed hellos, random corruption, the reader over real loopback TCP, and the work a hostile framing
+ * costs (counted, not timed) with the record cap that bounds it.
  */
 
 import { withPair } from "./harness/clients.ts";
@@ -11,7 +12,11 @@ import {
   type ClientHello,
   ClientHelloError,
   type ClientHelloErrorReason,
+  ClientHelloParser,
+  type ClientHelloWork,
+  DEFAULT_MAX_HELLO_RECORDS,
   parseClientHello,
+  type ParseClientHelloOptions,
   readClientHello,
 } from "../lib/tls/client_hello.ts";
 import { reframe } from "./fixtures/client_hello/capture.ts";
@@ -40,7 +45,7 @@ const concat = (...parts: Uint8Array[]) => {
   return out;
 };
 
-function parsed(bytes: Uint8Array, options?: { maxBytes?: number }): ClientHello {
+function parsed(bytes: Uint8Array, options?: ParseClientHelloOptions): ClientHello {
   const result = parseClientHello(bytes, options);
   if ("needMore" in result) assert.fail("expected a complete ClientHello, got needMore");
   return result;
@@ -469,4 +474,106 @@ Deno.test("readClientHello: a stalled client times out; not-TLS fails at once; E
     client.closeWrite();
     await rejectsWith(readClientHello(server), "eof");
   });
+});
+
+// --- Work stays linear before the caller is authorized (issue #16) ---
+
+const noWork = (): ClientHelloWork => ({ bytesExamined: 0, recordHeaders: 0, messageParses: 0 });
+
+/** A connection handing out `bytes` one byte per read (the worst case for re-parsing after each read). */
+function byteByByte(
+  bytes: Uint8Array,
+): { read: (p: Uint8Array) => Promise<number | null>; reads: () => number } {
+  let at = 0;
+  return {
+    read: (p) => Promise.resolve(at < bytes.length ? (p[0] = bytes[at++], 1) : null),
+    reads: () => at,
+  };
+}
+
+/** The largest hello the 16 KiB cap lets through as 1-byte records: 2,704 records of 6 bytes. */
+function worstCaseHello(): { message: Uint8Array; framed: Uint8Array } {
+  const length = 2704;
+  const unpadded = helloMessage({ extensions: concat(sniExt("app.example.com"), ext(21, new Uint8Array())) });
+  const message = helloMessage({
+    extensions: concat(sniExt("app.example.com"), ext(21, new Uint8Array(length - unpadded.length))),
+  });
+  assert.equal(message.length, length);
+  return { message, framed: reframe(record(message), [1]) };
+}
+
+Deno.test("work is linear: a 16 KiB hello in 1-byte records, read 1 byte at a time", async () => {
+  const { message, framed } = worstCaseHello();
+  assert.equal(framed.length, 16_224, "2,704 records of 6 bytes, under the 16 KiB cap");
+  const work = noWork();
+  const conn = byteByByte(framed);
+  const { hello, bytes } = await readClientHello(conn, { maxRecords: Infinity, work });
+  assert.equal(hello.sni, "app.example.com");
+  assert.equal(hello.consumed, framed.length);
+  assert.deepEqual(bytes, framed);
+  assert.equal(conn.reads(), framed.length, "one read per byte");
+  // Each record header parsed once and the message parsed once, not once per read (that was 22M
+  // header parses before: every read re-walked every record).
+  assert.equal(work.recordHeaders, 2704);
+  assert.equal(work.messageParses, 1);
+  // Each byte copied once, plus the message bytes parsed once.
+  assert.equal(work.bytesExamined, framed.length + message.length);
+  assert.ok(work.bytesExamined <= 2 * framed.length, `${work.bytesExamined} bytes examined`);
+  // However it is cut: the same work in one push as in 16,224.
+  const whole = noWork();
+  assert.deepEqual(parseClientHello(framed, { work: whole }), hello);
+  assert.deepEqual(whole, work);
+});
+
+Deno.test("work is linear: the record cap stops the same hello after 64 records by default", async () => {
+  const { framed } = worstCaseHello();
+  const work = noWork();
+  const conn = byteByByte(framed);
+  const error = await rejectsWith(readClientHello(conn, { work }), "too-many-records");
+  assert.match(error.message, /more than 64 TLS records \(record 65 at offset 384\)/);
+  assert.equal(work.recordHeaders, DEFAULT_MAX_HELLO_RECORDS + 1);
+  assert.equal(work.messageParses, 0);
+  assert.equal(conn.reads(), 65 * 6 - 1, "it stopped reading at the 65th record header");
+  assert.ok(work.bytesExamined <= conn.reads(), `${work.bytesExamined} bytes examined`);
+});
+
+Deno.test("record cap: streams default to 64 records, parseClientHello to none; a real hello in tiny records", () => {
+  const go = fixture("go.bin");
+  const inRecords = (count: number) => reframe(go, [...Array(count - 1).fill(1), go.length]);
+  const stream = (bytes: Uint8Array, options?: { maxRecords?: number }) => {
+    const parser = new ClientHelloParser(options);
+    let result = parser.push(new Uint8Array());
+    for (let at = 0; at < bytes.length; at += 100) result = parser.push(bytes.subarray(at, at + 100));
+    return result;
+  };
+  assert.equal(DEFAULT_MAX_HELLO_RECORDS, 64);
+  const atCap = inRecords(64);
+  assert.deepEqual(stream(atCap), { ...parsed(go), consumed: atCap.length }, "exactly 64 records");
+  const error = assertThrowsReason(() => stream(inRecords(65)), "too-many-records", "65 records");
+  assert.match(error.message, /more than 64 TLS records \(record 65 at offset 384\); send it in fewer/);
+  assertThrowsReason(() => stream(reframe(go, [1])), "too-many-records", "go.bin in 1-byte records");
+  assert.deepEqual(
+    stream(reframe(go, [1]), { maxRecords: Infinity }),
+    parsed(reframe(go, [1])),
+    "cap lifted",
+  );
+  assert.equal(parsed(reframe(go, [1])).sni, "app.example.com", "parseClientHello: any framing by default");
+  assertThrowsReason(
+    () => parseClientHello(inRecords(65), { maxRecords: 64 }),
+    "too-many-records",
+    "parseClientHello with a cap",
+  );
+  assertThrowsReason(
+    () => parseClientHello(fixture("go_multi_record.bin"), { maxRecords: 2 }),
+    "too-many-records",
+    "3 records, cap 2",
+  );
+  assert.equal(parsed(fixture("go_multi_record.bin"), { maxRecords: 3 }).sni, "app.example.com");
+  for (const bad of [0, 1.5, NaN, -1]) {
+    assert.throws(() => new ClientHelloParser({ maxRecords: bad }), RangeError, String(bad));
+  }
+  // After an error, the parser keeps failing the same way rather than reading on.
+  const parser = new ClientHelloParser();
+  assertThrowsReason(() => parser.push(text("GET")), "not-tls", "first push");
+  assertThrowsReason(() => parser.push(go), "not-tls", "later push");
 });

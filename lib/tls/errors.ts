@@ -11,6 +11,7 @@ export type ClientHelloErrorReason =
   | "malformed"
   | "unsupported"
   | "too-large"
+  | "too-many-records"
   | "not-tls";
 
 /** A ClientHello that could not be read or parsed. The message names the offending value. */
