@@ -10,7 +10,7 @@
  * - faults: a backend that is down, and a gateway tailscaled that hangs (SIGSTOP) under ext_authz.
  */
 
-import { readSome, tlsBackend, tlsVia } from "./harness/clients.ts";
+import { bridge, closeQuietly, pump, readSome, tlsBackend, tlsVia } from "./harness/clients.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -190,12 +190,6 @@ class ConnReader {
   }
 }
 
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* closed */ }
-}
-
 /** Rejects after `ms`, closing `conn` so the pending read ends. */
 async function withTimeout<T>(promise: Promise<T>, ms: number, conn: Deno.Conn, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -307,61 +301,6 @@ function webSocketBackend(): { port: number; close: () => Promise<void> } {
 
 // ---------------------------------------------------------------------------------------------
 // Reaching the gateway
-
-/** Copies `from` to `to` until EOF, then half-closes `to`. */
-async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(32 * 1024);
-  try {
-    while (true) {
-      const n = await from.read(buf);
-      if (n === null) break;
-      let off = 0;
-      while (off < n) off += await to.write(buf.subarray(off, n));
-    }
-    await to.closeWrite();
-  } catch { /* reset or closed */ }
-}
-
-/**
- * A local listener on 127.0.0.1 whose connections are piped to `host:port` as seen from tailnet node
- * `from`: for clients (grpc-js, WebSocket) that cannot dial through SOCKS5 themselves.
- */
-function bridge(
-  tailnet: Tailnet,
-  from: string,
-  host: string,
-  port: number,
-): { port: number; close: () => void } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const open = new Set<Deno.Conn>();
-  (async () => {
-    for await (const local of listener) {
-      (async () => {
-        open.add(local);
-        let remote: Deno.Conn | undefined;
-        try {
-          remote = await tailnet.dial(from, host, port);
-          open.add(remote);
-          await Promise.all([pump(local, remote), pump(remote, local)]);
-        } catch { /* dial failed */ }
-        for (const c of [local, remote]) {
-          if (!c) continue;
-          closeQuietly(c);
-          open.delete(c);
-        }
-      })();
-    }
-  })().catch(() => {});
-  return {
-    port: listener.addr.port,
-    close: () => {
-      try {
-        listener.close();
-      } catch { /* closed */ }
-      for (const c of open) closeQuietly(c);
-    },
-  };
-}
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });

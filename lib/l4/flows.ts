@@ -8,7 +8,7 @@
 import { type Caller, checkL4 } from "../access/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
-import { formatExplanation } from "../policy/mod.ts";
+import { formatExplanation, listenerGrants } from "../policy/mod.ts";
 
 /** One open flow. */
 export interface Flow {
@@ -20,16 +20,29 @@ export interface Flow {
   /** SNI of a TLS passthrough flow. */
   sni?: string;
   /**
-   * What is re-checked: `true` the L4 policy; `"grant"` only that the caller still holds some tailvoy
-   * grant (discovery-mode HTTP flows, whose requests ext_authz judges); `false` nothing (our own L7
-   * flows: ext_authz judges every request).
+   * What is re-checked: `true` the L4 policy; an {@link L7Recheck} for a connection handed to Envoy
+   * (ext_authz judges each request as it starts, so a connection that outlives a grant change — keep-alive,
+   * a WebSocket, a stream — is closed when the caller's grants for it change or are gone); `false` nothing.
    */
-  recheck: boolean | "grant";
+  recheck: boolean | L7Recheck;
   openedAt: number;
   /** Aborting closes the flow. */
   abort: AbortController;
   /** Live byte counts. */
   bytes: () => { up: number; down: number };
+}
+
+/** How an L7 hand-off is re-checked. */
+export interface L7Recheck {
+  /** The listener whose grants count; `undefined` for every grant (Envoy Gateway names listeners its way). */
+  listener?: string;
+  /** {@link listenerGrants} when the connection was admitted. */
+  grants: string[];
+}
+
+/** The {@link L7Recheck} of a connection from `identity` admitted on `listener` now. */
+export function l7Recheck(identity: Identity, listener: string | undefined): L7Recheck {
+  return { listener, grants: listenerGrants(identity.rules, listener) };
 }
 
 const log = getLogger("flow");
@@ -96,8 +109,8 @@ export class FlowTable {
     try {
       const flows = [...this.#flows.values()].filter((f) => f.recheck && !f.abort.signal.aborted);
       await Promise.all(flows.map(async (flow) => {
-        const { allow, explanation } = flow.recheck === "grant"
-          ? await this.#holdsGrant(flow)
+        const { allow, explanation } = typeof flow.recheck === "object"
+          ? await this.#sameGrants(flow, flow.recheck)
           : await checkL4(this.#resolver, flow.caller, { listener: flow.listener, sni: flow.sni })
             .then(({ decision }) => ({ allow: decision.allow, explanation: formatExplanation(decision) }));
         if (allow || flow.abort.signal.aborted) return;
@@ -111,7 +124,7 @@ export class FlowTable {
           user: flow.identity?.login ?? flow.identity?.tags.join(","),
           explanation,
         });
-        flow.abort.abort("access revoked");
+        flow.abort.abort(`access revoked: ${explanation}`);
       }));
     } finally {
       this.#rechecking = false;
@@ -119,13 +132,25 @@ export class FlowTable {
     return closed;
   }
 
-  async #holdsGrant(flow: Flow): Promise<{ allow: boolean; explanation: string }> {
+  async #sameGrants(flow: Flow, admitted: L7Recheck): Promise<{ allow: boolean; explanation: string }> {
     try {
       const identity = await this.#resolver.resolve(flow.caller.addr, {
         proto: flow.caller.proto,
         svcName: flow.caller.svcName,
       });
-      return { allow: identity.rules.length > 0, explanation: "caller holds no tailvoy grant any more" };
+      const now = listenerGrants(identity.rules, admitted.listener);
+      // Unchanged (also "none, as when admitted": a shadow listener lets such callers through).
+      if (now.length === admitted.grants.length && now.every((g, i) => g === admitted.grants[i])) {
+        return { allow: true, explanation: "" };
+      }
+      return {
+        allow: false,
+        explanation: now.length > 0
+          ? "caller's grants changed since the connection was admitted; a new connection is judged afresh"
+          : admitted.listener === undefined
+          ? "caller holds no tailvoy grant any more"
+          : `caller holds no tailvoy grant for listener ${JSON.stringify(admitted.listener)} any more`,
+      };
     } catch (err) {
       return {
         allow: false,

@@ -16,7 +16,7 @@ import { encodeProxyV2, readProxyHeader } from "../proxy_protocol/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { readClientHello } from "../tls/client_hello.ts";
 import { admit } from "./admit.ts";
-import type { FlowTable } from "./flows.ts";
+import { type FlowTable, type L7Recheck, l7Recheck } from "./flows.ts";
 import { relay, type RelayConn } from "./relay.ts";
 
 import { SECRET_TLV_TYPE, type ServiceIndex } from "../wire.ts";
@@ -347,7 +347,8 @@ export class TcpListener {
       backend: formatAddr(l7.hostname, l7.port),
       replay,
       replayedPayload: rest.length,
-      recheck: l7.requireGrant ? "grant" : false,
+      // Envoy Gateway names listeners in its SecurityPolicies: there, every grant counts.
+      recheck: l7Recheck(identity, l7.requireGrant ? undefined : this.spec.name),
     });
   }
 
@@ -389,7 +390,7 @@ export class TcpListener {
       /** Bytes of `replay` that came from the caller (not our own PROXY header). */
       replayedPayload: number;
       sni?: string;
-      recheck: boolean | "grant";
+      recheck: boolean | L7Recheck;
     },
   ): Promise<void> {
     let upstream: Deno.TcpConn;
@@ -446,6 +447,7 @@ export class TcpListener {
       bytesDown: result.bytesDown,
       durationMs: performance.now() - flow.openedAt,
       end: result.end,
+      reason: result.detail,
     });
     log.info("flow {id} closed on {listener}: {end}, {up} bytes up, {down} bytes down", {
       id: flow.id,

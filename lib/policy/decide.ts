@@ -135,6 +135,19 @@ export function decideL4(rules: readonly ParsedRule[], request: L4Request): Deci
 }
 
 /**
+ * The rules that can grant anything on `listener` (every rule when `listener` is `undefined`): their
+ * JSON, in order. An open L7 connection is re-checked against this: ext_authz judges each request as it
+ * starts, so a connection that outlives a change (a WebSocket, a stream) is closed when it changes.
+ */
+export function listenerGrants(rules: readonly ParsedRule[], listener: string | undefined): string[] {
+  return rules
+    .filter((r) =>
+      listener === undefined || r.matcher.listeners === undefined || r.matcher.listeners.has(listener)
+    )
+    .map((r) => `${r.capName}:${r.json}`);
+}
+
+/**
  * L7 decision for one HTTP request: the path is canonicalised first (a refused path denies
  * whatever the rules say, with the reason); then a rule matches when its listener, hostname
  * (against Host), route (against the canonical path) and method dimensions all match.

@@ -49,5 +49,6 @@ export {
   formatExplanation,
   type L4Request,
   type L7Request,
+  listenerGrants,
   unknownCallerDecision,
 } from "./decide.ts";

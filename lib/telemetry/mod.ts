@@ -44,6 +44,8 @@ export interface FlowCloseEvent {
   bytesDown: number;
   durationMs: number;
   end: string;
+  /** Why, when we closed it (e.g. the re-check that revoked it). */
+  reason?: string;
 }
 
 const decisionLog = getLogger("decision");
@@ -207,6 +209,7 @@ export class Telemetry {
       bytesDown: event.bytesDown,
       durationMs: Math.round(event.durationMs),
       end: event.end,
+      ...(event.reason ? { reason: event.reason } : {}),
     });
   }
 

@@ -10,12 +10,6 @@ import type { Tailnet } from "./tailnet.ts";
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* closed */ }
-}
-
 /** The first chunk `conn` answers, or `null` when it is closed or reset first (a refusal). */
 export async function readSome(conn: Deno.Conn, timeoutMs = 5000): Promise<string | null> {
   const buf = new Uint8Array(4096);
@@ -151,4 +145,66 @@ export function echoBackend(): { port: number; close: () => Promise<void> } {
       headers: Object.fromEntries(req.headers),
     }));
   return { port: server.addr.port, close: () => server.shutdown() };
+}
+
+/** Closes `conn`, ignoring that it may be closed already. */
+export function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch { /* closed */ }
+}
+
+/** Copies `from` to `to` until EOF, then half-closes `to`. */
+export async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
+  const buf = new Uint8Array(32 * 1024);
+  try {
+    while (true) {
+      const n = await from.read(buf);
+      if (n === null) break;
+      let off = 0;
+      while (off < n) off += await to.write(buf.subarray(off, n));
+    }
+    await to.closeWrite();
+  } catch { /* reset or closed */ }
+}
+
+/**
+ * A local listener on 127.0.0.1 whose connections are piped to `host:port` as seen from tailnet node
+ * `from`: for clients (grpc-js, WebSocket) that cannot dial through SOCKS5 themselves.
+ */
+export function bridge(
+  tailnet: Tailnet,
+  from: string,
+  host: string,
+  port: number,
+): { port: number; close: () => void } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const open = new Set<Deno.Conn>();
+  (async () => {
+    for await (const local of listener) {
+      (async () => {
+        open.add(local);
+        let remote: Deno.Conn | undefined;
+        try {
+          remote = await tailnet.dial(from, host, port);
+          open.add(remote);
+          await Promise.all([pump(local, remote), pump(remote, local)]);
+        } catch { /* dial failed */ }
+        for (const c of [local, remote]) {
+          if (!c) continue;
+          closeQuietly(c);
+          open.delete(c);
+        }
+      })();
+    }
+  })().catch(() => {});
+  return {
+    port: listener.addr.port,
+    close: () => {
+      try {
+        listener.close();
+      } catch { /* closed */ }
+      for (const c of open) closeQuietly(c);
+    },
+  };
 }
