@@ -478,6 +478,25 @@ Deno.test("unknown keys: did-you-mean at every level", () => {
   );
 });
 
+Deno.test("acceptAppCaps: true or a list of capability names (serve's flag), L7 only", () => {
+  const config = parse(withListeners(
+    "  web: {port: 80, protocol: http, backend: 'a:1', acceptAppCaps: [example.com/cap/app]}\n" +
+      "  api: {port: 81, protocol: http, backend: 'a:1', acceptAppCaps: true}\n",
+  ));
+  assert.deepEqual(config.listeners.web.acceptAppCaps, ["example.com/cap/app"]);
+  assert.equal(config.listeners.api.acceptAppCaps, true);
+  assertReported(
+    withListeners(
+      "  db: {port: 5432, protocol: tcp, backend: 'a:1', acceptAppCaps: [example.com/cap/app]}\n",
+    ),
+    "listeners.db.acceptAppCaps: only applies to http, https and grpc listeners, not tcp",
+  );
+  assertReported(
+    withListeners("  web: {port: 80, protocol: http, backend: 'a:1', acceptAppCaps: []}\n"),
+    "listeners.web.acceptAppCaps",
+  );
+});
+
 Deno.test("keepHeaders: override headers a listener lets through; known names, L7 only", () => {
   const config = parse(withListeners(
     "  web: {port: 80, protocol: http, backend: 'a:1', keepHeaders: [x-http-method-override]}\n",

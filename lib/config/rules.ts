@@ -177,7 +177,8 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
     checkHttpRoutes(at("routes"), protocol, routes ?? [], report);
   }
 
-  if (listener.acceptAppCaps === true && !L7_PROTOCOLS.includes(protocol)) {
+  const acceptsCaps = listener.acceptAppCaps === true || Array.isArray(listener.acceptAppCaps);
+  if (acceptsCaps && !L7_PROTOCOLS.includes(protocol)) {
     report({
       path: at("acceptAppCaps"),
       message: `only applies to http, https and grpc listeners, not ${protocol}`,

@@ -138,8 +138,12 @@ const ListenerSchema = z.strictObject({
   routes: z.array(RouteSchema).optional(),
   /** Listener certificate: required for https (unless every route has one), optional for grpc. */
   tls: TlsSchema.optional(),
-  /** Our addition: forward the caller's capabilities to the backend in a header (http/https/grpc only). */
-  acceptAppCaps: z.boolean().default(false),
+  /**
+   * Our addition (http/https/grpc): send the backend `Tailscale-App-Capabilities` as `tailscale serve
+   * --accept-app-caps` does. A list names the capabilities to send (serve's flag); `true` sends
+   * `tailvoy.capabilities` (ours).
+   */
+  acceptAppCaps: z.union([z.boolean(), z.array(checked(checkCapabilityName)).min(1)]).default(false),
   /** Our addition: audit only; log what policy would deny but let it through. */
   shadow: z.boolean().default(false),
   /** Our addition: override `tailvoy.ingress` for this listener. udp listeners are always `direct`. */

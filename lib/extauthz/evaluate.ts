@@ -114,7 +114,7 @@ export interface AuthzDeps {
    * from the port the connection reached (the discovered Envoy listener's).
    */
   listenerForPort?: (port: number) => string | undefined;
-  /** Capabilities forwarded in `Tailscale-App-Capabilities` on `acceptAppCaps` listeners (default tailvoy's). */
+  /** Capabilities forwarded on `acceptAppCaps: true` listeners (default tailvoy's); a list names its own. */
   appCapNames?: readonly string[];
   /** Called once per check with the decision (must not throw; errors are logged and ignored). */
   onDecision?: (record: DecisionRecord) => void;
@@ -274,6 +274,15 @@ function logOutcome(record: DecisionRecord): void {
   }
 }
 
+/** The capabilities a listener forwards: its own list, ours for `true`, none for `false`. */
+function acceptedCaps(
+  accept: ListenerSettings["acceptAppCaps"],
+  ours: readonly string[] | undefined,
+): readonly string[] | undefined {
+  if (Array.isArray(accept)) return accept;
+  return accept ? ours ?? DEFAULT_CAP_NAMES : undefined;
+}
+
 function internalError(error: unknown): Outcome {
   return refuse(
     "internal_error",
@@ -302,7 +311,7 @@ export async function judge(input: CheckInput, deps: AuthzDeps): Promise<Verdict
       set = [
         ...identityHeaders(outcome.identity, {
           callerIp: input.callerIp,
-          appCapNames: outcome.settings.acceptAppCaps ? deps.appCapNames ?? DEFAULT_CAP_NAMES : undefined,
+          appCapNames: acceptedCaps(outcome.settings.acceptAppCaps, deps.appCapNames),
         }),
         ...forwardingHeaders(input.callerIp, outcome.decision?.host ?? input.host),
       ];
