@@ -219,6 +219,7 @@ Deno.test("planDiscovered: tcp relayed with PROXY where Envoy reads it, HTTP to 
     acceptAppCaps: false,
     shadow: false,
     ingress: "serve",
+    keepHeaders: [],
   });
   assert.deepEqual(plan.l7Targets.get("default/eg/http"), {
     hostname: "127.0.0.1",
