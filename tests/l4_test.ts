@@ -1,8 +1,8 @@
 /**
- * L4 building blocks: the relay (half-close, abort, idle timeout, byte counts), the UDP session table,
- * SNI routing, and a serve-mode listener fed bad input (garbage, truncated or slow PROXY headers, LOCAL,
- * unknown callers, backends that refuse or hang), resolving identities through the real gateway's
- * LocalAPI of the tailnet in a box.
+ * L4 building blocks: the relay (half-close, abort, idle timeout, byte counts, buffer memory), the UDP
+ * session table, SNI routing, and a serve-mode listener fed bad input (garbage, truncated or slow PROXY
+ * headers, LOCAL, unknown callers, backends that refuse or hang), resolving identities through the real
+ * gateway's LocalAPI of the tailnet in a box.
  */
 
 import assert from "node:assert/strict";
@@ -78,6 +78,73 @@ Deno.test("relay: an idle flow is closed after the idle timeout", async () => {
   assert.equal(await readAll(client), "");
   client.close();
   backend.close();
+});
+
+/** Relayed flows for the buffer-memory tests: each a client and a backend with a relay between them. */
+async function relayedFlows(count: number) {
+  const flows = [];
+  for (let i = 0; i < count; i++) {
+    const [client, callerSide] = await pair();
+    const [backendSide, backend] = await pair();
+    const r = relay(callerSide as RelayConn, backendSide as RelayConn);
+    flows.push({ client, backend, relay: r, sink: new Uint8Array(64 * 1024) });
+  }
+  return flows;
+}
+
+/** Sends `bytes` from every client and waits until its backend has read them all. */
+async function sendThrough(flows: Awaited<ReturnType<typeof relayedFlows>>, bytes: Uint8Array) {
+  for (const f of flows) {
+    const reading = (async () => {
+      for (let got = 0; got < bytes.length;) got += (await f.backend.read(f.sink)) ?? bytes.length;
+    })();
+    for (let off = 0; off < bytes.length;) off += await f.client.write(bytes.subarray(off));
+    await reading;
+  }
+}
+
+/** ArrayBuffer memory outside the JS heap (the relay's buffers among it), in bytes. */
+const external = () => Deno.memoryUsage().external;
+
+/** Polls `ok` for up to a second (the relay resizes after its write has resolved). */
+async function eventually(ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+// 16 flows that each relay 1 MiB: their upstream buffers grow to the 256 KiB maximum (4 MiB in all).
+const FLOWS = 16;
+const BURST = new Uint8Array(1024 * 1024);
+
+Deno.test("relay: a grown buffer shrinks back once the burst is over, while the flow stays open", async () => {
+  const flows = await relayedFlows(FLOWS);
+  const before = external();
+  await sendThrough(flows, BURST);
+  const grown = external() - before;
+  assert.ok(grown > FLOWS * 128 * 1024, `buffers grew by ${grown} bytes`);
+  await sendThrough(flows, enc.encode("ping"));
+  await eventually(() => external() - before < grown / 8);
+  const left = external() - before;
+  assert.ok(left < grown / 8, `after a small message, ${left} of ${grown} bytes are still held`);
+  for (const f of flows) {
+    f.client.close();
+    f.backend.close();
+    await f.relay.done;
+  }
+});
+
+Deno.test("relay: a finished flow frees its buffers at once, not at some later GC", async () => {
+  const flows = await relayedFlows(FLOWS);
+  const before = external();
+  await sendThrough(flows, BURST);
+  const grown = external() - before;
+  assert.ok(grown > FLOWS * 128 * 1024, `buffers grew by ${grown} bytes`);
+  for (const f of flows) {
+    f.client.close();
+    f.backend.close();
+  }
+  await Promise.all(flows.map((f) => f.relay.done));
+  const left = external() - before;
+  assert.ok(left < grown / 8, `after every flow ended, ${left} of ${grown} bytes are still held`);
 });
 
 Deno.test("UDP session table: pending queue, open, deny, cap, expiry", () => {

@@ -1,7 +1,7 @@
 /**
  * The byte relay between a caller and a backend: both directions at once, half-close propagated (a
- * side that finishes sending shuts down writing on the other), one fixed-size buffer per direction, an
- * optional idle timeout and maximum lifetime, and an abort for revocation and drain.
+ * side that finishes sending shuts down writing on the other), one buffer per direction sized to the
+ * traffic, an optional idle timeout and maximum lifetime, and an abort for revocation and drain.
  *
  * @module
  */
@@ -29,7 +29,10 @@ export interface RelayOptions {
   maxLifetimeMs?: number;
   /** Aborting closes both sides at once (revocation, drain). */
   signal?: AbortSignal;
-  /** Largest buffer per direction (buffers start at 2 KiB and grow on full reads). */
+  /**
+   * Largest buffer per direction (buffers start at 2 KiB, grow on full reads and shrink on reads that
+   * fill a sixteenth of them).
+   */
   bufferSize?: number;
 }
 
@@ -45,6 +48,24 @@ export interface Relay {
   readonly bytesDown: number;
 }
 
+/** The first buffer of each direction. */
+const FIRST_BUFFER = 2048;
+
+/**
+ * Frees `buf`'s memory now, not at the garbage collection that finds it dead: a flow that lived through
+ * a few scavenges is in the old generation, where after a burst thousands of dead buffers would wait for
+ * the next full collection. Only for a buffer no pending read or write holds.
+ */
+function release(buf: Uint8Array<ArrayBuffer>): void {
+  buf.buffer.transfer(0);
+}
+
+/** A new buffer of `length` bytes to use instead of `buf`, which is released. */
+function resize(buf: Uint8Array<ArrayBuffer>, length: number): Uint8Array<ArrayBuffer> {
+  release(buf);
+  return new Uint8Array(length);
+}
+
 function closeQuietly(conn: Deno.Conn): void {
   try {
     conn.close();
@@ -54,6 +75,7 @@ function closeQuietly(conn: Deno.Conn): void {
 /** Relays bytes between `caller` and `backend` until both directions end or it is stopped. */
 export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptions = {}): Relay {
   const size = options.bufferSize ?? 256 * 1024;
+  const first = Math.min(FIRST_BUFFER, size);
   const state = { bytesUp: 0, bytesDown: 0, lastActivity: performance.now() };
   let end: RelayEnd = "done";
   let detail: string | undefined;
@@ -70,8 +92,9 @@ export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptio
   const trackIdle = Boolean(options.idleTimeoutMs);
   const pump = async (from: Deno.Conn, to: RelayConn, count: "bytesUp" | "bytesDown") => {
     // Start small and grow on full reads: most flows are chatty and small (memory at 10k flows),
-    // bulk transfers reach the full size within a few reads (throughput).
-    let buf = new Uint8Array(Math.min(2048, size));
+    // bulk transfers reach the full size within a few reads (throughput). Shrink when a read fills a
+    // sixteenth of the buffer: a long-lived flow must not keep a burst's buffer for the rest of its life.
+    let buf = new Uint8Array(first);
     try {
       while (true) {
         const n = await from.read(buf);
@@ -80,12 +103,16 @@ export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptio
         if (trackIdle) state.lastActivity = performance.now();
         let off = 0;
         while (off < n) off += await to.write(buf.subarray(off, n));
-        if (n === buf.length && buf.length < size) buf = new Uint8Array(Math.min(buf.length * 4, size));
+        if (n === buf.length && buf.length < size) buf = resize(buf, Math.min(buf.length * 4, size));
+        else if (n <= buf.length / 16 && buf.length > first) buf = resize(buf, Math.max(first, n * 4));
       }
       if (!closed) await to.closeWrite().catch(() => {});
     } catch (err) {
       // A read or write on a connection we closed ourselves is not an error.
       if (!closed) stop("error", err instanceof Error ? err.message : String(err));
+    } finally {
+      // Every read and write of this direction has settled: nothing holds the buffer any more.
+      release(buf);
     }
   };
 
