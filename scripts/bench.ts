@@ -12,6 +12,10 @@
  * - l7: requests/s and latency through the full path vs the same Envoy without ext_authz, with a zero-work
  *   ext_authz (the floor of the HTTP ext_authz hop) and straight to the backend; our ext_authz server's
  *   checks/s and CPU per check; the proxy's idle RSS (see scripts/bench_l7.ts).
+ * - soak: the proxy's open fds and RSS after passes of many short and many held connections against its
+ *   warm baseline, and after an idle wait; PASS/MISS for fds back to baseline and RSS flat across
+ *   passes (see scripts/bench_soak.ts).
+ * - token: what `identityToken` adds to an allowed check, cached and amortised (see scripts/bench_token.ts).
  *
  * `--quick` shortens the long sections.
  *
@@ -24,6 +28,8 @@ import { decideL4, decideL7, parseCapRules } from "../lib/policy/mod.ts";
 import { Tailnet } from "../tests/harness/tailnet.ts";
 import { benchL4 } from "./bench_l4.ts";
 import { benchL7 } from "./bench_l7.ts";
+import { benchSoak } from "./bench_soak.ts";
+import { benchToken } from "./bench_token.ts";
 import { cacheDependencies } from "./cache.ts";
 import { ensurePeers } from "./peers.ts";
 
@@ -160,6 +166,8 @@ if (import.meta.main) {
     whois: benchWhois,
     l4: () => benchL4({ quick }),
     l7: () => benchL7({ quick }),
+    soak: () => benchSoak({ quick }),
+    token: () => benchToken({ quick }),
   };
   const named = Deno.args.filter((a) => !a.startsWith("--"));
   const wanted = named.length ? named : Object.keys(sections);

@@ -254,6 +254,7 @@ function assertInvariants(
         "x-forwarded-for",
         "x-real-ip",
         "x-forwarded-host",
+        "x-tailvoy-jwt-assertion",
       ],
     );
 

@@ -1,12 +1,14 @@
 /**
  * The admin HTTP server (loopback by default): `/metrics` (Prometheus text), `/healthz` (the process
- * is alive) and `/readyz` (every readiness check passes: LocalAPI reachable, listeners bound, Envoy
- * ready when L7 is used), each check named in the JSON body.
+ * is alive), `/readyz` (every readiness check passes: LocalAPI reachable, listeners bound, Envoy
+ * ready when L7 is used), each check named in the JSON body, and `/.well-known/jwks.json` (the public
+ * keys of identity tokens, for backends to verify them; 404 while no listener sends tokens).
  *
  * @module
  */
 
 import { splitAddr } from "../identity/mod.ts";
+import { type JsonWebKeySet, JWKS_PATH } from "../identity_token/mod.ts";
 import { getLogger } from "../log.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 
@@ -40,7 +42,12 @@ async function readiness(checks: ReadinessChecks): Promise<Response> {
 /** Starts the admin server on `address` (`host:port`; an empty host means all interfaces). */
 export function startAdminServer(
   address: string,
-  options: { telemetry: Telemetry; checks: ReadinessChecks },
+  options: {
+    telemetry: Telemetry;
+    checks: ReadinessChecks;
+    /** The identity tokens' JWKS; `undefined` (404) while there is no signing key. */
+    jwks?: () => JsonWebKeySet | undefined;
+  },
 ): Promise<AdminServer> {
   const { ip, port } = splitAddr(address);
   return new Promise((resolve, reject) => {
@@ -61,12 +68,18 @@ export function startAdminServer(
         }
         if (path === "/healthz") return new Response("ok\n");
         if (path === "/readyz") return await readiness(options.checks);
+        if (path === JWKS_PATH) {
+          const jwks = options.jwks?.();
+          return jwks
+            ? Response.json(jwks)
+            : new Response("no identity tokens: no listener sets identityToken\n", { status: 404 });
+        }
         if (path === "/metrics") {
           return new Response(await options.telemetry.metrics(), {
             headers: { "content-type": options.telemetry.registry.contentType },
           });
         }
-        return new Response("not found: try /metrics, /healthz or /readyz\n", { status: 404 });
+        return new Response(`not found: try /metrics, /healthz, /readyz or ${JWKS_PATH}\n`, { status: 404 });
       });
     } catch (err) {
       const why = err instanceof Error ? err.message : String(err);

@@ -8,6 +8,7 @@
 import { type AdminServer, startAdminServer } from "../admin/mod.ts";
 import { type Config, ConfigError, loadConfig, readCredentials } from "../config/mod.ts";
 import { IdentityResolver } from "../identity/mod.ts";
+import { IdentityTokens, type SigningKey, tokenContext, tokensWanted } from "../identity_token/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
 import { l7ListenerNames } from "../envoy/mod.ts";
 import type { Gateway } from "../gateway/mod.ts";
@@ -88,6 +89,19 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
     );
   }
   const telemetry = new Telemetry({ logAllows: config.tailvoy.decisionLog.allows });
+  const tokens = new IdentityTokens();
+  // The key file is read before waiting for tailscaled: a bad one stops the proxy at once (exit 2).
+  let firstKey: SigningKey | undefined;
+  if (config.discovery && config.tailvoy.identityToken) {
+    log.warn("tailvoy.identityToken is ignored in discovery mode: identity tokens need static listeners");
+  } else if (tokensWanted(config)) {
+    try {
+      firstKey = await tokens.nextKey(config.tailvoy.identityToken);
+    } catch (err) {
+      log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
+      return 2;
+    }
+  }
   let plane: DataPlane | undefined;
   let l7: L7Stack | undefined;
   let gateway: Gateway | undefined;
@@ -100,6 +114,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
         listeners: () => plane !== undefined || gateway?.listeners !== undefined,
         envoy: () => gateway ? gateway.ready : l7 === undefined ? plane !== undefined : l7.ready,
       },
+      jwks: () => tokens.jwks(),
     });
   } catch (err) {
     log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
@@ -153,11 +168,21 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
         }),
     });
     if (config.discovery) return await serveGateway(resolver, status);
+    const self = status;
+    if (firstKey) {
+      try {
+        tokens.use(firstKey, tokenContext(self, config.tailvoy.identityToken?.issuer));
+      } catch (err) {
+        log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
+        return 2;
+      }
+    }
     try {
       l7 = await startL7(config, {
         resolver,
         telemetry,
         envoyArgs: options.envoyArgs,
+        tokens,
       });
     } catch (err) {
       log.fatal("could not start Envoy and ext_authz: {error}", {
@@ -187,6 +212,8 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       try {
         next = await loadConfig(path);
         checkSameMode(next, config);
+        // The key file is read again: a new key signs from now on, the previous one stays in the JWKS.
+        if (tokensWanted(next)) await tokens.configure(next.tailvoy.identityToken, self);
       } catch (err) {
         telemetry.configReloads.inc({ result: "invalid" });
         log.error("reload rejected, still running the previous config: {errors}", {
@@ -194,9 +221,12 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
         });
         return;
       }
-      const restartOnly = (c: Config) => JSON.stringify({ ...c.tailvoy, decisionLog: undefined });
+      const restartOnly = (c: Config) =>
+        JSON.stringify({ ...c.tailvoy, decisionLog: undefined, identityToken: undefined });
       if (restartOnly(next) !== restartOnly(config)) {
-        log.warn("changes under tailvoy: (other than decisionLog) take effect after a restart");
+        log.warn(
+          "changes under tailvoy: (other than decisionLog and identityToken) take effect after a restart",
+        );
       }
       try {
         const drainMs = next.tailvoy.timeouts.drain;
@@ -209,6 +239,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
             resolver,
             telemetry,
             envoyArgs: options.envoyArgs,
+            tokens,
           });
         }
         const summary = await plane!.reload(next, { l7Targets: l7?.targets });

@@ -17,6 +17,18 @@ export const L7_PROTOCOLS: readonly string[] = ["http", "https", "grpc"];
  */
 export const INGRESS_MODES = ["serve", "direct"] as const;
 
+/**
+ * Identity TLVs a tcp/tls backend may ask for in `proxyProtocol.tlvs`; their type numbers and encoding
+ * are the backend contract's (`lib/l4/backend_proxy.ts`).
+ */
+export const BACKEND_PROXY_TLVS = ["login", "node", "tags"] as const;
+
+/** Signature algorithms of identity tokens: ES256 (P-256, the default) or EdDSA (Ed25519). */
+export const TOKEN_ALGORITHMS = ["ES256", "EdDSA"] as const;
+
+/** Identity token lifetime: default, and the range a listener may set (durations). */
+export const TOKEN_LIFETIME = Object.freeze({ default: "5m", min: "1s", max: "1h" });
+
 /** Envoy cluster health policies for discovery mode, as in tailvoy. */
 export const HEALTH_POLICIES = ["any", "all"] as const;
 

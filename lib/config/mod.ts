@@ -16,10 +16,13 @@
  */
 
 export {
+  type BackendProxyConfig,
+  type BackendTlv,
   type Config,
   type ConfigInput,
   ConfigSchema,
   type DiscoveryConfig,
+  type IdentityTokenConfig,
   type IngressMode,
   type ListenerConfig,
   type Protocol,
@@ -27,6 +30,7 @@ export {
   type TailscaleConfig,
   type TailvoyConfig,
   type TlsConfig,
+  type TokenKeyConfig,
 } from "./schema.ts";
 export { loadConfig, type LoadConfigOptions, parseConfig, type ParseConfigOptions } from "./parse.ts";
 export { ConfigError, type ConfigIssue, formatIssue, formatIssues, formatPath } from "./errors.ts";
@@ -40,10 +44,13 @@ export {
 export { createServiceMatcher, SERVICE_PREFIX, type ServiceMatcherInput } from "./services.ts";
 export { compilePattern, parseDuration, type Pattern } from "./formats.ts";
 export {
+  BACKEND_PROXY_TLVS,
   DEFAULT_ADMIN_ADDRESS,
   DEFAULT_CAPABILITY,
   DEFAULT_LOCALAPI_SOCKET,
   INGRESS_MODES,
   L7_PROTOCOLS,
   PROTOCOLS,
+  TOKEN_ALGORITHMS,
+  TOKEN_LIFETIME,
 } from "./constants.ts";

@@ -194,6 +194,23 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
       hint: "remove keepHeaders; a tcp, tls or udp listener passes bytes through unread",
     });
   }
+  const sendsToken = has(listener, "identityToken") && listener.identityToken !== false;
+  if (sendsToken && !L7_PROTOCOLS.includes(protocol)) {
+    report({
+      path: at("identityToken"),
+      message: `only applies to http, https and grpc listeners, not ${protocol}`,
+      hint: "remove identityToken; tokens travel in an HTTP header, which tcp, tls and udp lack",
+    });
+  }
+  if (has(listener, "proxyProtocol") && protocol !== "tcp" && protocol !== "tls") {
+    report({
+      path: at("proxyProtocol"),
+      message: `only applies to tcp and tls listeners, not ${protocol}`,
+      hint: protocol === "udp"
+        ? "remove proxyProtocol; udp datagrams are relayed without a PROXY header"
+        : "remove proxyProtocol; http, https and grpc backends get the caller in X-Tailscale-* headers",
+    });
+  }
 }
 
 function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: RuleIssue) => void): void {
@@ -266,6 +283,13 @@ function checkHttpRoutes(
         at: at(),
         message: "route needs a backend or paths",
         hint: 'add backend: host:port, or paths: {"/api/*": host:port}',
+      });
+    }
+    if (has(route, "proxyProtocol")) {
+      report({
+        path: at("proxyProtocol"),
+        message: `not allowed for protocol ${protocol}`,
+        hint: "remove proxyProtocol; http, https and grpc backends get the caller in X-Tailscale-* headers",
       });
     }
     if (has(route, "tls")) {

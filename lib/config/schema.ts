@@ -25,6 +25,7 @@
 
 import { z } from "zod";
 import {
+  BACKEND_PROXY_TLVS,
   DEFAULT_ADMIN_ADDRESS,
   DEFAULT_CAPABILITY,
   DEFAULT_LOCALAPI_SOCKET,
@@ -33,6 +34,8 @@ import {
   L7_PROTOCOLS,
   OVERRIDE_HEADERS,
   PROTOCOLS,
+  TOKEN_ALGORITHMS,
+  TOKEN_LIFETIME,
 } from "./constants.ts";
 import { joinMessage } from "./errors.ts";
 import {
@@ -69,12 +72,25 @@ const nonEmpty = (what: string) =>
 // Go's decoder (tailvoy) read `pollInterval: 5` as the string "5"; do the same so the duration check explains it.
 const numberAsString = (value: unknown) => typeof value === "number" ? String(value) : value;
 
-/** A duration string parsed to milliseconds, with a default also written as a duration string. */
-function duration(defaultValue: string, options: { allowZero?: boolean } = {}) {
+/** Inclusive bounds of a duration, written as durations. */
+type DurationRange = { min: string; max: string };
+
+/**
+ * A duration string parsed to milliseconds, with a default also written as a duration string;
+ * `range` bounds it.
+ */
+function duration(defaultValue: string, options: { allowZero?: boolean; range?: DurationRange } = {}) {
+  const outOfRange = (ms: number, range: DurationRange) =>
+    ms < (parseDuration(range.min) ?? 0) || ms > (parseDuration(range.max) ?? Infinity);
   const text = checked((value) =>
     checkDuration(value) ??
       (!options.allowZero && parseDuration(value) === 0
         ? { message: "must be greater than 0", hint: `e.g. "${defaultValue}"` }
+        : options.range && outOfRange(parseDuration(value) ?? 0, options.range)
+        ? {
+          message: `must be between ${options.range.min} and ${options.range.max}, got "${value}"`,
+          hint: `e.g. "${defaultValue}"`,
+        }
         : undefined)
   );
   return z.preprocess(numberAsString, text.transform((value) => parseDuration(value) ?? 0))
@@ -107,6 +123,35 @@ const TlsSchema = z.strictObject({
   key: nonEmpty("the private key file path"),
 });
 
+const TLV_NAMES = BACKEND_PROXY_TLVS.join(", ");
+
+/**
+ * `proxyProtocol:` on a tcp or tls listener or a tls route (our addition): send the backend a PROXY v2
+ * header naming the caller, with the identity TLVs listed. `v2` is short for `{version: v2}`.
+ */
+const BackendProxySchema = z.preprocess(
+  // Any other scalar fails as a whole, where the hint shows both spellings.
+  (value) => value === "v2" ? { version: value } : value,
+  z.strictObject({
+    /** PROXY protocol version; only v2 (v1 cannot carry TLVs). */
+    version: z.enum(["v2"]),
+    /** Identity TLVs to add, each at most once (see the README for their types and encoding). */
+    tlvs: z.array(z.enum(BACKEND_PROXY_TLVS))
+      .refine((tlvs) => new Set(tlvs).size === tlvs.length, {
+        error: joinMessage("lists a TLV more than once", `name each of ${TLV_NAMES} at most once`),
+      })
+      .default([]),
+  }, {
+    error: (issue) =>
+      issue.code === "invalid_type"
+        ? joinMessage(
+          `expected v2 or a mapping, got ${JSON.stringify(issue.input)}`,
+          `write proxyProtocol: v2, or proxyProtocol: {version: v2, tlvs: [${TLV_NAMES}]}`,
+        )
+        : undefined,
+  }),
+);
+
 /** One entry of a listener's `routes`. */
 const RouteSchema = z.strictObject({
   /** Host header (http) or SNI name (tls, per-route certificates) to match; `*.example.com` allowed. Omit for catch-all. */
@@ -121,6 +166,43 @@ const RouteSchema = z.strictObject({
   backend: backend.optional(),
   /** Certificate for this hostname (https/grpc only), chosen by SNI. */
   tls: TlsSchema.optional(),
+  /** Our addition (tls only): PROXY v2 header to this route's backend; replaces the listener's. */
+  proxyProtocol: BackendProxySchema.optional(),
+});
+
+/**
+ * `identityToken:` on an http/https/grpc listener (our addition): a signed JWT naming the caller in
+ * `X-Tailvoy-Jwt-Assertion` on every allowed request. `true` is short for `{}`, `false` for absent.
+ */
+const IdentityTokenSchema = z.preprocess(
+  (value) => value === true ? {} : value === false ? undefined : value,
+  z.strictObject({
+    /** The token's `aud`; default the listener's name. */
+    audience: nonEmpty("the audience the backend checks").optional(),
+    /** How long a token is valid (default 5m, from 1s to 1h), in milliseconds. */
+    lifetime: duration(TOKEN_LIFETIME.default, { range: TOKEN_LIFETIME }),
+  }, {
+    error: (issue) =>
+      issue.code === "invalid_type"
+        ? joinMessage(
+          `expected true, false or a mapping, got ${JSON.stringify(issue.input)}`,
+          `write identityToken: true, or identityToken: {audience: my-app, lifetime: ${TOKEN_LIFETIME.default}}`,
+        )
+        : undefined,
+  }).optional(),
+);
+
+/** `tailvoy.identityToken:` the signing key of identity tokens (our addition). */
+const TokenKeySchema = z.strictObject({
+  /**
+   * PKCS#8 PEM private key file (P-256 for ES256, Ed25519 for EdDSA); re-read on SIGHUP. Without it a
+   * key is generated at start (and lost at exit).
+   */
+  keyFile: nonEmpty("the private key file path").optional(),
+  /** Signature algorithm (default ES256). */
+  algorithm: z.enum(TOKEN_ALGORITHMS).default(TOKEN_ALGORITHMS[0]),
+  /** The tokens' `iss`; default `https://<this node's MagicDNS name>/`. */
+  issuer: checked(checkHttpUrl).optional(),
 });
 
 /** One entry of `listeners`, keyed by listener name (the name used in ACL cap rules). */
@@ -154,6 +236,13 @@ const ListenerSchema = z.strictObject({
    * another method or path than the one the policy judged.
    */
   keepHeaders: z.array(z.enum(OVERRIDE_HEADERS)).default([]),
+  /**
+   * Our addition (tcp/tls): send the backend a PROXY v2 header naming the caller (its tailnet address,
+   * optionally login, node and tags in TLVs) before any byte of the caller's.
+   */
+  proxyProtocol: BackendProxySchema.optional(),
+  /** Our addition (http/https/grpc): a signed identity token for the backend; see `IdentityTokenSchema`. */
+  identityToken: IdentityTokenSchema.optional(),
 });
 
 /** `tailscale:` block, as in tailvoy (minus the removed `service` key). */
@@ -246,6 +335,8 @@ const TailvoySchema = z.strictObject({
     /** Log allowed decisions too (default true); denies are always logged. */
     allows: z.boolean().default(true),
   }).prefault({}),
+  /** Identity tokens' signing key and issuer (used when a listener sets `identityToken`). */
+  identityToken: TokenKeySchema.optional(),
 }).prefault({});
 
 const ConfigShape = z.strictObject({
@@ -305,6 +396,14 @@ export type ConfigInput = z.input<typeof ConfigSchema>;
 export type ListenerConfig = Config["listeners"][string];
 /** One parsed route. */
 export type RouteConfig = ListenerConfig["routes"][number];
+/** Parsed `proxyProtocol:` of a tcp/tls listener or tls route. */
+export type BackendProxyConfig = NonNullable<ListenerConfig["proxyProtocol"]>;
+/** An identity TLV name of `proxyProtocol.tlvs`. */
+export type BackendTlv = BackendProxyConfig["tlvs"][number];
+/** Parsed `identityToken:` of an http/https/grpc listener. */
+export type IdentityTokenConfig = NonNullable<ListenerConfig["identityToken"]>;
+/** Parsed `tailvoy.identityToken:` (signing key and issuer). */
+export type TokenKeyConfig = NonNullable<Config["tailvoy"]["identityToken"]>;
 /** Parsed `tls:` certificate files. */
 export type TlsConfig = NonNullable<ListenerConfig["tls"]>;
 /** Parsed `discovery:` block. */

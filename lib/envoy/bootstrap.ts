@@ -14,7 +14,7 @@
  *   `x-tailscale-*`/`tailscale-*`/`x-tailvoy-*`) → `ext_authz` → `router`;
  * - ext_authz: HTTP to our server on its private unix socket, adding the caller
  *   (`%DOWNSTREAM_REMOTE_ADDRESS%`), the PROXY destination (the Service) and the listener name `NAME`;
- *   identity headers come back through `allowed_upstream_headers`;
+ *   identity headers (and the identity token) come back through `allowed_upstream_headers`;
  * - routes: a virtual host per route `hostname` (`*` for routes without one), path routes first (exact,
  *   then longest prefix), then the route's `backend`. Every request is judged, also one for a host or
  *   path no route serves: a caller without a grant gets 403, one with a grant 404.
@@ -32,6 +32,7 @@ import { L7_PROTOCOLS } from "../config/mod.ts";
 import {
   FORWARDING_HEADERS,
   IDENTITY_HEADERS,
+  IDENTITY_TOKEN_HEADER,
   RESERVED_HEADER_PREFIXES,
   strippedHeaders,
 } from "../extauthz/headers.ts";
@@ -406,11 +407,13 @@ function httpFilters(
   listener: string,
   options: { timeoutMs: number; keepHeaders?: readonly string[] },
 ): JsonObject[] {
-  const upstream = [...Object.values(IDENTITY_HEADERS), ...Object.values(FORWARDING_HEADERS)].map((
-    exact,
-  ) => ({
-    exact,
-  }));
+  // The token header is allowed on every listener (ext_authz sets it only where configured), so turning
+  // identityToken on or off leaves the bootstrap, and Envoy, as they are.
+  const upstream = [
+    ...Object.values(IDENTITY_HEADERS),
+    ...Object.values(FORWARDING_HEADERS),
+    IDENTITY_TOKEN_HEADER,
+  ].map((exact) => ({ exact }));
   return [
     {
       // Before ext_authz: the identity headers a backend sees (x-tailscale-*, and tailscale serve's

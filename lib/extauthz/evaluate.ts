@@ -19,6 +19,9 @@
  * A shadow listener turns a deny of step 5 (only) into an allow, loudly: steps 1-4 establish who is
  * calling, which shadow mode must not skip.
  *
+ * An allowed request of a listener with `identityToken` also carries a signed identity token
+ * (`lib/identity_token/`); failing to produce one is a deny.
+ *
  * @module
  */
 
@@ -27,17 +30,20 @@ import { checkL7 } from "../access/mod.ts";
 import type { ListenerConfig } from "../config/mod.ts";
 import { L7_PROTOCOLS } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
+import type { TokenSigner } from "../identity_token/mod.ts";
 import { getLogger } from "../log.ts";
 import { own } from "../own.ts";
 import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation } from "../policy/mod.ts";
 import { type AddressKind, classifyAddress, joinHostPort } from "./address.ts";
-import { forwardingHeaders, identityHeaders, spoofedHeaders } from "./headers.ts";
+import { forwardingHeaders, identityHeaders, identityTokenHeader, spoofedHeaders } from "./headers.ts";
 import { CheckRequestSchema, type CheckResponse, type HeaderValueOption } from "./schema.ts";
 
 /** What evaluation needs to know about a listener. */
 export type ListenerSettings = Pick<ListenerConfig, "protocol" | "acceptAppCaps" | "shadow"> & {
   /** Override headers this listener lets through (see `OVERRIDE_HEADERS`); none when absent. */
   keepHeaders?: readonly string[];
+  /** Send a signed identity token (audience: this setting's, else the listener's name); none when absent. */
+  identityToken?: ListenerConfig["identityToken"];
 };
 
 /** Looks a listener up by its name; `undefined` for a name that is not configured. */
@@ -116,6 +122,8 @@ export interface AuthzDeps {
   listenerForPort?: (port: number) => string | undefined;
   /** Capabilities forwarded on `acceptAppCaps: true` listeners (default tailvoy's); a list names its own. */
   appCapNames?: readonly string[];
+  /** Signs identity tokens for `identityToken` listeners; without it their requests are denied. */
+  tokens?: TokenSigner;
   /** Called once per check with the decision (must not throw; errors are logged and ignored). */
   onDecision?: (record: DecisionRecord) => void;
   /** Monotonic clock in ms, for latency (default `performance.now`). */
@@ -315,6 +323,19 @@ export async function judge(input: CheckInput, deps: AuthzDeps): Promise<Verdict
         }),
         ...forwardingHeaders(input.callerIp, outcome.decision?.host ?? input.host),
       ];
+      const token = outcome.settings.identityToken;
+      if (token) {
+        if (!deps.tokens) throw new Error("identity tokens are on for this listener, but nothing signs them");
+        const signed = deps.tokens.token({
+          identity: outcome.identity,
+          audience: token.audience ?? input.listener,
+          lifetimeMs: token.lifetime,
+          rule: outcome.decision?.matched,
+          shadow: outcome.shadow,
+        });
+        // A cached token is a string: no await, so the allow path takes no extra turn.
+        set.push(identityTokenHeader(typeof signed === "string" ? signed : await signed));
+      }
       remove = spoofedHeaders(input.headers, set, { keep: outcome.settings.keepHeaders });
     } catch (error) {
       outcome = internalError(error);

@@ -20,6 +20,7 @@
 
 import type { Identity } from "../identity/mod.ts";
 import { OVERRIDE_HEADERS } from "../config/constants.ts";
+import { TAILVOY_HEADER_PREFIX } from "../wire.ts";
 import type { HeaderValueOption } from "./schema.ts";
 
 /** Header names set on allowed requests (lower case, as Envoy compares them). */
@@ -34,6 +35,12 @@ export const IDENTITY_HEADERS: Readonly<
   name: "tailscale-user-name",
   appCapabilities: "tailscale-app-capabilities",
 });
+
+/**
+ * The signed identity token (JWT) on allowed requests of a listener with `identityToken` (lower case).
+ * Under {@link TAILVOY_HEADER_PREFIX}, so our Envoy drops any client copy before ext_authz runs.
+ */
+export const IDENTITY_TOKEN_HEADER = "x-tailvoy-jwt-assertion";
 
 /**
  * Forwarding headers set on every allowed request, overwriting what the client sent (as `tailscale serve`
@@ -163,6 +170,11 @@ function setHeader(key: string, value: string): HeaderValueOption {
   };
 }
 
+/** The {@link IDENTITY_TOKEN_HEADER} mutation carrying `token` (a compact JWT: base64url and dots). */
+export function identityTokenHeader(token: string): HeaderValueOption {
+  return setHeader(IDENTITY_TOKEN_HEADER, token);
+}
+
 /** {@link FORWARDING_HEADERS} for an allowed request from `callerIp` to `host`. */
 export function forwardingHeaders(callerIp: string, host: string): HeaderValueOption[] {
   return [
@@ -208,10 +220,11 @@ export function identityHeaders(identity: Identity, options: IdentityHeaderOptio
 }
 
 /**
- * Client-sent headers under {@link RESERVED_HEADER_PREFIXES} that `set` does not overwrite, for
- * `headers_to_remove`. Envoy's header_mutation filter strips them first in our bootstrap; this also
- * covers an Envoy configured by someone else (Envoy Gateway) and a client spoofing a header we only
- * sometimes set (`Tailscale-User-Login` from a tagged node).
+ * Client-sent headers under {@link RESERVED_HEADER_PREFIXES} or {@link TAILVOY_HEADER_PREFIX} that `set`
+ * does not overwrite, for `headers_to_remove`. Envoy's header_mutation filter strips them first in our
+ * bootstrap; this also covers an Envoy configured by someone else (Envoy Gateway) and a client spoofing
+ * a header we only sometimes set (`Tailscale-User-Login` from a tagged node, {@link IDENTITY_TOKEN_HEADER}
+ * on a listener without tokens).
  */
 export function spoofedHeaders(
   requestHeaders: Readonly<Record<string, string>> | undefined,
@@ -222,6 +235,8 @@ export function spoofedHeaders(
   const ours = new Set(set.map((h) => h.header.key));
   const stripped = new Set(strippedHeaders(options.keep));
   return Object.keys(requestHeaders).filter((key) =>
-    !ours.has(key) && (stripped.has(key) || RESERVED_HEADER_PREFIXES.some((prefix) => key.startsWith(prefix)))
+    !ours.has(key) &&
+    (stripped.has(key) || key.startsWith(TAILVOY_HEADER_PREFIX) ||
+      RESERVED_HEADER_PREFIXES.some((prefix) => key.startsWith(prefix)))
   );
 }

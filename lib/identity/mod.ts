@@ -20,6 +20,8 @@ export interface Identity {
   login?: string;
   /** Display name of the user; absent for tagged nodes. */
   displayName?: string;
+  /** The user's numeric ID, as text; absent for tagged nodes (and when WhoIs gives none). */
+  userId?: string;
   /** Node MagicDNS name without the trailing dot. */
   node: string;
   /** Node stable ID (never reused, unlike IPs). */
@@ -78,6 +80,7 @@ export function identityFromWhoIs(
   return {
     login: tagged ? undefined : res.UserProfile?.LoginName || undefined,
     displayName: tagged ? undefined : res.UserProfile?.DisplayName || undefined,
+    userId: tagged || res.UserProfile?.ID === undefined ? undefined : String(res.UserProfile.ID),
     node: res.Node.Name.replace(/\.$/, ""),
     nodeId: res.Node.StableID,
     tags: res.Node.Tags,

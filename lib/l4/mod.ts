@@ -17,6 +17,7 @@ import { FlowTable } from "./flows.ts";
 import { type L7Target, type TcpDeps, TcpListener, type TcpListenerSpec } from "./tcp.ts";
 import { UdpListener } from "./udp.ts";
 
+export { BACKEND_TLV_TYPES, identityTlvs } from "./backend_proxy.ts";
 export { FlowTable } from "./flows.ts";
 export { relay, type RelayConn, type RelayResult } from "./relay.ts";
 export { type L7Target, routeBySni, TcpListener } from "./tcp.ts";
@@ -89,6 +90,7 @@ export class DataPlane {
       flows: this.flows,
       telemetry: deps.telemetry,
       timeouts: { proxyHeader: 3000, tlsHello: t.tlsHello, dial: t.dial },
+      selfIps: deps.status.TailscaleIPs,
     };
     // Behind a kernel TUN the tailnet IPs are ours to bind; behind userspace networking tailscaled
     // delivers to 127.0.0.1:PORT and WhoIs maps that address back to the peer.
@@ -285,10 +287,16 @@ export class DataPlane {
       bind: l.ingress === "serve"
         ? [{ hostname: "127.0.0.1", port: 0 }]
         : this.#directHosts.map((hostname) => ({ hostname, port: l.port })),
+      port: l.port,
       backend: l.backend,
-      proxyProtocol: l.protocol === "tcp" && this.#proxyProtocolTo.has(name),
+      // Discovered Envoy listeners with the proxy_protocol filter get the same header, without TLVs.
+      proxyProtocol: l.protocol === "tcp"
+        ? l.proxyProtocol ?? (this.#proxyProtocolTo.has(name) ? { version: "v2", tlvs: [] } : undefined)
+        : undefined,
       routes: l.routes.flatMap((r) =>
-        r.hostname && r.backend ? [{ hostname: r.hostname, backend: r.backend }] : []
+        r.hostname && r.backend
+          ? [{ hostname: r.hostname, backend: r.backend, proxyProtocol: r.proxyProtocol ?? l.proxyProtocol }]
+          : []
       ),
       l7,
       shadow: l.shadow,

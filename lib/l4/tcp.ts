@@ -1,21 +1,24 @@
 /**
  * TCP listeners of the data plane: accept a tailnet connection, establish who is calling (from the
  * PROXY header tailscaled sends in serve mode, or from the socket in direct mode), authorize, and relay
- * to the backend — plain `tcp`, `tls` passthrough routed by SNI, or, for http/https/grpc, to Envoy with
- * our own PROXY v2 header carrying the caller and a per-process secret.
+ * to the backend — plain `tcp`, `tls` passthrough routed by SNI (either opening, on request, with a PROXY
+ * v2 header naming the caller: `backend_proxy.ts`), or, for http/https/grpc, to Envoy with our own PROXY
+ * v2 header carrying the caller and a per-process secret.
  *
  * @module
  */
 
 import { type Caller, checkL4 } from "../access/mod.ts";
+import type { BackendProxyConfig } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { splitAddr } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation } from "../policy/mod.ts";
-import { encodeProxyV2, readProxyHeader } from "../proxy_protocol/mod.ts";
+import { encodeProxyV2, type ProxyTlv, readProxyHeader } from "../proxy_protocol/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { readClientHello } from "../tls/client_hello.ts";
 import { admit } from "./admit.ts";
+import { identityTlvs } from "./backend_proxy.ts";
 import { type FlowTable, type L7Recheck, l7Recheck } from "./flows.ts";
 import { relay, type RelayConn } from "./relay.ts";
 
@@ -53,12 +56,20 @@ export interface TcpListenerSpec {
   ingress: Ingress;
   /** Addresses to bind: serve mode `127.0.0.1:0`; direct mode the tailnet IPs or 127.0.0.1 with the port. */
   bind: { hostname: string; port: number }[];
+  /**
+   * The listener's port on the tailnet: the destination port of the PROXY header sent to a backend
+   * (default: the backend's port).
+   */
+  port?: number;
   /** Backend of a tcp listener, `host:port`. */
   backend?: string;
-  /** Send the backend of a tcp listener a PROXY v2 header naming the caller (discovered Envoy listeners). */
-  proxyProtocol?: boolean;
-  /** SNI routes of a tls listener: exact names first, then `*.` wildcards. */
-  routes?: { hostname: string; backend: string }[];
+  /**
+   * Send the backend of a tcp listener a PROXY v2 header naming the caller (`lib/l4/backend_proxy.ts`):
+   * the listener's `proxyProtocol`, or a discovered Envoy listener's (no TLVs).
+   */
+  proxyProtocol?: BackendProxyConfig;
+  /** SNI routes of a tls listener (exact names first, then `*.` wildcards), each with its own PROXY header. */
+  routes?: { hostname: string; backend: string; proxyProtocol?: BackendProxyConfig }[];
   /** Envoy target of an http/https/grpc listener. */
   l7?: L7Target;
   /** Audit only: decisions are computed and logged, but denied callers are let through. */
@@ -88,6 +99,8 @@ export interface TcpDeps {
   servePeer?: (conn: Deno.TcpConn) => string | undefined;
   /** Metrics and decision log. */
   telemetry?: Telemetry;
+  /** This node's tailnet IPs: the destination address of PROXY headers to tcp/tls backends. */
+  selfIps?: readonly string[];
 }
 
 const log = getLogger("l4");
@@ -100,18 +113,23 @@ function formatAddr(ip: string, port: number): string {
   return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
-/** The backend for `sni` among tls routes: exact name first, then the longest `*.` wildcard. */
+/** The tls route for `sni`: exact name first, then the longest `*.` wildcard. */
+export function sniRoute<R extends { hostname: string }>(routes: readonly R[], sni: string): R | undefined {
+  const name = sni.toLowerCase();
+  const exact = routes.find((r) => r.hostname.toLowerCase() === name);
+  if (exact) return exact;
+  const wild = routes
+    .filter((r) => r.hostname.startsWith("*.") && name.endsWith(r.hostname.slice(1).toLowerCase()))
+    .sort((a, b) => b.hostname.length - a.hostname.length);
+  return wild[0];
+}
+
+/** The backend for `sni` among tls routes (see {@link sniRoute}). */
 export function routeBySni(
   routes: readonly { hostname: string; backend: string }[],
   sni: string,
 ): string | undefined {
-  const name = sni.toLowerCase();
-  const exact = routes.find((r) => r.hostname.toLowerCase() === name);
-  if (exact) return exact.backend;
-  const wild = routes
-    .filter((r) => r.hostname.startsWith("*.") && name.endsWith(r.hostname.slice(1).toLowerCase()))
-    .sort((a, b) => b.hostname.length - a.hostname.length);
-  return wild[0]?.backend;
+  return sniRoute(routes, sni)?.backend;
 }
 
 async function dial(addr: string, timeoutMs: number): Promise<Deno.TcpConn> {
@@ -271,19 +289,25 @@ export class TcpListener {
       }
       const sni = hello.hello.sni;
       if (!sni) return this.#refuse(conn, "TLS ClientHello without SNI", { caller: caller.addr });
-      const backend = routeBySni(this.spec.routes ?? [], sni);
-      if (!backend) return this.#refuse(conn, `no route for SNI ${sni}`, { caller: caller.addr });
+      const route = sniRoute(this.spec.routes ?? [], sni);
+      if (!route) return this.#refuse(conn, `no route for SNI ${sni}`, { caller: caller.addr });
       const access = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name, sni });
       if (!admit(this.spec, access, { telemetry: this.#deps.telemetry, id, caller, t0, host: sni })) {
         return this.#refuse(conn, formatExplanation(access.decision), this.#who(caller, access.identity));
       }
       const identity = access.identity;
+      let replay = hello.bytes;
+      if (route.proxyProtocol) {
+        const header = this.#backendHeader(caller, identity, route.backend, route.proxyProtocol);
+        if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
+        replay = concat(header, replay);
+      }
       return await this.#connect(conn, {
         id,
         caller,
         identity,
-        backend,
-        replay: hello.bytes,
+        backend: route.backend,
+        replay,
         replayedPayload: hello.bytes.length,
         sni,
         recheck: true,
@@ -299,7 +323,7 @@ export class TcpListener {
       const backend = this.spec.backend!;
       let replay = rest;
       if (this.spec.proxyProtocol) {
-        const header = identity && this.#proxyHeader(caller, identity, splitAddr(backend).port ?? 0, []);
+        const header = this.#backendHeader(caller, identity, backend, this.spec.proxyProtocol);
         if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
         replay = concat(header, rest);
       }
@@ -334,7 +358,7 @@ export class TcpListener {
       const header = this.#proxyHeader(
         caller,
         identity,
-        dstPort,
+        { port: dstPort },
         l7.secret ? [{ type: SECRET_TLV_TYPE, value: l7.secret }] : [],
       );
       if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
@@ -353,24 +377,43 @@ export class TcpListener {
   }
 
   /**
+   * The PROXY v2 header of the backend contract (`lib/l4/backend_proxy.ts`) to a tcp/tls `backend`:
+   * destination this node's tailnet IP and the listener's tailnet port. `undefined` without an identity
+   * (a shadow listener letting an unknown caller through) or a tailnet address for the caller.
+   */
+  #backendHeader(
+    caller: Caller,
+    identity: Identity | undefined,
+    backend: string,
+    proxy: BackendProxyConfig,
+  ): Uint8Array | undefined {
+    if (!identity) return undefined;
+    const port = this.spec.port ?? splitAddr(backend).port ?? 0;
+    return this.#proxyHeader(caller, identity, { port, tailnet: true }, identityTlvs(identity, proxy.tlvs));
+  }
+
+  /**
    * A PROXY v2 header naming the caller by its tailnet address — never 127.0.0.1 (userspace direct
-   * mode), which would say nothing to Envoy: then the node's own IP. `undefined` without one.
+   * mode), which would say nothing to the receiver: then the node's own IP. The destination is
+   * loopback (what our Envoy reads is the port) or, with `tailnet`, this node's tailnet IP of the
+   * source's family, as tailscaled's serve sends. `undefined` without a source address.
    */
   #proxyHeader(
     caller: Caller,
     identity: Identity,
-    dstPort: number,
-    tlvs: { type: number; value: Uint8Array }[],
+    destination: { port: number; tailnet?: boolean },
+    tlvs: ProxyTlv[],
   ): Uint8Array | undefined {
     const { ip, port } = splitAddr(caller.addr);
     const srcIp = isLoopback(ip) ? identity.ips.find((a) => !a.includes(":")) ?? identity.ips[0] : ip;
     if (!srcIp) return undefined;
     const v6 = srcIp.includes(":");
+    const self = destination.tailnet ? this.#deps.selfIps?.find((a) => a.includes(":") === v6) : undefined;
     return encodeProxyV2({
       command: "PROXY",
       transport: "tcp",
       source: { address: srcIp, port: port ?? 0 },
-      destination: { address: v6 ? "::1" : "127.0.0.1", port: dstPort },
+      destination: { address: self ?? (v6 ? "::1" : "127.0.0.1"), port: destination.port },
       tlvs,
     });
   }

@@ -22,6 +22,7 @@ import {
   serveHttpAuthz,
 } from "../extauthz/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
+import type { TokenSigner } from "../identity_token/mod.ts";
 import type { L7Target } from "../l4/mod.ts";
 import { getLogger } from "../log.ts";
 import { unknownCallerDecision } from "../policy/mod.ts";
@@ -36,6 +37,8 @@ export interface L7Options {
   telemetry?: Telemetry;
   /** Arguments after `--`, passed to Envoy. */
   envoyArgs?: string[];
+  /** Signs identity tokens for listeners with `identityToken`. */
+  tokens?: TokenSigner;
 }
 
 /** A running L7 stack. */
@@ -102,6 +105,7 @@ export class L7Stack {
         listeners: (name) => current.lookup(name),
         services,
         appCapNames: config.tailvoy.capabilities,
+        tokens: options.tokens,
         onDecision: (record) => options.telemetry?.decision(decisionEvent(record)),
       });
     } catch (err) {
