@@ -14,9 +14,8 @@
  * @module
  */
 
-import { openBenchSession, relayPortFor, type Spawn, waitUntil } from "./bench/session.ts";
+import { openBenchSession, type Spawn, startBenchProxy, waitUntil } from "./bench/session.ts";
 import { join } from "node:path";
-import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import { reframe } from "../tests/fixtures/client_hello/capture.ts";
 import type { Tailnet } from "../tests/harness/tailnet.ts";
@@ -248,10 +247,11 @@ async function startTailvoy(
   options: { dir: string; tailnet: Tailnet; backendPort: number },
 ): Promise<Target> {
   const gw = options.tailnet.node("gw");
-  const config = join(options.dir, "tailvoy.yaml");
-  await Deno.writeTextFile(
-    config,
-    [
+  const { child, relayPorts } = await startBenchProxy(spawn, {
+    dir: options.dir,
+    socket: gw.socket,
+    servePorts: [SERVE_PORT, TLS_SERVE_PORT],
+    configText: [
       "tailscale:",
       "  serviceMappings: {gw: [db, hello]}",
       "listeners:",
@@ -268,27 +268,9 @@ async function startTailvoy(
       `  adminAddress: "127.0.0.1:${freePort()}"`,
       "",
     ].join("\n"),
-  );
-  const child = spawn("tailvoy", [
-    Deno.execPath(),
-    ...sourceRunArgs(join(PROJECT_ROOT, "main.ts"), { permissions: ["--allow-all"] }),
-    "--config",
-    config,
-    "--socket",
-    gw.socket,
-    "--log-level",
-    "warn",
-  ]);
-  // Our loopback listener is the target of the serve entry we registered with tailscaled.
-  using api = new LocalApiClient(gw.socket, { timeoutMs: 5000 });
-  let port = 0;
-  let tlsPort = 0;
-  await waitUntil(child, "its serve entries in tailscaled", {
-    timeoutMs: 30_000,
-    check: async () =>
-      (port = await relayPortFor(api, SERVE_PORT)) > 0 &&
-      (tlsPort = await relayPortFor(api, TLS_SERVE_PORT)) > 0,
   });
+  const port = relayPorts.get(SERVE_PORT)!;
+  const tlsPort = relayPorts.get(TLS_SERVE_PORT)!;
   return {
     key: "tailvoy",
     label: "tailvoy",

@@ -33,11 +33,10 @@
  * @module
  */
 
-import { openBenchSession, relayPortFor, type Spawn, waitUntil } from "./bench/session.ts";
+import { openBenchSession, type Spawn, startBenchProxy, waitUntil } from "./bench/session.ts";
 import { join } from "node:path";
 import { parseConfig } from "../lib/config/mod.ts";
 import { type EnvoyBootstrap, type JsonObject, renderBootstrap } from "../lib/envoy/mod.ts";
-import { LocalApiClient } from "../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../lib/proxy_protocol/mod.ts";
 import { generateSecret, SECRET_TLV_TYPE } from "../lib/wire.ts";
 import type { Tailnet } from "../tests/harness/tailnet.ts";
@@ -250,30 +249,16 @@ async function startTailvoy(
 ): Promise<{ child: Child; relayPort: number; envoyPid: number; adminPort: number }> {
   const gw = options.tailnet.node("gw");
   const adminPort = freePort();
-  const config = join(options.dir, "tailvoy.yaml");
-  await Deno.writeTextFile(
-    config,
-    options.configText +
+  const { child, relayPorts } = await startBenchProxy(spawn, {
+    dir: options.dir,
+    socket: gw.socket,
+    servePorts: [SERVE_PORT],
+    timeoutMs: 40_000,
+    configText: options.configText +
       `tailvoy:\n  envoyBinary: ${PEER_BINS.envoy}\n  adminAddress: "127.0.0.1:${adminPort}"\n` +
       "  timeouts: {drain: 0s}\n",
-  );
-  const child = spawn("tailvoy", [
-    Deno.execPath(),
-    ...sourceRunArgs(join(PROJECT_ROOT, "main.ts"), { permissions: ["--allow-all"] }),
-    "--config",
-    config,
-    "--socket",
-    gw.socket,
-    // Per-request decision lines (info) off, as in the L4 bench: we measure the data path, not logging.
-    "--log-level",
-    "warn",
-  ]);
-  using api = new LocalApiClient(gw.socket, { timeoutMs: 5000 });
-  let relayPort = 0;
-  await waitUntil(child, "its serve entry in tailscaled", {
-    timeoutMs: 40_000,
-    check: async () => (relayPort = await relayPortFor(api, SERVE_PORT)) > 0,
   });
+  const relayPort = relayPorts.get(SERVE_PORT)!;
   let envoyPid = 0;
   await waitUntil(child, "its Envoy", {
     timeoutMs: 10_000,

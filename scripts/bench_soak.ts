@@ -20,11 +20,10 @@
  */
 
 import { join } from "node:path";
-import { LocalApiClient } from "../lib/localapi/mod.ts";
 import type { Tailnet } from "../tests/harness/tailnet.ts";
 import type { LoadCommand, LoadResult, ProxyHeaderSpec } from "./bench/l4_protocol.ts";
 import { FD_LIMIT, freePort, rssMiB } from "./bench/l4_procs.ts";
-import { openBenchSession, relayPortFor, type Spawn, waitUntil } from "./bench/session.ts";
+import { openBenchSession, type Spawn, startBenchProxy } from "./bench/session.ts";
 import { sourceRunArgs } from "./cache.ts";
 import { ensurePeers, PROJECT_ROOT } from "./peers.ts";
 
@@ -105,10 +104,11 @@ async function startTailvoy(
   options: { dir: string; tailnet: Tailnet; backendPort: number },
 ): Promise<ProxyUnderTest> {
   const gw = options.tailnet.node("gw");
-  const config = join(options.dir, "tailvoy.yaml");
-  await Deno.writeTextFile(
-    config,
-    [
+  const { child, relayPorts } = await startBenchProxy(spawn, {
+    dir: options.dir,
+    socket: gw.socket,
+    servePorts: [SERVE_PORT],
+    configText: [
       "tailscale:",
       "  serviceMappings: {gw: [db]}",
       "listeners:",
@@ -121,24 +121,8 @@ async function startTailvoy(
       `  adminAddress: "127.0.0.1:${freePort()}"`,
       "",
     ].join("\n"),
-  );
-  const child = spawn("tailvoy", [
-    Deno.execPath(),
-    ...sourceRunArgs(join(PROJECT_ROOT, "main.ts"), { permissions: ["--allow-all"] }),
-    "--config",
-    config,
-    "--socket",
-    gw.socket,
-    // Per-flow info lines off, as in the L4 bench: we measure the data path, not logging.
-    "--log-level",
-    "warn",
-  ]);
-  using api = new LocalApiClient(gw.socket, { timeoutMs: 5000 });
-  let port = 0;
-  await waitUntil(child, "its serve entry in tailscaled", {
-    timeoutMs: 30_000,
-    check: async () => (port = await relayPortFor(api, SERVE_PORT)) > 0,
   });
+  const port = relayPorts.get(SERVE_PORT)!;
   return {
     pid: child.pid,
     port,

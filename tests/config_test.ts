@@ -413,6 +413,12 @@ Deno.test("YAML syntax errors have line:column", () => {
   );
 });
 
+Deno.test("a YAML message that quotes a line break stays on one line", () => {
+  const lines = linesOf('"\\u\n"\n');
+  assert.equal(lines.length, 1, lines.join("\n"));
+  assert.match(lines[0], /invalid YAML: invalid escape sequence .*\\n.* \(line 1:2\)/);
+});
+
 Deno.test("YAML aliases: unresolved, looping and exploding aliases are errors at the alias's line", () => {
   assertReported(
     "tailvoy:\n  ingress: direct\nlisteners:\n  web: {port: 80, protocol: http, backend: *b}\n",
@@ -538,10 +544,20 @@ Deno.test("keys named like Object.prototype members are unknown keys with path a
       `listeners.web.${name}: unknown key`,
     );
   }
-  // As a mapping, `__proto__` stays a key: it never becomes the listener's prototype and supplies fields.
+  // In a record (listener names, Service names) zod would drop it without a word: reported, located.
+  assertReported("listeners:\n  __proto__: []\n", "listeners.__proto__: unknown key (line 2:3)");
+  assertReported(
+    withListeners("  __proto__: {port: 80, protocol: tcp, backend: 'a:1'}\n"),
+    "listeners.__proto__: unknown key",
+  );
+  assertReported(
+    "tailscale:\n  serviceMappings:\n    __proto__: []\n",
+    "tailscale.serviceMappings.__proto__: unknown key (line 3:5)",
+  );
+  // As a mapping, `__proto__` stays a key (reported), never the listener's prototype supplying fields.
   assertReported(
     withListeners("  web:\n    __proto__: {port: 80, protocol: http, backend: a:1}\n"),
-    "listeners.web.protocol: required",
+    "listeners.web.__proto__: unknown key",
   );
   // A listener may be named like one; lookups by name find only real listeners.
   const config = parseConfig(withListeners("  constructor: {port: 80, protocol: tcp, backend: a:1}\n"), {

@@ -796,6 +796,11 @@ Deno.test("malformed rules never grant and are reported", async (t) => {
     const parsed = parseCapRules({ [CAP]: [cyclic, 10n, undefined] });
     assert.equal(parsed.malformed.length, 3);
     assert.deepEqual(parsed.rules, []);
+    // Found by tests/properties/policy.ts: no JSON (a BigInt inside) and no toString to fall back on.
+    const bare = Object.assign(Object.create(null), { "": [0n] });
+    const withBadToString = { toString: 1, n: 0n };
+    const odd = parseCapRules({ [CAP]: [bare, withBadToString] });
+    assert.deepEqual(odd.malformed.map((m) => m.json), ["[object Object]", "[object Object]"]);
   });
 });
 

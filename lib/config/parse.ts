@@ -10,7 +10,7 @@ import { ConfigError, type ConfigIssue, formatPath } from "./errors.ts";
 import { fromRuleIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
 import { checkRules } from "./rules.ts";
 import { type Config, ConfigSchema } from "./schema.ts";
-import { aliasIssues, expandEnv, parseYaml, toPlain } from "./yaml_source.ts";
+import { aliasIssues, expandEnv, locate, parseYaml, toPlain, type YamlSource } from "./yaml_source.ts";
 
 /** Options for {@linkcode parseConfig}. */
 export interface ParseConfigOptions {
@@ -52,6 +52,9 @@ export function parseConfig(text: string, options: ParseConfigOptions = {}): Con
     }]);
   }
 
+  // zod drops a `__proto__` key from records without a word: a listener so named would vanish.
+  const protoKeys = protoKeyIssues(data, yaml);
+  if (protoKeys.length > 0) throw new ConfigError([...envIssues, ...protoKeys]);
   const result = ConfigSchema.safeParse(data, { reportInput: true, error: () => GENERIC_MESSAGE });
   if (result.success && envIssues.length === 0) return result.data;
 
@@ -67,6 +70,29 @@ export function parseConfig(text: string, options: ParseConfigOptions = {}): Con
     !isAboutMisspeltKey(issue, { misspelt: converted.misspelt, data }) && !isUnder(issue.path, envIssues)
   );
   throw new ConfigError([...envIssues, ...relevant]);
+}
+
+/** Every `__proto__` key in `data`, located: never a valid name here, and unsafe to carry further. */
+function protoKeyIssues(data: unknown, yaml: YamlSource): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const walk = (value: unknown, path: (string | number)[]) => {
+    if (Array.isArray(value)) return value.forEach((item, i) => walk(item, [...path, i]));
+    if (typeof value !== "object" || value === null) return;
+    for (const [key, item] of Object.entries(value)) {
+      const at = [...path, key];
+      if (key === "__proto__") {
+        issues.push({
+          path: at,
+          message: "unknown key",
+          hint: "__proto__ is not a name tailvoy accepts anywhere; rename it",
+          ...locate(yaml, at, { key: true }),
+          source: yaml.source,
+        });
+      } else walk(item, at);
+    }
+  };
+  walk(data, []);
+  return issues;
 }
 
 // A value whose variable could not be expanded would only produce follow-on errors.

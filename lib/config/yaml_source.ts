@@ -50,7 +50,14 @@ const SYNTAX_HINTS: Record<string, string> = {
 export function parseYaml(text: string, source?: string): { yaml: YamlSource; issues: ConfigIssue[] } {
   const lines = new LineCounter();
   // merge: yes, because Go's yaml.v3 (tailvoy) honours `<<:` merge keys.
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, merge: true, uniqueKeys: true });
+  // logLevel: problems come back as issues; the yaml package must not also write to the console.
+  const doc = parseDocument(text, {
+    lineCounter: lines,
+    prettyErrors: false,
+    merge: true,
+    uniqueKeys: true,
+    logLevel: "error",
+  });
   const yaml: YamlSource = { text, doc, lines, source };
   const issues = doc.errors.map((error): ConfigIssue => {
     const unclosed = unclosedOpening(text, error);
@@ -67,9 +74,11 @@ export function parseYaml(text: string, source?: string): { yaml: YamlSource; is
         source,
       };
     }
-    const detail = error.code === "DUPLICATE_KEY"
+    // One issue, one line: a message quoting the source across a line break shows it as \n.
+    const detail = (error.code === "DUPLICATE_KEY"
       ? `duplicate key ${duplicateKey(text, error.pos[0])}`
-      : error.message.replace(/\.$/, "").replace(/^./, (c) => c.toLowerCase());
+      : error.message.replace(/\.$/, "").replace(/^./, (c) =>
+        c.toLowerCase())).replace(/\r?\n/g, "\\n");
     return {
       path: [],
       message: `invalid YAML: ${detail}`,

@@ -27,7 +27,12 @@ export function safeJson(value: unknown): string {
   try {
     text = JSON.stringify(value) ?? String(value);
   } catch {
-    text = String(value);
+    try {
+      text = String(value);
+    } catch {
+      // No usable toString: a null-prototype object, or an own `toString` that is not a function.
+      text = Object.prototype.toString.call(value);
+    }
   }
   return text.length > MAX_JSON ? `${text.slice(0, MAX_JSON)}…` : text;
 }

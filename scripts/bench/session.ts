@@ -6,8 +6,11 @@
  * @module
  */
 
-import type { LocalApiClient } from "../../lib/localapi/mod.ts";
+import { join } from "node:path";
+import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { Tailnet } from "../../tests/harness/tailnet.ts";
+import { sourceRunArgs } from "../cache.ts";
+import { PROJECT_ROOT } from "../peers.ts";
 import { Child } from "./l4_procs.ts";
 
 /** Starts a tracked child process. */
@@ -90,4 +93,45 @@ export async function waitUntil(
     if (why) throw new Error(`${child.name}: ${why} waiting for ${what}; stderr:\n${child.stderrTail()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/**
+ * Starts the real proxy (`main.ts`, as the compiled binary runs) with the config `configText` beside
+ * `gw`'s tailscaled, at log level warn (per-flow and per-request info lines off: benches measure the data
+ * path, not logging), and waits until tailscaled forwards each of `servePorts` to it. Resolves with the
+ * child and the loopback relay port of each serve port.
+ */
+export async function startBenchProxy(
+  spawn: Spawn,
+  options: {
+    dir: string;
+    socket: string;
+    configText: string;
+    servePorts: readonly number[];
+    timeoutMs?: number;
+  },
+): Promise<{ child: Child; relayPorts: Map<number, number> }> {
+  const config = join(options.dir, "tailvoy.yaml");
+  await Deno.writeTextFile(config, options.configText);
+  const child = spawn("tailvoy", [
+    Deno.execPath(),
+    ...sourceRunArgs(join(PROJECT_ROOT, "main.ts"), { permissions: ["--allow-all"] }),
+    "--config",
+    config,
+    "--socket",
+    options.socket,
+    "--log-level",
+    "warn",
+  ]);
+  // Our loopback listeners are the targets of the serve entries we registered with tailscaled.
+  using api = new LocalApiClient(options.socket, { timeoutMs: 5000 });
+  const relayPorts = new Map<number, number>();
+  await waitUntil(child, "its serve entries in tailscaled", {
+    timeoutMs: options.timeoutMs ?? 30_000,
+    check: async () => {
+      for (const port of options.servePorts) relayPorts.set(port, await relayPortFor(api, port));
+      return [...relayPorts.values()].every((p) => p > 0);
+    },
+  });
+  return { child, relayPorts };
 }
