@@ -61,9 +61,11 @@ export async function readUntil<T>(
       );
     }
   });
+  // One read buffer for the whole call (appends copy out of it): a sender dribbling a byte per read
+  // must not cost an allocation per byte.
+  const chunk = new Uint8Array(options.chunkSize ?? 4096);
   try {
     while (true) {
-      const chunk = new Uint8Array(options.chunkSize ?? 4096);
       const pending = conn.read(chunk);
       // Once abandoned, this read rejects when the caller closes the conn; nobody awaits it then.
       pending.catch(() => {});
