@@ -16,6 +16,8 @@
  *   warm baseline, and after an idle wait; PASS/MISS for fds back to baseline and RSS flat across
  *   passes (see scripts/bench_soak.ts).
  * - token: what `identityToken` adds to an allowed check, cached and amortised (see scripts/bench_token.ts).
+ * - peer: the serve-ingress peer check (kernel socket diagnostics by 4-tuple) with 10k connections open, vs
+ *   one read of `/proc/net/tcp` (see scripts/bench_peer.ts).
  *
  * `--quick` shortens the long sections.
  *
@@ -28,9 +30,11 @@ import { decideL4, decideL7, parseCapRules } from "../lib/policy/mod.ts";
 import { Tailnet } from "../tests/harness/tailnet.ts";
 import { benchL4 } from "./bench_l4.ts";
 import { benchL7 } from "./bench_l7.ts";
+import { benchPeer } from "./bench_peer.ts";
 import { benchSoak } from "./bench_soak.ts";
 import { benchToken } from "./bench_token.ts";
 import { cacheDependencies } from "./cache.ts";
+import { own } from "../lib/own.ts";
 import { ensurePeers } from "./peers.ts";
 
 interface Figure {
@@ -168,13 +172,14 @@ if (import.meta.main) {
     l7: () => benchL7({ quick }),
     soak: () => benchSoak({ quick }),
     token: () => benchToken({ quick }),
+    peer: () => benchPeer({ quick }),
   };
   const named = Deno.args.filter((a) => !a.startsWith("--"));
   const wanted = named.length ? named : Object.keys(sections);
   // The proxy and the load helpers run with --cached-only (see cache.ts): cache their modules first.
   await cacheDependencies();
   for (const name of wanted) {
-    const run = sections[name];
+    const run = own(sections, name);
     if (!run) {
       console.error(`bench: unknown section "${name}": use ${Object.keys(sections).join(", ")}`);
       Deno.exit(2);

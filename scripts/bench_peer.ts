@@ -107,5 +107,3 @@ export async function benchPeer(options: BenchPeerOptions = {}): Promise<void> {
     await Deno.remove(dir, { recursive: true });
   }
 }
-
-if (import.meta.main) await benchPeer({ quick: Deno.args.includes("--quick") });
