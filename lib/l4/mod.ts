@@ -371,10 +371,15 @@ export class DataPlane {
     this.#tcpDeps.servePeer = (conn) => {
       const peer = conn.remoteAddr;
       const local = conn.localAddr;
-      const owner = diag.tcpOwner({ ip: peer.hostname, port: peer.port }, {
-        ip: local.hostname,
-        port: local.port,
-      });
+      let owner;
+      try {
+        owner = diag.tcpOwner({ ip: peer.hostname, port: peer.port }, {
+          ip: local.hostname,
+          port: local.port,
+        });
+      } catch (err) {
+        return `cannot tell who opened the connection (${err instanceof Error ? err.message : err})`;
+      }
       if (!owner) {
         return "the connecting socket is gone (or unknown to the kernel): cannot tell it is tailscaled";
       }
