@@ -11,7 +11,7 @@
 
 import { join } from "node:path";
 import { RUNTIME_PERMISSIONS } from "../lib/self.ts";
-import { PROJECT_ROOT } from "./peers.ts";
+import { PROJECT_ROOT } from "./harness/peers.ts";
 
 /** Targets built by default. */
 export const TARGETS = [

@@ -14,11 +14,11 @@
  */
 
 import { join } from "node:path";
-import { cacheDependencies, sourceRunArgs } from "./cache.ts";
-import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./peers.ts";
-import { grpcHealthBackend } from "../tests/harness/grpc_health.ts";
-import { descendants, killAll } from "../tests/harness/procs.ts";
-import { CAP, defaultPolicy, Tailnet } from "../tests/harness/tailnet.ts";
+import { cacheDependencies, sourceRunArgs } from "./harness/cache.ts";
+import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "./harness/peers.ts";
+import { grpcHealthBackend } from "./harness/grpc_health.ts";
+import { descendants, killAll } from "./harness/procs.ts";
+import { CAP, defaultPolicy, Tailnet } from "./harness/tailnet.ts";
 
 const EXAMPLE_CONFIG = join(PROJECT_ROOT, "examples", "config.yaml");
 

@@ -11,9 +11,9 @@
  */
 
 import { join } from "node:path";
-import { CACHED_ONLY, cacheDependencies, sourceRunArgs } from "./cache.ts";
-import { ensurePeers, PROJECT_ROOT } from "./peers.ts";
-import { nonLoopbackSockets, Tailnet, TAILNET_ENV } from "../tests/harness/tailnet.ts";
+import { CACHED_ONLY, cacheDependencies, sourceRunArgs } from "./harness/cache.ts";
+import { ensurePeers, PROJECT_ROOT } from "./harness/peers.ts";
+import { nonLoopbackSockets, Tailnet, TAILNET_ENV } from "./harness/tailnet.ts";
 
 const IN_NETNS = "--in-netns";
 

@@ -8,9 +8,9 @@
 
 import { join } from "node:path";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
-import { Tailnet } from "../../tests/harness/tailnet.ts";
-import { sourceRunArgs } from "../cache.ts";
-import { PROJECT_ROOT } from "../peers.ts";
+import { Tailnet } from "../harness/tailnet.ts";
+import { sourceRunArgs } from "../harness/cache.ts";
+import { PROJECT_ROOT } from "../harness/peers.ts";
 import { Child } from "./l4_procs.ts";
 
 /** Starts a tracked child process. */

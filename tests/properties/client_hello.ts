@@ -25,7 +25,7 @@ import {
   type ParseClientHelloOptions,
   readClientHello,
 } from "../../lib/tls/client_hello.ts";
-import { reframe } from "../fixtures/client_hello/capture.ts";
+import { reframe } from "../../scripts/harness/tls.ts";
 import type { Target } from "./mod.ts";
 
 const REASONS: readonly ClientHelloErrorReason[] = [

@@ -1,6 +1,6 @@
 /**
  * Property-based tests (fast-check), shared by the bounded runs of `deno task test`
- * (`tests/property_test.ts`) and the long runs of `deno task fuzz` (`scripts/fuzz.ts`).
+ * (`tests/unit/property_test.ts`) and the long runs of `deno task fuzz` (`tests/fuzz.ts`).
  *
  * Each module beside this one exports `PROPERTIES: Target[]`; {@link allTargets} collects them.
  * Predicates throw (node:assert) on failure, so fast-check reports the assertion with the shrunk

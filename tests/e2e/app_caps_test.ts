@@ -1,0 +1,140 @@
+/**
+ * `acceptAppCaps` with a list of capability names, as `tailscale serve --accept-app-caps` takes it: a
+ * backend built like the Goa tscap plugin (scripts/harness/tscap.ts) gets exactly the caller's values of
+ * those capabilities, in serve's encoding, while tailvoy's own grant still decides at the proxy.
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { http } from "../../scripts/harness/clients.ts";
+import { Proxy } from "../../scripts/harness/proxy.ts";
+import { acquireTailnet, CAP, defaultPolicy, type Policy } from "../../scripts/harness/tailnet.ts";
+import { tscapBackend, tscapDecide } from "../../scripts/harness/tscap.ts";
+
+const APP = "example.com/cap/myapp";
+const PORT = 17790;
+
+function policy(): Policy {
+  const p = defaultPolicy();
+  p.grants = [
+    { src: ["*"], dst: ["*"], ip: ["*"] },
+    // tailvoy: alice and bob may use the listener; ci may not.
+    { src: ["group:eng", "bob@"], dst: ["tag:gw"], app: { [CAP]: [{ listeners: ["caps"] }] } },
+    // The app's own capability: alice may read items/*; ci may do anything (but tailvoy stops it).
+    { src: ["group:eng"], dst: ["tag:gw"], app: { [APP]: [{ action: ["read"], resources: ["items/*"] }] } },
+    { src: ["tag:ci"], dst: ["tag:gw"], app: { [APP]: [{ action: ["*"], resources: ["*"] }] } },
+  ];
+  return p;
+}
+
+Deno.test("the tscap-style backend answers as the plugin documents (401, 403, wildcards, exact resources)", () => {
+  const grant = (g: unknown) => JSON.stringify({ [APP]: [g] });
+  assert.equal(tscapDecide(null, APP, { action: "read", resource: "items/*" }), 401);
+  assert.equal(tscapDecide("{}", APP, { action: "read", resource: "items/*" }), 403);
+  assert.equal(
+    tscapDecide(grant({ action: ["*"], resources: ["items/*"] }), APP, {
+      action: "read",
+      resource: "items/*",
+    }),
+    200,
+  );
+  assert.equal(
+    tscapDecide(grant({ action: ["read"], resources: ["items/*"] }), APP, {
+      action: "read",
+      resource: "items/*",
+    }),
+    200,
+  );
+  assert.equal(
+    tscapDecide(grant({ action: ["read"], resources: ["items/123"] }), APP, {
+      action: "read",
+      resource: "items/456",
+    }),
+    403,
+  );
+  assert.equal(
+    tscapDecide(grant({ action: ["read"], resources: ["items/*"] }), APP, {
+      action: "write",
+      resource: "items/*",
+    }),
+    403,
+  );
+});
+
+Deno.test({
+  name:
+    "acceptAppCaps: [capability]: the backend gets the caller's values of exactly those, as serve sends them",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async (t) => {
+    const tailnet = await acquireTailnet();
+    const gw = tailnet.node("gw");
+    const backend = tscapBackend(APP);
+    const dir = await Deno.makeTempDir({ prefix: "tailvoy-appcaps-" });
+    const file = join(dir, "caps.yaml");
+    await Deno.writeTextFile(
+      file,
+      [
+        "tailscale:",
+        "  serviceMappings: {gw: [caps]}",
+        "listeners:",
+        `  caps: {port: ${PORT}, protocol: http, backend: "127.0.0.1:${backend.port}", acceptAppCaps: ["${APP}"]}`,
+        "tailvoy:",
+        `  adminAddress: "127.0.0.1:0"`,
+        `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
+        "",
+      ].join("\n"),
+    );
+    await tailnet.setPolicy(policy());
+    const proxy = new Proxy(file, gw.socket);
+    const get = (who: string, path: string, headers: Record<string, string> = {}) =>
+      tailnet.dial(who, gw.ipv4, PORT).then((c) => http(c, path, { headers }));
+    try {
+      await proxy.waitLog(/"message":"ready:/, "ready");
+
+      await t.step(
+        "alice: read on items/* allowed by the app; write and another resource refused by it",
+        async () => {
+          assert.equal((await get("alice", "/read/items/*")).status, 200);
+          assert.equal((await get("alice", "/write/items/*")).status, 403);
+          assert.equal((await get("alice", "/read/items/123")).status, 403);
+        },
+      );
+
+      await t.step(
+        "bob: tailvoy lets him through, the app finds no grant of its capability (403)",
+        async () => {
+          const r = await get("bob", "/read/items/*");
+          assert.equal(r.status, 403);
+          assert.equal(JSON.parse(r.body).status, 403, "the app's answer, not ours");
+        },
+      );
+
+      await t.step(
+        "ci: the app would allow anything, but tailvoy's grant decides first (our 403)",
+        async () => {
+          const r = await get("ci", "/read/items/*");
+          assert.equal(r.status, 403);
+          assert.equal(JSON.parse(r.body).error, "forbidden", "tailvoy's deny body");
+        },
+      );
+
+      await t.step("a client's own Tailscale-App-Capabilities never reaches the app", async () => {
+        const forged = JSON.stringify({ [APP]: [{ action: ["*"], resources: ["*"] }] });
+        assert.equal(
+          (await get("alice", "/write/items/*", { "Tailscale-App-Capabilities": forged })).status,
+          403,
+        );
+        assert.equal(
+          (await get("bob", "/read/items/*", { "Tailscale-App-Capabilities": forged })).status,
+          403,
+        );
+      });
+    } finally {
+      await proxy.stop();
+      await tailnet.setPolicy(defaultPolicy());
+      await backend.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
