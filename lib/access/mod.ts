@@ -1,6 +1,7 @@
 /**
- * Access checks for one caller: identity through the resolver, then the policy engine. Every failure to
- * establish the caller's identity is a deny (fail closed) with a log line that says why and what to do.
+ * Access checks for one caller: identity through the resolver, then the policy engine, then the shadow
+ * rule ({@link authorize}, the one place it is decided). Every failure to establish the caller's identity
+ * is a deny (fail closed) with a log line that says why and what to do.
  *
  * @module
  */
@@ -84,4 +85,33 @@ export async function checkL7(
   });
   if (isResult(who)) return who;
   return { decision: decideL7(who.rules, request), identity: who };
+}
+
+/** A request to {@link authorize}: an L4 connection or session, or one HTTP request. */
+export type AuthzRequest = ({ layer: "l4" } & L4Request) | ({ layer: "l7" } & L7Request);
+
+/** What {@link authorize} decided: let through or not, and why. */
+export interface Authorization extends AccessResult {
+  /** Let the caller through. */
+  allow: boolean;
+  /** Let through only because the listener is audit-only (shadow): the policy denies it. */
+  shadow: boolean;
+}
+
+/**
+ * Decides whether `caller` may make `request`. On an audit-only (`shadow`) listener a policy deny is let
+ * through, loudly — but never an unknown caller: shadow mode audits the policy, not who is calling.
+ * Never rejects.
+ */
+export async function authorize(
+  resolver: IdentityResolver,
+  caller: Caller,
+  options: { request: AuthzRequest; shadow?: boolean },
+): Promise<Authorization> {
+  const { request } = options;
+  const access = request.layer === "l4"
+    ? await checkL4(resolver, caller, request)
+    : await checkL7(resolver, caller, request);
+  const shadow = Boolean(options.shadow) && !access.decision.allow && access.identity !== undefined;
+  return { ...access, allow: access.decision.allow || shadow, shadow };
 }

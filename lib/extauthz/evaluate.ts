@@ -12,7 +12,7 @@
  * 2. the source (from the connection, never a client header) is a tailnet address;
  * 3. the listener (set per listener by our Envoy, `context_extensions.listener` under Envoy Gateway, or
  *    in discovery mode the listener on the connection's local port) is a known http/https/grpc listener;
- * 4. tailscaled says who the caller is (`checkL7`, through the identity resolver and its short cache, so
+ * 4. tailscaled says who the caller is (`authorize`, through the identity resolver and its short cache, so
  *    grant changes are seen within its TTL even on a long keep-alive connection);
  * 5. the policy allows the listener, host, canonical path and method.
  *
@@ -26,7 +26,7 @@
  */
 
 import { z } from "zod";
-import { checkL7 } from "../access/mod.ts";
+import { authorize } from "../access/mod.ts";
 import type { ListenerConfig } from "../config/mod.ts";
 import { L7_PROTOCOLS } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
@@ -240,20 +240,18 @@ async function decide(input: CheckInput, deps: AuthzDeps): Promise<Outcome> {
       input.listener,
     );
   }
-  const { decision, identity } = await checkL7(
+  const { decision, identity, allow, shadow } = await authorize(
     deps.resolver,
     {
       addr: joinHostPort(input.callerIp, input.callerPort),
       ...(input.svcName ? { svcName: input.svcName } : {}),
     },
-    { listener: input.listener, host: input.host, path: input.path, method: input.method },
+    {
+      request: { layer: "l7", listener: input.listener, host: input.host, path: input.path, method: input.method },
+      shadow: settings.shadow,
+    },
   );
-  const explanation = formatExplanation(decision);
-  const outcome = { code: decision.code, explanation, decision, identity, settings };
-  if (decision.allow) return { ...outcome, allow: true };
-  // Shadow mode audits the policy only: an unknown caller is denied like anywhere else.
-  if (settings.shadow && identity) return { ...outcome, allow: true, shadow: true };
-  return { ...outcome, allow: false };
+  return { code: decision.code, explanation: formatExplanation(decision), decision, identity, settings, allow, shadow };
 }
 
 function logOutcome(record: DecisionRecord): void {

@@ -1,31 +1,29 @@
 /**
- * The one place an L4 decision is turned into "let through or not": recorded (metrics and decision
- * log) and, on an audit-only (shadow) listener, a policy deny let through — never an unknown caller.
+ * Records an L4 authorization (metrics and decision log). Whether to let the caller through is
+ * {@link authorize}'s to say (`lib/access/mod.ts`, which owns the shadow rule).
  *
  * @module
  */
 
-import type { AccessResult, Caller } from "../access/mod.ts";
+import type { Authorization, Caller } from "../access/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 
-/** Records `access` for `listener` and says whether to let the caller through. */
+/** Records `auth` for `listener`; returns whether to let the caller through. */
 export function admit(
-  listener: { name: string; shadow?: boolean },
-  access: AccessResult,
+  listener: string,
+  auth: Authorization,
   options: { telemetry?: Telemetry; id: number; caller: Caller; t0: number; host?: string },
 ): boolean {
-  const { decision, identity } = access;
-  const shadow = Boolean(listener.shadow) && !decision.allow && decision.code !== "unknown_caller";
   options.telemetry?.decision({
     layer: "l4",
-    listener: listener.name,
+    listener,
     requestId: `flow-${options.id}`,
     caller: options.caller.addr,
-    identity,
+    identity: auth.identity,
     host: options.host,
-    decision,
-    shadow,
+    decision: auth.decision,
+    shadow: auth.shadow,
     latencyMs: performance.now() - options.t0,
   });
-  return decision.allow || shadow;
+  return auth.allow;
 }

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type Caller, checkL4 } from "../access/mod.ts";
+import { authorize, type Caller } from "../access/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation, listenerGrants } from "../policy/mod.ts";
@@ -25,6 +25,8 @@ export interface Flow {
    * a WebSocket, a stream — is closed when the caller's grants for it change or are gone); `false` nothing.
    */
   recheck: boolean | L7Recheck;
+  /** Admitted on an audit-only listener: a policy deny at re-check keeps it open too. */
+  shadow?: boolean;
   openedAt: number;
   /** Aborting closes the flow. */
   abort: AbortController;
@@ -111,8 +113,10 @@ export class FlowTable {
       await Promise.all(flows.map(async (flow) => {
         const { allow, explanation } = typeof flow.recheck === "object"
           ? await this.#sameGrants(flow, flow.recheck)
-          : await checkL4(this.#resolver, flow.caller, { listener: flow.listener, sni: flow.sni })
-            .then(({ decision }) => ({ allow: decision.allow, explanation: formatExplanation(decision) }));
+          : await authorize(this.#resolver, flow.caller, {
+            request: { layer: "l4", listener: flow.listener, sni: flow.sni },
+            shadow: flow.shadow,
+          }).then(({ allow, decision }) => ({ allow, explanation: formatExplanation(decision) }));
         if (allow || flow.abort.signal.aborted) return;
         closed++;
         this.revoked++;

@@ -1,56 +1,75 @@
 /**
- * The L4 data plane: builds the tailnet listeners of a config (serve or direct ingress; tcp, tls
- * passthrough, udp, and the hand-off of http/https/grpc to Envoy), re-checks live flows, and shuts down
- * in order: no new connections, our serve entries removed, open flows drained.
+ * The L4 data plane: runs the listeners a mode planned ({@link ListenerSpec}; serve or direct ingress;
+ * tcp, tls passthrough, udp, and the hand-off of http/https/grpc to Envoy), re-checks live flows, and
+ * drains them at shutdown. It binds and relays; telling tailscaled about the listeners is
+ * `lib/serve/publish.ts`'s, planning them is the mode's (`lib/modes/`).
  *
  * @module
  */
 
-import { type Config, createServiceMatcher, type ListenerConfig } from "../config/mod.ts";
+import type { BackendProxyConfig, Config } from "../config/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
-import type { LocalApiClient, Status } from "../localapi/mod.ts";
+import type { Status } from "../localapi/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { getLogger } from "../log.ts";
-import { type Entries, type Forward, ServeSession } from "../serve/mod.ts";
+import type { Entries, Forward } from "../serve/mod.ts";
 import { SockDiag } from "../sockdiag/mod.ts";
 import { FlowTable } from "./flows.ts";
-import { type L7Target, type TcpDeps, TcpListener, type TcpListenerSpec } from "./tcp.ts";
+import { type Ingress, type L7Target, type ListenerDeps, TcpListener, type TcpListenerSpec } from "./tcp.ts";
 import { UdpListener } from "./udp.ts";
 
 export { BACKEND_TLV_TYPES, identityTlvs } from "./backend_proxy.ts";
 export { FlowTable } from "./flows.ts";
 export { relay, type RelayConn, type RelayResult } from "./relay.ts";
-export { type L7Target, routeBySni, TcpListener } from "./tcp.ts";
+export { type Ingress, type L7Target, routeBySni, TcpListener } from "./tcp.ts";
 export { UdpListener, UdpSessionTable } from "./udp.ts";
 
-/** Inputs of {@link startDataPlane}. */
+/** One listener to run, as a mode planned it. */
+export interface ListenerSpec {
+  /** Listener name (what grants name). */
+  name: string;
+  protocol: "tcp" | "tls" | "udp" | "http" | "https" | "grpc";
+  ingress: Ingress;
+  /** Port on the tailnet. */
+  port: number;
+  /** Backend of a tcp or udp listener, `host:port`. */
+  backend?: string;
+  /** Send a tcp listener's backend a PROXY v2 header naming the caller. */
+  proxyProtocol?: BackendProxyConfig;
+  /** SNI routes of a tls listener. */
+  routes?: { hostname: string; backend: string; proxyProtocol?: BackendProxyConfig }[];
+  /** Envoy target of an http/https/grpc listener. */
+  l7?: L7Target;
+  /** Audit only: decisions are logged, denied callers let through. */
+  shadow?: boolean;
+  /** Tailscale Services (`svc:NAME`) the listener is also published as (serve ingress, tcp-based). */
+  services?: string[];
+}
+
+/** Inputs of {@link DataPlane.start}. */
 export interface DataPlaneDeps {
-  api: LocalApiClient;
   resolver: IdentityResolver;
   /** tailscaled's status (own IPs; TUN or userspace). */
   status: Status;
-  /** Envoy targets of the L7 listeners, by listener name; L7 listeners without one are not started. */
-  l7Targets?: Map<string, L7Target>;
-  /** tcp listeners whose backend is sent a PROXY v2 header naming the caller (discovered Envoy listeners). */
-  proxyProtocolTo?: ReadonlySet<string>;
+  /** tailscaled's LocalAPI socket: its owner is the only user whose connections a serve port accepts. */
+  socket: string;
   /** Metrics and decision log. */
   telemetry?: Telemetry;
 }
 
 const log = getLogger("l4");
-const L7 = new Set(["http", "https", "grpc"]);
 
-/** One running listener and what it was built from (to tell on reload whether it changed). */
+/** One running listener and the spec it was built from (to tell on apply whether it changed). */
 interface Entry {
   key: string;
   tcp?: TcpListener;
   udp?: UdpListener;
   forward?: Forward;
-  /** One listener per Tailscale Service this listener is mapped to (serve ingress). */
+  /** One listener per Tailscale Service (serve ingress): each connection's Service scopes WhoIs. */
   services?: { svc: string; tcp: TcpListener; forward: Forward }[];
 }
 
-/** What a reload changed. */
+/** What an apply changed. */
 export interface ReloadSummary {
   added: string[];
   removed: string[];
@@ -61,31 +80,21 @@ export interface ReloadSummary {
 /** A running data plane. */
 export class DataPlane {
   readonly flows: FlowTable;
-  serve?: ServeSession;
   #entries = new Map<string, Entry>();
-  #closing = false;
   readonly #deps: DataPlaneDeps;
-  readonly #tcpDeps: TcpDeps;
+  readonly #listenerDeps: ListenerDeps;
   readonly #directHosts: string[];
-  #servicesOf: (listener: string) => string[];
-  /** Services we added to AdvertiseServices (to remove exactly those). */
-  #advertised: string[] = [];
-  /** Services kept out of AdvertiseServices (unhealthy in discovery mode). */
-  #withheld = new Set<string>();
-  /** Services already reported as not approved (once each is enough). */
-  #unapprovedWarned = new Set<string>();
-  #proxyProtocolTo: ReadonlySet<string>;
+  readonly #settings: Config["tailvoy"];
   #sockDiag?: SockDiag;
 
-  private constructor(config: Config, deps: DataPlaneDeps) {
+  private constructor(settings: Config["tailvoy"], deps: DataPlaneDeps) {
     this.#deps = deps;
-    this.#servicesOf = createServiceMatcher(config);
-    this.#proxyProtocolTo = deps.proxyProtocolTo ?? new Set();
+    this.#settings = settings;
     this.flows = new FlowTable(deps.resolver, {
       onRevoked: (flow) => deps.telemetry?.revoked.inc({ listener: flow.listener }),
     });
-    const t = config.tailvoy.timeouts;
-    this.#tcpDeps = {
+    const t = settings.timeouts;
+    this.#listenerDeps = {
       resolver: deps.resolver,
       flows: this.flows,
       telemetry: deps.telemetry,
@@ -107,259 +116,141 @@ export class DataPlane {
     return [...this.#entries.values()].flatMap((e) => e.udp ? [e.udp] : []);
   }
 
-  /** Binds every listener of `config` and, in serve mode, asks tailscaled to forward to them. */
-  static async start(config: Config, deps: DataPlaneDeps): Promise<DataPlane> {
-    const plane = new DataPlane(config, deps);
-    try {
-      const serve = config.discovery !== undefined ||
-        Object.values(config.listeners).some((l) => l.ingress === "serve" && l.protocol !== "udp");
-      if (serve && config.tailvoy.servePeerCheck) await plane.#checkServePeers();
-      for (const [name, l] of Object.entries(config.listeners)) {
-        const entry = await plane.#startListener(name, l, deps.l7Targets);
-        if (entry) plane.#entries.set(name, entry);
-      }
-      await plane.#publish();
-    } catch (err) {
-      await plane.close(0);
-      throw err;
-    }
-    plane.flows.startRecheck(config.tailvoy.timeouts.recheck);
+  /**
+   * A data plane with no listeners yet (see {@link apply}). With `serve`, the serve-ingress peer check is
+   * set up now, so a machine that cannot do it fails at start.
+   */
+  static async start(
+    settings: Config["tailvoy"],
+    deps: DataPlaneDeps & { serve?: boolean },
+  ): Promise<DataPlane> {
+    const plane = new DataPlane(settings, deps);
+    if (deps.serve) await plane.#ensureServePeerCheck();
     return plane;
   }
 
-  // Writes our serve entries and advertises our Services (read-modify-write of the prefs).
-  async #publish(): Promise<void> {
-    const entries = this.#serveEntries();
-    const services = Object.keys(entries.services).filter((s) => !this.#withheld.has(s));
-    if (services.length && !this.#deps.status.Self?.Tags.length) {
-      throw new Error(
-        `Tailscale Services (${
-          services.join(", ")
-        }) need a tagged node, and this one has no tags: log tailscaled in with tags (tailscale.tags + TS_AUTHKEY or OAuth), or set tailvoy.ingress: direct`,
-      );
-    }
-    if (this.serve) await this.serve.setEntries(entries);
-    else if (entries.node.length || services.length) await this.#openServe(entries);
-    await this.#advertise(services);
-  }
-
-  async #advertise(services: string[]): Promise<void> {
-    if (!services.length && !this.#advertised.length) return;
-    const prefs = await this.#deps.api.getPrefs();
-    const current = new Set(prefs.AdvertiseServices);
-    const added = services.filter((s) => !current.has(s));
-    const stale = this.#advertised.filter((s) => !services.includes(s));
-    if (added.length || stale.length) {
-      const next = [...prefs.AdvertiseServices.filter((s) => !stale.includes(s)), ...added];
-      await this.#deps.api.editPrefs({ AdvertiseServices: next });
-      log.info("advertising Tailscale Services [{services}]", { services: next.join(", ") });
-    }
-    this.#advertised = [...this.#advertised.filter((s) => !stale.includes(s)), ...added];
-    if (services.length) void this.#checkApproved(services);
-  }
-
-  // The control server must approve a Service host (autoApprovers.services or the admin console);
-  // until it does, the Service's address does not reach us. Say so instead of failing silently.
-  async #checkApproved(services: string[]): Promise<void> {
-    await new Promise((r) => setTimeout(r, 10_000));
-    if (this.#closing) return;
-    try {
-      const status = await this.#deps.api.status();
-      const self = status.Self as { CapMap?: Record<string, unknown> } | null | undefined;
-      const hosted = JSON.stringify(self?.CapMap?.["service-host"] ?? {});
-      for (const svc of services) {
-        if (!hosted.includes(`"${svc}"`) && !this.#unapprovedWarned.has(svc)) {
-          this.#unapprovedWarned.add(svc);
-          log.warn(
-            "{svc} is advertised but the control server has not made this node a host of it; approve it in the admin console or with autoApprovers.services in the tailnet policy",
-            { svc },
-          );
-        }
-      }
-    } catch { /* best effort */ }
-  }
-
   /**
-   * Keeps `services` out of AdvertiseServices (their serve entries stay, so open connections and
-   * late arrivals are still served) and advertises again the ones no longer in the set.
+   * Runs exactly `specs`: listeners whose spec did not change keep running (and their open connections
+   * with them); added ones start, removed ones stop accepting, changed ones are rebuilt. Open flows of
+   * removed or changed listeners are left to finish.
    */
-  async withhold(services: ReadonlySet<string>): Promise<void> {
-    this.#withheld = new Set(services);
-    if (!this.#closing) {
-      await this.#advertise(Object.keys(this.#serveEntries().services).filter((s) => !services.has(s)));
-    }
-  }
-
-  /** Removes our Services from AdvertiseServices, so clients move to other replicas. */
-  async unadvertise(): Promise<void> {
-    if (!this.#advertised.length) return;
-    const prefs = await this.#deps.api.getPrefs();
-    await this.#deps.api.editPrefs({
-      AdvertiseServices: prefs.AdvertiseServices.filter((s) => !this.#advertised.includes(s)),
-    });
-    log.info("no longer advertising [{services}]", { services: this.#advertised.join(", ") });
-    this.#advertised = [];
-  }
-
-  /**
-   * Applies a new config: listeners whose settings did not change keep running (and their open
-   * connections with them); added ones start, removed ones stop accepting, changed ones are rebuilt.
-   * Open flows of removed or changed listeners are left to finish.
-   */
-  async reload(
-    config: Config,
-    options: { l7Targets?: Map<string, L7Target>; proxyProtocolTo?: ReadonlySet<string> } = {},
-  ): Promise<ReloadSummary> {
+  async apply(specs: readonly ListenerSpec[]): Promise<ReloadSummary> {
+    if (specs.some((s) => s.ingress === "serve" && s.protocol !== "udp")) await this.#ensureServePeerCheck();
     const summary: ReloadSummary = { added: [], removed: [], changed: [], kept: [] };
     const next = new Map<string, Entry>();
-    this.#servicesOf = createServiceMatcher(config);
-    this.#proxyProtocolTo = options.proxyProtocolTo ?? new Set();
-    for (const [name, l] of Object.entries(config.listeners)) {
-      const old = this.#entries.get(name);
-      if (old && old.key === this.#entryKey(name, l, options.l7Targets?.get(name))) {
-        next.set(name, old);
-        summary.kept.push(name);
-        continue;
+    const stopped = new Set<string>();
+    try {
+      for (const spec of specs) {
+        const old = this.#entries.get(spec.name);
+        if (old && old.key === entryKey(spec)) {
+          next.set(spec.name, old);
+          summary.kept.push(spec.name);
+          continue;
+        }
+        if (old) {
+          stopEntry(old);
+          stopped.add(spec.name);
+        }
+        next.set(spec.name, await this.#startListener(spec));
+        (old ? summary.changed : summary.added).push(spec.name);
       }
-      if (old) this.#stopEntry(old);
-      const entry = await this.#startListener(name, l, options.l7Targets);
-      if (entry) next.set(name, entry);
-      (old ? summary.changed : summary.added).push(name);
+    } catch (err) {
+      // Keep what runs (listeners started so far, old ones not reached yet), so it can be published and stopped.
+      for (const [name, e] of this.#entries) if (!next.has(name) && !stopped.has(name)) next.set(name, e);
+      this.#entries = next;
+      throw err;
     }
     for (const [name, old] of this.#entries) {
       if (!next.has(name)) {
-        this.#stopEntry(old);
+        stopEntry(old);
         summary.removed.push(name);
       }
     }
     this.#entries = next;
-    await this.#publish();
-    this.flows.startRecheck(config.tailvoy.timeouts.recheck);
+    this.flows.startRecheck(this.#settings.timeouts.recheck);
     return summary;
   }
 
-  #serveEntries(): Entries {
+  /** The serve entries of the running listeners: tailnet port (and Service) → our loopback listener. */
+  serveEntries(): Entries {
     const entries = [...this.#entries.values()];
     const services: Record<string, Forward[]> = {};
     for (const e of entries) for (const s of e.services ?? []) (services[s.svc] ??= []).push(s.forward);
     return { node: entries.flatMap((e) => e.forward ? [e.forward] : []), services };
   }
 
-  #stopEntry(entry: Entry): void {
-    entry.tcp?.close();
-    entry.udp?.close();
-    for (const s of entry.services ?? []) s.tcp.close();
-  }
-
-  async #startListener(
-    name: string,
-    l: ListenerConfig,
-    l7Targets?: Map<string, L7Target>,
-  ): Promise<Entry | undefined> {
-    if (l.shadow) {
+  async #startListener(spec: ListenerSpec): Promise<Entry> {
+    if (spec.shadow) {
       log.warn("listener {name} is in SHADOW mode: decisions are logged, but every caller is let through", {
-        name,
+        name: spec.name,
       });
     }
-    const l7 = l7Targets?.get(name);
-    const svcs = l.ingress === "serve" && l.protocol !== "udp" ? this.#servicesOf(name) : [];
-    const key = this.#entryKey(name, l, l7);
-    if (l.protocol === "udp") {
+    const key = entryKey(spec);
+    if (spec.protocol === "udp") {
       const udp = await UdpListener.start({
-        name,
-        bind: this.#directHosts.map((hostname) => ({ hostname, port: l.port })),
-        backend: l.backend!,
-        shadow: l.shadow,
-      }, this.#tcpDeps);
+        name: spec.name,
+        bind: this.#directHosts.map((hostname) => ({ hostname, port: spec.port })),
+        backend: spec.backend!,
+        shadow: spec.shadow,
+      }, this.#listenerDeps);
       return { key, udp };
     }
-    if (L7.has(l.protocol) && !l7) {
-      log.error("listener {name} ({protocol}) needs Envoy, which is not running: not started", {
-        name,
-        protocol: l.protocol,
-      });
-      return undefined;
-    }
-    const spec: TcpListenerSpec = {
-      name,
-      protocol: l.protocol as TcpListenerSpec["protocol"],
-      ingress: l.ingress,
-      bind: l.ingress === "serve"
+    const tcpSpec: TcpListenerSpec = {
+      name: spec.name,
+      protocol: spec.protocol,
+      ingress: spec.ingress,
+      bind: spec.ingress === "serve"
         ? [{ hostname: "127.0.0.1", port: 0 }]
-        : this.#directHosts.map((hostname) => ({ hostname, port: l.port })),
-      port: l.port,
-      backend: l.backend,
-      // Discovered Envoy listeners with the proxy_protocol filter get the same header, without TLVs.
-      proxyProtocol: l.protocol === "tcp"
-        ? l.proxyProtocol ?? (this.#proxyProtocolTo.has(name) ? { version: "v2", tlvs: [] } : undefined)
-        : undefined,
-      routes: l.routes.flatMap((r) =>
-        r.hostname && r.backend
-          ? [{ hostname: r.hostname, backend: r.backend, proxyProtocol: r.proxyProtocol ?? l.proxyProtocol }]
-          : []
-      ),
-      l7,
-      shadow: l.shadow,
+        : this.#directHosts.map((hostname) => ({ hostname, port: spec.port })),
+      port: spec.port,
+      backend: spec.backend,
+      proxyProtocol: spec.proxyProtocol,
+      routes: spec.routes,
+      l7: spec.l7,
+      shadow: spec.shadow,
     };
-    const tcp = new TcpListener(spec, this.#tcpDeps);
+    const tcp = await TcpListener.start(tcpSpec, this.#listenerDeps);
     log.info("listener {name} ({protocol}, {ingress}) on {addrs}", {
-      name,
-      protocol: l.protocol,
-      ingress: l.ingress,
+      name: spec.name,
+      protocol: spec.protocol,
+      ingress: spec.ingress,
       addrs: tcp.addrs.map((a) => `${a.hostname}:${a.port}`).join(", "),
     });
-    const forward = l.ingress === "serve"
-      ? { port: l.port, target: `127.0.0.1:${tcp.addrs[0].port}` }
+    const forward = spec.ingress === "serve"
+      ? { port: spec.port, target: `127.0.0.1:${tcp.addrs[0].port}` }
       : undefined;
-    // A listener of its own per Service, so each connection's Service is known and scopes WhoIs.
-    const services = svcs.map((svc) => {
-      const svcTcp = new TcpListener({ ...spec, svcName: svc }, this.#tcpDeps);
-      return { svc, tcp: svcTcp, forward: { port: l.port, target: `127.0.0.1:${svcTcp.addrs[0].port}` } };
-    });
+    const services = [];
+    try {
+      for (const svc of spec.ingress === "serve" ? spec.services ?? [] : []) {
+        const svcTcp = await TcpListener.start({ ...tcpSpec, svcName: svc }, this.#listenerDeps);
+        services.push({ svc, tcp: svcTcp, forward: { port: spec.port, target: `127.0.0.1:${svcTcp.addrs[0].port}` } });
+      }
+    } catch (err) {
+      stopEntry({ key, tcp, services });
+      throw err;
+    }
     return { key, tcp, forward, services };
   }
 
-  async #openServe(entries: Entries): Promise<void> {
-    this.serve = await ServeSession.open(this.#deps.api, {
-      onWrite: () => this.#deps.telemetry?.serveConfigWrites.inc(),
-    });
-    await this.serve.setEntries(entries);
-    // tailscaled drops our entries when the bus stream ends (e.g. it restarted): put them back.
-    const session = this.serve;
-    void session.lost.then(async () => {
-      while (!this.#closing && this.serve === session) {
-        log.warn("lost the tailscaled session that owns our serve entries; re-registering");
-        try {
-          await this.#openServe(this.#serveEntries());
-          return;
-        } catch (err) {
-          log.warn("re-registering serve entries failed: {error}; retrying", { error: String(err) });
-          await new Promise((r) => setTimeout(r, 1000));
-        }
-      }
-    });
-  }
-
-  /**
-   * Shuts down in order: our Services are unadvertised and, after `graceMs`, our serve entries are
-   * removed and listeners stop accepting; open flows get `drainMs` to finish, then are closed.
-   */
   /**
    * Serve ingress: a connection's PROXY header names the caller, so only tailscaled may open one. Each
    * connection's other end must belong to tailscaled's user (the owner of its LocalAPI socket), asked of
    * the kernel by exact 4-tuple at accept.
    */
-  async #checkServePeers(): Promise<void> {
+  async #ensureServePeerCheck(): Promise<void> {
+    if (this.#sockDiag || !this.#settings.servePeerCheck) return;
+    const socket = this.#deps.socket;
     let uid: number | null;
     try {
-      uid = (await Deno.stat(this.#deps.api.socket)).uid;
+      uid = (await Deno.stat(socket)).uid;
     } catch (err) {
       throw new Error(
-        `Cannot tell tailscaled's user from its socket ${this.#deps.api.socket} (${err}): check the path, or set tailvoy.servePeerCheck: false`,
+        `Cannot tell tailscaled's user from its socket ${socket} (${err}): check the path, or set tailvoy.servePeerCheck: false`,
       );
     }
+    let diag: SockDiag;
     try {
-      this.#sockDiag = SockDiag.open();
+      diag = SockDiag.open();
     } catch (err) {
       throw new Error(
         `Serve ingress must check that connections come from tailscaled, and cannot: ${
@@ -367,8 +258,8 @@ export class DataPlane {
         }. Fix that, use tailvoy.ingress: direct, or set tailvoy.servePeerCheck: false (then any local process that finds a serve port can name any caller)`,
       );
     }
-    const diag = this.#sockDiag;
-    this.#tcpDeps.servePeer = (conn) => {
+    this.#sockDiag = diag;
+    this.#listenerDeps.servePeer = (conn) => {
       const peer = conn.remoteAddr;
       const local = conn.localAddr;
       let owner;
@@ -391,16 +282,9 @@ export class DataPlane {
     log.info("serve ingress accepts connections from tailscaled's user only (uid {uid})", { uid });
   }
 
-  async close(drainMs: number, options: { graceMs?: number } = {}): Promise<void> {
-    this.#closing = true;
+  /** Stops accepting and drains: open flows get `drainMs` to finish, then are closed. */
+  async close(drainMs: number): Promise<void> {
     this.flows.stopRecheck();
-    if (this.#advertised.length) {
-      await this.unadvertise().catch((err) =>
-        log.warn("unadvertising failed: {error}", { error: String(err) })
-      );
-      await new Promise((r) => setTimeout(r, options.graceMs ?? 0));
-    }
-    await this.serve?.close();
     for (const e of this.#entries.values()) for (const s of e.services ?? []) s.tcp.close();
     for (const l of this.tcp) l.close();
     await this.flows.drain(drainMs);
@@ -408,11 +292,17 @@ export class DataPlane {
     this.#sockDiag?.close();
     this.#sockDiag = undefined;
   }
+}
 
-  // What a listener is built from: equal keys mean a reload can keep the running listener.
-  #entryKey(name: string, l: ListenerConfig, l7: L7Target | undefined): string {
-    const services = l.ingress === "serve" && l.protocol !== "udp" ? this.#servicesOf(name) : [];
-    const target = l7 && { ...l7, secret: undefined, services: undefined };
-    return JSON.stringify({ l, l7: target ?? null, services, proxy: this.#proxyProtocolTo.has(name) });
-  }
+function stopEntry(entry: Entry): void {
+  entry.tcp?.close();
+  entry.udp?.close();
+  for (const s of entry.services ?? []) s.tcp.close();
+}
+
+// What a listener is built from: equal keys mean an apply can keep the running listener. The secret and
+// the Service index of an L7 target are the same object for the whole process.
+function entryKey(spec: ListenerSpec): string {
+  const l7 = spec.l7 && { ...spec.l7, secret: undefined, services: undefined };
+  return JSON.stringify({ ...spec, l7 });
 }

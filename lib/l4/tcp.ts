@@ -8,7 +8,7 @@
  * @module
  */
 
-import { type Caller, checkL4 } from "../access/mod.ts";
+import { authorize, type Caller } from "../access/mod.ts";
 import type { BackendProxyConfig } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { splitAddr } from "../identity/mod.ts";
@@ -78,6 +78,16 @@ export interface TcpListenerSpec {
   svcName?: string;
 }
 
+/** Where one connection goes, and what goes ahead of the caller's bytes. */
+interface Target {
+  backend: string;
+  /** Bytes already read from the caller (after the PROXY header; a tls listener's ClientHello). */
+  payload: Uint8Array;
+  sni?: string;
+  /** The PROXY header the backend is sent, for the admitted identity; `undefined` from it: refuse. */
+  header?: (identity: Identity | undefined) => Uint8Array | undefined;
+}
+
 /** Timeouts and limits of the TCP data plane, in ms. */
 export interface TcpTimeouts {
   proxyHeader: number;
@@ -87,8 +97,8 @@ export interface TcpTimeouts {
   maxLifetime?: number;
 }
 
-/** Shared services of the listeners. */
-export interface TcpDeps {
+/** Shared services of the listeners (tcp and udp). */
+export interface ListenerDeps {
   resolver: IdentityResolver;
   flows: FlowTable;
   timeouts: TcpTimeouts;
@@ -162,22 +172,29 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
 /** A running TCP listener. */
 export class TcpListener {
   readonly spec: TcpListenerSpec;
-  readonly #deps: TcpDeps;
+  readonly #deps: ListenerDeps;
   readonly #listeners: Deno.TcpListener[] = [];
   readonly #pending = new Set<Deno.Conn>();
   #closed = false;
   /** Connections refused (deny, bad header, timeout), for metrics and tests. */
   refused = 0;
 
-  /** Binds the listener's addresses; connections are served until {@link close}. */
-  constructor(spec: TcpListenerSpec, deps: TcpDeps) {
+  private constructor(spec: TcpListenerSpec, deps: ListenerDeps) {
     this.spec = spec;
     this.#deps = deps;
-    for (const addr of spec.bind) {
-      const l = Deno.listen({ hostname: addr.hostname, port: addr.port });
-      this.#listeners.push(l);
-      void this.#acceptLoop(l);
+  }
+
+  /** Binds the listener's addresses (all or none); connections are served until {@link close}. */
+  static start(spec: TcpListenerSpec, deps: ListenerDeps): Promise<TcpListener> {
+    const l = new TcpListener(spec, deps);
+    try {
+      for (const addr of spec.bind) l.#listeners.push(Deno.listen({ hostname: addr.hostname, port: addr.port }));
+    } catch (err) {
+      l.close();
+      return Promise.reject(err);
     }
+    for (const listener of l.#listeners) void l.#acceptLoop(listener);
+    return Promise.resolve(l);
   }
 
   /** The bound addresses (with the real port when 0 was asked for). */
@@ -242,138 +259,162 @@ export class TcpListener {
     log.info("refused on {listener}: {why}", { listener: this.spec.name, why, ...fields });
   }
 
+  // Every connection goes the same way: who is calling, where to, may they, what the backend is told.
   async #handle(conn: Deno.TcpConn): Promise<void> {
     this.#pending.add(conn);
     const t0 = performance.now();
     const id = this.#deps.flows.nextId();
-    const remote = conn.remoteAddr;
-    let caller: Caller;
-    let rest: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
-    if (this.spec.ingress === "serve") {
-      // Only tailscaled (on loopback) may tell us who is calling, and it always does.
-      if (!isLoopback(remote.hostname)) return this.#refuse(conn, `non-loopback peer ${remote.hostname}`);
-      const notTailscaled = this.#deps.servePeer?.(conn);
-      if (notTailscaled) {
-        return this.#refuse(conn, notTailscaled, { peer: formatAddr(remote.hostname, remote.port) });
-      }
-      try {
-        const got = await readProxyHeader(conn, { timeoutMs: this.#deps.timeouts.proxyHeader });
-        if (got.header.command !== "PROXY" || !got.header.source) {
-          return this.#refuse(conn, "PROXY header without a source address (LOCAL command)");
-        }
-        caller = {
-          addr: formatAddr(got.header.source.address, got.header.source.port),
-          proto: "tcp",
-          svcName: this.spec.svcName,
-        };
-        rest = got.rest;
-      } catch (err) {
-        return this.#refuse(conn, `no valid PROXY header: ${err instanceof Error ? err.message : err}`, {
-          peer: formatAddr(remote.hostname, remote.port),
-        });
-      }
-    } else {
-      // Direct: the socket's peer is the caller. A userspace tailscaled connects from 127.0.0.1:port,
-      // which WhoIs maps back to the peer; a PROXY header from a client is just payload here.
-      caller = { addr: formatAddr(remote.hostname, remote.port), proto: "tcp" };
-    }
-
-    if (this.spec.protocol === "tls") {
-      let hello;
-      try {
-        hello = await readClientHello(conn, { timeoutMs: this.#deps.timeouts.tlsHello, initial: rest });
-      } catch (err) {
-        return this.#refuse(conn, `no usable TLS ClientHello: ${err instanceof Error ? err.message : err}`, {
-          caller: caller.addr,
-        });
-      }
-      const sni = hello.hello.sni;
-      if (!sni) return this.#refuse(conn, "TLS ClientHello without SNI", { caller: caller.addr });
-      const route = sniRoute(this.spec.routes ?? [], sni);
-      if (!route) return this.#refuse(conn, `no route for SNI ${sni}`, { caller: caller.addr });
-      const access = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name, sni });
-      if (!admit(this.spec, access, { telemetry: this.#deps.telemetry, id, caller, t0, host: sni })) {
-        return this.#refuse(conn, formatExplanation(access.decision), this.#who(caller, access.identity));
-      }
-      const identity = access.identity;
-      let replay = hello.bytes;
-      if (route.proxyProtocol) {
-        const header = this.#backendHeader(caller, identity, route.backend, route.proxyProtocol);
-        if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
-        replay = concat(header, replay);
-      }
-      return await this.#connect(conn, {
-        id,
-        caller,
-        identity,
-        backend: route.backend,
-        replay,
-        replayedPayload: hello.bytes.length,
-        sni,
-        recheck: true,
-      });
-    }
-
-    if (this.spec.protocol === "tcp") {
-      const access = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name });
-      if (!admit(this.spec, access, { telemetry: this.#deps.telemetry, id, caller, t0 })) {
-        return this.#refuse(conn, formatExplanation(access.decision), this.#who(caller, access.identity));
-      }
-      const identity = access.identity;
-      const backend = this.spec.backend!;
-      let replay = rest;
-      if (this.spec.proxyProtocol) {
-        const header = this.#backendHeader(caller, identity, backend, this.spec.proxyProtocol);
-        if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
-        replay = concat(header, rest);
-      }
-      return await this.#connect(conn, {
-        id,
-        caller,
-        identity,
-        backend,
-        replay,
-        replayedPayload: rest.length,
-        recheck: true,
-      });
-    }
-
-    // http/https/grpc: identity must be known; ext_authz decides each request.
-    let identity: Identity;
-    try {
-      identity = await this.#deps.resolver.resolve(caller.addr, { proto: "tcp", svcName: caller.svcName });
-    } catch (err) {
-      return this.#refuse(conn, `caller unknown: ${err instanceof Error ? err.message : err}`, {
-        caller: caller.addr,
-      });
-    }
-    const l7 = this.spec.l7!;
-    if (l7.requireGrant && identity.rules.length === 0) {
-      return this.#refuse(conn, "caller holds no tailvoy grant", this.#who(caller, identity));
-    }
-    let replay = rest;
-    if (l7.proxyProtocol ?? true) {
-      // Our Envoy: the destination port tells ext_authz the Service, to scope WhoIs to it.
-      const dstPort = l7.secret && l7.services ? l7.services.portOf(this.spec.svcName) : l7.port;
-      const header = this.#proxyHeader(
-        caller,
-        identity,
-        { port: dstPort },
-        l7.secret ? [{ type: SECRET_TLV_TYPE, value: l7.secret }] : [],
-      );
+    const from = await this.#caller(conn);
+    if (!from) return;
+    const { caller, rest } = from;
+    const target = await this.#target(conn, caller, rest);
+    if (!target) return;
+    const admitted = await this.#authorize(conn, caller, { id, t0, sni: target.sni });
+    if (!admitted) return;
+    let replay = target.payload;
+    if (target.header) {
+      const header = target.header(admitted.identity);
       if (!header) return this.#refuse(conn, "caller has no tailnet address", { caller: caller.addr });
-      replay = concat(header, rest);
+      replay = concat(header, replay);
     }
     return await this.#connect(conn, {
       id,
       caller,
-      identity,
-      backend: formatAddr(l7.hostname, l7.port),
+      identity: admitted.identity,
+      backend: target.backend,
       replay,
-      replayedPayload: rest.length,
-      // Envoy Gateway names listeners in its SecurityPolicies: there, every grant counts.
-      recheck: l7Recheck(identity, l7.requireGrant ? undefined : this.spec.name),
+      replayedPayload: target.payload.length,
+      sni: target.sni,
+      recheck: admitted.recheck,
     });
+  }
+
+  /**
+   * Who is calling: serve ingress reads it from tailscaled's PROXY header (only tailscaled may send one);
+   * direct ingress takes the socket's peer (a userspace tailscaled connects from 127.0.0.1:port, which WhoIs
+   * maps back to the peer; a PROXY header from a client is just payload there). `undefined`: refused.
+   */
+  async #caller(conn: Deno.TcpConn): Promise<{ caller: Caller; rest: Uint8Array } | undefined> {
+    const remote = conn.remoteAddr;
+    if (this.spec.ingress === "direct") {
+      return { caller: { addr: formatAddr(remote.hostname, remote.port), proto: "tcp" }, rest: new Uint8Array(0) };
+    }
+    if (!isLoopback(remote.hostname)) {
+      this.#refuse(conn, `non-loopback peer ${remote.hostname}`);
+      return undefined;
+    }
+    const notTailscaled = this.#deps.servePeer?.(conn);
+    if (notTailscaled) {
+      this.#refuse(conn, notTailscaled, { peer: formatAddr(remote.hostname, remote.port) });
+      return undefined;
+    }
+    try {
+      const got = await readProxyHeader(conn, { timeoutMs: this.#deps.timeouts.proxyHeader });
+      if (got.header.command !== "PROXY" || !got.header.source) {
+        this.#refuse(conn, "PROXY header without a source address (LOCAL command)");
+        return undefined;
+      }
+      const source = got.header.source;
+      return {
+        caller: { addr: formatAddr(source.address, source.port), proto: "tcp", svcName: this.spec.svcName },
+        rest: got.rest,
+      };
+    } catch (err) {
+      this.#refuse(conn, `no valid PROXY header: ${err instanceof Error ? err.message : err}`, {
+        peer: formatAddr(remote.hostname, remote.port),
+      });
+      return undefined;
+    }
+  }
+
+  /** Where the connection goes, by protocol (a tls listener reads the ClientHello first). */
+  async #target(conn: Deno.TcpConn, caller: Caller, rest: Uint8Array): Promise<Target | undefined> {
+    const spec = this.spec;
+    if (spec.protocol === "tcp") {
+      const backend = spec.backend!;
+      const proxy = spec.proxyProtocol;
+      return {
+        backend,
+        payload: rest,
+        header: proxy && ((identity) => this.#backendHeader(caller, identity, backend, proxy)),
+      };
+    }
+    if (spec.protocol === "tls") {
+      let hello;
+      try {
+        hello = await readClientHello(conn, { timeoutMs: this.#deps.timeouts.tlsHello, initial: rest });
+      } catch (err) {
+        this.#refuse(conn, `no usable TLS ClientHello: ${err instanceof Error ? err.message : err}`, {
+          caller: caller.addr,
+        });
+        return undefined;
+      }
+      const sni = hello.hello.sni;
+      if (!sni) {
+        this.#refuse(conn, "TLS ClientHello without SNI", { caller: caller.addr });
+        return undefined;
+      }
+      const route = sniRoute(spec.routes ?? [], sni);
+      if (!route) {
+        this.#refuse(conn, `no route for SNI ${sni}`, { caller: caller.addr });
+        return undefined;
+      }
+      const proxy = route.proxyProtocol;
+      return {
+        backend: route.backend,
+        payload: hello.bytes,
+        sni,
+        header: proxy && ((identity) => this.#backendHeader(caller, identity, route.backend, proxy)),
+      };
+    }
+    const l7 = spec.l7!;
+    if (!(l7.proxyProtocol ?? true)) return { backend: formatAddr(l7.hostname, l7.port), payload: rest };
+    // Our Envoy: the destination port tells ext_authz the Service, to scope WhoIs to it.
+    const dstPort = l7.secret && l7.services ? l7.services.portOf(spec.svcName) : l7.port;
+    const tlvs = l7.secret ? [{ type: SECRET_TLV_TYPE, value: l7.secret }] : [];
+    return {
+      backend: formatAddr(l7.hostname, l7.port),
+      payload: rest,
+      header: (identity) => identity && this.#proxyHeader(caller, identity, { port: dstPort }, tlvs),
+    };
+  }
+
+  /**
+   * May the caller connect. tcp and tls: the L4 policy, recorded (`authorize` owns the shadow rule).
+   * http/https/grpc: ext_authz judges each request; here the caller must be known (and, for Envoy
+   * Gateway's listeners, hold some grant). `undefined`: refused.
+   */
+  async #authorize(
+    conn: Deno.TcpConn,
+    caller: Caller,
+    options: { id: number; t0: number; sni?: string },
+  ): Promise<{ identity?: Identity; recheck: boolean | L7Recheck } | undefined> {
+    const spec = this.spec;
+    if (!spec.l7) {
+      const auth = await authorize(this.#deps.resolver, caller, {
+        request: { layer: "l4", listener: spec.name, sni: options.sni },
+        shadow: spec.shadow,
+      });
+      const record = { telemetry: this.#deps.telemetry, ...options, caller, host: options.sni };
+      if (!admit(spec.name, auth, record)) {
+        this.#refuse(conn, formatExplanation(auth.decision), this.#who(caller, auth.identity));
+        return undefined;
+      }
+      return { identity: auth.identity, recheck: true };
+    }
+    let identity: Identity;
+    try {
+      identity = await this.#deps.resolver.resolve(caller.addr, { proto: "tcp", svcName: caller.svcName });
+    } catch (err) {
+      this.#refuse(conn, `caller unknown: ${err instanceof Error ? err.message : err}`, { caller: caller.addr });
+      return undefined;
+    }
+    if (spec.l7.requireGrant && identity.rules.length === 0) {
+      this.#refuse(conn, "caller holds no tailvoy grant", this.#who(caller, identity));
+      return undefined;
+    }
+    // Envoy Gateway names listeners in its SecurityPolicies: there, every grant counts.
+    return { identity, recheck: l7Recheck(identity, spec.l7.requireGrant ? undefined : spec.name) };
   }
 
   /**

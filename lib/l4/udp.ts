@@ -8,13 +8,13 @@
  */
 
 import dgram from "node:dgram";
-import { type Caller, checkL4 } from "../access/mod.ts";
+import { authorize, type Caller } from "../access/mod.ts";
 import type { Identity } from "../identity/mod.ts";
 import { splitAddr } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation } from "../policy/mod.ts";
 import { admit } from "./admit.ts";
-import type { TcpDeps } from "./tcp.ts";
+import type { ListenerDeps } from "./tcp.ts";
 
 /** State of one peer's session. */
 export type SessionState = "pending" | "open" | "denied";
@@ -158,14 +158,14 @@ interface Backend {
 /** A running UDP listener. */
 export class UdpListener {
   readonly spec: UdpListenerSpec;
-  readonly #deps: TcpDeps;
+  readonly #deps: ListenerDeps;
   readonly #sockets: dgram.Socket[] = [];
   readonly #table: UdpSessionTable<Backend>;
   readonly #sweep: ReturnType<typeof setInterval>;
   /** Packets dropped (unknown, denied, over capacity), for metrics and tests. */
   dropped = 0;
 
-  private constructor(spec: UdpListenerSpec, deps: TcpDeps) {
+  private constructor(spec: UdpListenerSpec, deps: ListenerDeps) {
     this.spec = spec;
     this.#deps = deps;
     const idleMs = spec.idleMs ?? 30_000;
@@ -181,7 +181,7 @@ export class UdpListener {
   }
 
   /** Binds every address of `spec`. */
-  static async start(spec: UdpListenerSpec, deps: TcpDeps): Promise<UdpListener> {
+  static async start(spec: UdpListenerSpec, deps: ListenerDeps): Promise<UdpListener> {
     const l = new UdpListener(spec, deps);
     try {
       for (const addr of spec.bind) {
@@ -241,9 +241,12 @@ export class UdpListener {
     const t0 = performance.now();
     const id = this.#deps.flows.nextId();
     const caller: Caller = { addr: key, proto: "udp" };
-    const access = await checkL4(this.#deps.resolver, caller, { listener: this.spec.name });
-    const { decision, identity } = access;
-    if (!admit(this.spec, access, { telemetry: this.#deps.telemetry, id, caller, t0 })) {
+    const auth = await authorize(this.#deps.resolver, caller, {
+      request: { layer: "l4", listener: this.spec.name },
+      shadow: this.spec.shadow,
+    });
+    const { decision, identity } = auth;
+    if (!admit(this.spec.name, auth, { telemetry: this.#deps.telemetry, id, caller, t0 })) {
       this.#table.deny(key);
       log.info("refused on {listener}: {why}", {
         listener: this.spec.name,
@@ -298,6 +301,7 @@ export class UdpListener {
       caller,
       identity,
       recheck: true,
+      shadow: this.spec.shadow,
       abort,
       bytes: () => ({ ...counts }),
     });
