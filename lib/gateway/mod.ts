@@ -17,12 +17,14 @@ import { type Config, createServiceMatcher } from "../config/mod.ts";
 import {
   type ClusterHealth,
   type DiscoveredListener,
-  EnvoyAdminClient,
+  envoyAdminOf,
   listenerFilter,
   planDiscovered,
+  readClusterHealth,
+  readListeners,
   ServiceHealthTracker,
 } from "../discovery/mod.ts";
-import { EnvoySupervisor } from "../envoy/mod.ts";
+import { type EnvoyAdminClient, EnvoySupervisor } from "../envoy/mod.ts";
 import { DEFAULT_AUTHZ_ADDRESS, GrpcAuthzProcess } from "../extauthz/grpc_process.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
@@ -89,7 +91,7 @@ export class Gateway {
     this.plane = parts.plane;
     this.#authz = parts.authz;
     this.#envoy = parts.envoy;
-    this.#admin = new EnvoyAdminClient(config.discovery!.envoyAdmin);
+    this.#admin = envoyAdminOf(config.discovery!);
     this.#health = new ServiceHealthTracker(healthSettings(config));
   }
 
@@ -177,7 +179,7 @@ export class Gateway {
    */
   async reload(config: Config): Promise<void> {
     this.#config = config;
-    this.#admin = new EnvoyAdminClient(config.discovery!.envoyAdmin);
+    this.#admin = envoyAdminOf(config.discovery!);
     // Withheld Services stay withheld under the new thresholds until a healthy poll.
     this.#health.settings = healthSettings(config);
     this.#emptyOnce = false;
@@ -256,7 +258,7 @@ export class Gateway {
       if (state !== "LIVE") throw new Error(`Envoy is not ready (${state}); its listeners are not final`);
     };
     await live();
-    const all = await snap.admin.listeners();
+    const all = await readListeners(snap.admin);
     await live();
     const filter = listenerFilter(snap.config.discovery!);
     const listeners = filter ? all.filter((l) => filter.test(l.name)) : all;
@@ -330,7 +332,7 @@ export class Gateway {
     let health: Map<string, ClusterHealth> = new Map();
     if (clustersOf.size) {
       try {
-        health = await snap.admin.clusterHealth();
+        health = await readClusterHealth(snap.admin);
         this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "ok" });
         this.#lastError.clusters = "";
       } catch (err) {
