@@ -73,7 +73,6 @@ export class Gateway {
   #timer?: ReturnType<typeof setTimeout>;
   #polling: Promise<void> = Promise.resolve();
   #closed = false;
-  #gauges?: ReturnType<typeof setInterval>;
 
   private constructor(
     config: Config,
@@ -124,6 +123,7 @@ export class Gateway {
           // Envoy Gateway's Envoy is ready only after its first xDS answer, which it waits for without
           // a timeout: allow as long as Envoy Gateway's own startup probe (300 s) before giving up.
           readyTimeoutMs: 300_000,
+          ...deps.telemetry?.envoyCallbacks(),
         });
         await envoy.startExternal();
         log.info("Envoy ready (pid {pid}, admin {admin})", { pid: envoy.pid, admin: envoy.adminAddress });
@@ -138,13 +138,6 @@ export class Gateway {
     }
     await gateway.poll();
     gateway.#schedule();
-    let restarts = 0;
-    gateway.#gauges = setInterval(() => {
-      if (!envoy) return;
-      deps.telemetry?.envoyReady.set(envoy.isReady ? 1 : 0);
-      if (envoy.restarts > restarts) deps.telemetry?.envoyRestarts.inc(envoy.restarts - restarts);
-      restarts = envoy.restarts;
-    }, 1000);
     return gateway;
   }
 
@@ -396,7 +389,6 @@ export class Gateway {
   async close(drainMs: number, options: { graceMs?: number } = {}): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#timer);
-    clearInterval(this.#gauges);
     await this.#polling;
     await this.plane.close(drainMs, options);
     await this.#envoy?.stop({ drainMs });
