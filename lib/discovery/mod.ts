@@ -1,7 +1,8 @@
 /**
  * Discovery mode (Envoy Gateway data plane): the listeners come from a running Envoy's admin API
- * instead of the config. This module is the only one that reads Envoy's admin API for them; parsing is
- * in `parse.ts` (pure), health-based unadvertising in `health.ts` (pure).
+ * instead of the config. This module is the only one that reads Envoy's admin API for them (through
+ * `EnvoyAdminClient` of `lib/envoy`); parsing is in `parse.ts` (pure), health-based unadvertising in
+ * `health.ts` (pure).
  *
  * Each discovered listener is exposed on the tailnet at its own port and relayed to
  * `discovery.envoyAddress:port`: `tcp_proxy` listeners are authorized per connection by us (listener
@@ -14,9 +15,10 @@
 import { setOwn } from "../own.ts";
 import type { Config, DiscoveryConfig, ListenerConfig } from "../config/mod.ts";
 import { compilePattern, type Pattern } from "../config/mod.ts";
+import { EnvoyAdminClient } from "../envoy/mod.ts";
 import { joinHostPort } from "../extauthz/address.ts";
 import type { L7Target } from "../l4/mod.ts";
-import { type DiscoveredListener, parseClusterHealth, parseListeners } from "./parse.ts";
+import { type ClusterHealth, type DiscoveredListener, parseClusterHealth, parseListeners } from "./parse.ts";
 
 export {
   assessService,
@@ -33,86 +35,23 @@ export {
   parseListeners,
 } from "./parse.ts";
 
-/** Admin API paths read on each poll: only the dynamic listeners and routes, not the whole dump. */
-export const ADMIN_PATHS = {
-  ready: "/ready",
-  listeners: "/config_dump?resource=dynamic_listeners",
-  routes: "/config_dump?resource=dynamic_route_configs",
-  clusters: "/clusters?format=json",
-} as const;
+/** The client of `discovery.envoyAdmin` (its errors name the setting to check). */
+export function envoyAdminOf(discovery: DiscoveryConfig): EnvoyAdminClient {
+  return new EnvoyAdminClient(discovery.envoyAdmin, { setting: "discovery.envoyAdmin" });
+}
 
-/** Reads Envoy's admin API (`discovery.envoyAdmin`). */
-export class EnvoyAdminClient {
-  readonly #base: string;
-  readonly #timeoutMs: number;
+/** Envoy's active dynamic listeners (and the routes of its HTTP ones) whose name matches `filter` (all without one). */
+export async function readListeners(
+  admin: EnvoyAdminClient,
+  options: { filter?: RegExp } = {},
+): Promise<DiscoveredListener[]> {
+  const [listeners, routes] = await Promise.all([admin.dynamicListeners(), admin.dynamicRouteConfigs()]);
+  return parseListeners(listeners, { filter: options.filter, routeConfigs: routes });
+}
 
-  /** A client for the admin API at `baseUrl` (e.g. `http://127.0.0.1:19000`). */
-  constructor(baseUrl: string, options: { timeoutMs?: number } = {}) {
-    this.#base = baseUrl.replace(/\/+$/, "");
-    this.#timeoutMs = options.timeoutMs ?? 5000;
-  }
-
-  /**
-   * Envoy's server state from `/ready`: `LIVE` once initialized; before its first xDS answer
-   * (`PRE_INITIALIZING`, `INITIALIZING`) it reports no listeners, which must not be taken for "all
-   * listeners removed"; `DRAINING` while it shuts down.
-   */
-  async readyState(): Promise<string> {
-    const { status, text } = await this.#get(ADMIN_PATHS.ready);
-    const state = text.trim();
-    // Envoy answers a word; anything longer is not Envoy's admin API (cut, so a page is not logged whole).
-    return state === ""
-      ? `HTTP ${status}`
-      : state.length > 40
-      ? `${state.slice(0, 40)}… (HTTP ${status})`
-      : state;
-  }
-
-  /** GETs `path` and parses the JSON answer; throws with the URL and the fix on any failure. */
-  async getJson(path: string): Promise<unknown> {
-    const url = `${this.#base}${path}`;
-    const { status, text } = await this.#get(path);
-    if (status < 200 || status > 299) {
-      throw new Error(`Envoy admin ${url} answered ${status}: ${text.slice(0, 200).trim()}`);
-    }
-    try {
-      return JSON.parse(text);
-    } catch {
-      throw new Error(`Envoy admin ${url} did not answer JSON: is discovery.envoyAdmin Envoy's admin API?`);
-    }
-  }
-
-  async #get(path: string): Promise<{ status: number; text: string }> {
-    const url = `${this.#base}${path}`;
-    let res: Response;
-    try {
-      res = await fetch(url, { signal: AbortSignal.timeout(this.#timeoutMs) });
-    } catch (err) {
-      const why = err instanceof DOMException && err.name === "TimeoutError"
-        ? `no answer within ${this.#timeoutMs} ms`
-        : err instanceof Error
-        ? err.message
-        : String(err);
-      throw new Error(
-        `Envoy admin ${url} is unreachable (${why}): check discovery.envoyAdmin and that Envoy runs`,
-      );
-    }
-    return { status: res.status, text: await res.text() };
-  }
-
-  /** The active dynamic listeners whose name matches `filter` (all without one). */
-  async listeners(options: { filter?: RegExp } = {}): Promise<DiscoveredListener[]> {
-    const [listeners, routes] = await Promise.all([
-      this.getJson(ADMIN_PATHS.listeners),
-      this.getJson(ADMIN_PATHS.routes),
-    ]);
-    return parseListeners(listeners, { filter: options.filter, routeConfigs: routes });
-  }
-
-  /** Healthy and total hosts per cluster. */
-  async clusterHealth(): Promise<ReturnType<typeof parseClusterHealth>> {
-    return parseClusterHealth(await this.getJson(ADMIN_PATHS.clusters));
-  }
+/** Healthy and total hosts per cluster, from Envoy's admin API. */
+export async function readClusterHealth(admin: EnvoyAdminClient): Promise<Map<string, ClusterHealth>> {
+  return parseClusterHealth(await admin.clusters());
 }
 
 /** The `discovery.listenerFilter` regex (RE2), or `undefined`. */

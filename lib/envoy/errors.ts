@@ -10,9 +10,10 @@
  * `validate`: `envoy --mode validate` rejected the bootstrap (the message is Envoy's);
  * `spawn`: the binary could not be run (missing, not executable);
  * `start`: Envoy exited or did not become ready during start-up;
- * `state`: the call does not fit the supervisor's state (e.g. `start` while running).
+ * `state`: the call does not fit the supervisor's state (e.g. `start` while running);
+ * `admin`: a call to Envoy's admin API failed (an `EnvoyAdminError`, with the endpoint and why).
  */
-export type EnvoyErrorKind = "render" | "validate" | "spawn" | "start" | "state";
+export type EnvoyErrorKind = "render" | "validate" | "spawn" | "start" | "state" | "admin";
 
 /** A failed Envoy operation. The message names the offending value; `output` holds Envoy's own words. */
 export class EnvoyError extends Error {

@@ -1,6 +1,6 @@
 /**
- * Envoy for the L7 listeners (http, https, grpc): the bootstrap we render from the config, and the
- * supervisor that runs Envoy with it.
+ * Envoy for the L7 listeners (http, https, grpc): the bootstrap we render from the config, the
+ * supervisor that runs Envoy with it, and the client of Envoy's admin API (ours and Envoy Gateway's).
  *
  * ```ts
  * const names = l7ListenerNames(config);
@@ -16,6 +16,15 @@
  * @module
  */
 
+export {
+  ADMIN_PATHS,
+  DEFAULT_ADMIN_MAX_BYTES,
+  DEFAULT_ADMIN_TIMEOUT_MS,
+  EnvoyAdminClient,
+  EnvoyAdminError,
+  type EnvoyAdminFailure,
+  type EnvoyAdminOptions,
+} from "./admin.ts";
 export {
   AUTHZ_CLUSTER,
   DEFAULT_AUTHZ_TIMEOUT_MS,
@@ -33,12 +42,12 @@ export {
   splitHostPort,
 } from "./bootstrap.ts";
 export { EnvoyError, type EnvoyErrorKind } from "./errors.ts";
-export { envoyErrorSummary, type EnvoyLogLine, parseEnvoyLogLine } from "./log_lines.ts";
+export { reapOrphans } from "./orphans.ts";
+export { envoyErrorSummary, type EnvoyLogLine, parseEnvoyLogLine } from "./output.ts";
 export { allocatePorts, DEFAULT_ENVOY_BINARY, mergeEnvoyArgs, resolveEnvoyBinary } from "./process.ts";
 export {
   type EnvoyState,
   EnvoySupervisor,
   type EnvoySupervisorOptions,
-  reapOrphans,
   type StopOptions,
 } from "./supervisor.ts";

@@ -15,12 +15,15 @@
  * @module
  */
 
-import { lineSplitter } from "../lines.ts";
-import type { Logger, LogLevel } from "@logtape/logtape";
+import type { Logger } from "@logtape/logtape";
 import { getLogger } from "../log.ts";
+import { EnvoyAdminClient } from "./admin.ts";
+import { delay } from "./async.ts";
 import { type EnvoyBootstrap, serializeBootstrap } from "./bootstrap.ts";
+import { drainEnvoy } from "./drain.ts";
 import { EnvoyError } from "./errors.ts";
-import { envoyErrorSummary, parseEnvoyLogLine } from "./log_lines.ts";
+import { ENVOY_DIR_PREFIX, reapOrphans, recordOwner } from "./orphans.ts";
+import { envoyErrorSummary, EnvoyOutput } from "./output.ts";
 import { mergeEnvoyArgs, resolveEnvoyBinary } from "./process.ts";
 
 /** What the supervisor is doing. */
@@ -50,6 +53,10 @@ export interface EnvoySupervisorOptions {
   backoff?: { initialMs?: number; maxMs?: number; resetAfterMs?: number };
   /** Parent directory of the per-run temp directories (default the system's). */
   tempDir?: string;
+  /** Called on every change of {@link EnvoySupervisor.state} (e.g. to keep a readiness gauge current). */
+  onState?: (state: EnvoyState) => void;
+  /** Called when a restart after an unexpected exit begins, with the restart count so far. */
+  onRestart?: (restarts: number) => void;
 }
 
 /** Options of {@link EnvoySupervisor.stop} and {@link EnvoySupervisor.reload}. */
@@ -66,12 +73,13 @@ interface Instance {
   adminPath: string;
   /** `127.0.0.1:port`, or the path of a unix socket (our own bootstraps). */
   admin?: string;
+  /** The client of {@link admin}, once known. */
+  adminClient?: EnvoyAdminClient;
   startedAt: number;
   status: Promise<Deno.CommandStatus>;
   exit?: Deno.CommandStatus;
-  pumps: Promise<void>;
-  /** Last lines of output, for error messages. */
-  tail: string[];
+  /** Envoy's output, read into our log; its last lines are for error messages. */
+  output: EnvoyOutput;
   /** Why the exit is not a crash: our stop (or a failed start-up), or a forwarded terminating signal. */
   exitExpected?: "stop" | "signal";
 }
@@ -94,74 +102,15 @@ function deferred(): Deferred {
   return d;
 }
 
-/** Waits `ms`, or less when `until` settles first; never leaves a timer behind. */
-async function delay(ms: number, until?: Promise<unknown>): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    await Promise.race([new Promise((r) => (timer = setTimeout(r, ms))), until ?? new Promise(() => {})]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 function describeExit(status: Deno.CommandStatus): string {
   return status.signal ? `signal ${status.signal}` : `exit code ${status.code}`;
 }
 
 const TERMINATING: ReadonlySet<Deno.Signal> = new Set(["SIGTERM", "SIGINT", "SIGQUIT", "SIGKILL"]);
-const TAIL_LINES = 50;
 const KILL_AFTER_MS = 5000;
 const DEFAULT_DRAIN_MS = 15_000;
-// Per-listener open connections and per-HCM requests in flight (admin's are ours, and skipped).
-const ACTIVE_STATS = "^(listener\\.[^.]+\\.downstream_cx_active|http\\.[^.]+\\.downstream_rq_active)$";
-
-/**
- * One HTTP/1.1 request over a unix socket, `Connection: close`, the answer read to EOF.
- * Deno's fetch through a unix "proxy" sends absolute-form targets, which Envoy's admin answers with 404.
- */
-async function unixRequest(
-  socket: string,
-  target: string,
-  options: { method?: string; timeoutMs: number },
-): Promise<{ status: number; body: string }> {
-  const conn = await Deno.connect({ transport: "unix", path: socket });
-  const timer = setTimeout(() => conn.close(), options.timeoutMs);
-  try {
-    await conn.write(
-      new TextEncoder().encode(
-        `${
-          options.method ?? "GET"
-        } ${target} HTTP/1.1\r\nHost: envoy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`,
-      ),
-    );
-    // The socket is in our private directory: only Envoy answers, and it ends with Connection: close.
-    const text = await new Response(conn.readable).text();
-    const end = text.indexOf("\r\n\r\n");
-    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1]);
-    if (end < 0 || !status) throw new Error(`Envoy admin answered ${target} with no HTTP response`);
-    return { status, body: decodeBody(text.slice(0, end), text.slice(end + 4)) };
-  } finally {
-    clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed by the timer or the peer */ }
-  }
-}
-
-// Envoy's admin answers with a content-length or chunked.
-function decodeBody(head: string, body: string): string {
-  if (!/^transfer-encoding:\s*chunked/im.test(head)) return body;
-  let out = "";
-  let rest = body;
-  while (rest.length) {
-    const eol = rest.indexOf("\r\n");
-    const size = parseInt(rest.slice(0, eol), 16);
-    if (!(size > 0)) break;
-    out += rest.slice(eol + 2, eol + 2 + size);
-    rest = rest.slice(eol + 2 + size + 2);
-  }
-  return out;
-}
+// Our own Envoy's admin API answers at once; a slow answer means it is not ready (or going away).
+const ADMIN_TIMEOUT_MS = 1000;
 
 /**
  * Supervises one Envoy process.
@@ -192,7 +141,6 @@ export class EnvoySupervisor {
   #stopping?: Promise<void>;
   /** Serializes start and reload. */
   #queue: Promise<unknown> = Promise.resolve();
-  #http?: Deno.HttpClient;
 
   /** A supervisor; nothing runs until {@link start}. */
   constructor(options: EnvoySupervisorOptions = {}) {
@@ -367,6 +315,18 @@ export class EnvoySupervisor {
     this.#state = state;
     if (state === "ready") this.#ready.resolve();
     else if (this.#ready.settled) this.#ready = deferred();
+    this.#notify(() => this.#options.onState?.(state));
+  }
+
+  /** Runs a caller's callback; its failure is logged, never the state machine's. */
+  #notify(callback: () => void): void {
+    try {
+      callback();
+    } catch (error) {
+      this.#log.error("An Envoy state callback failed: {error}", {
+        error: error instanceof Error ? error.message : String(error),
+      });
+    }
   }
 
   async #start(text: string | null): Promise<void> {
@@ -393,7 +353,7 @@ export class EnvoySupervisor {
 
   /** Spawns Envoy and waits for it to be ready; on failure nothing is left running. */
   async #launch(text: string | null, generation: number): Promise<void> {
-    const dir = await Deno.makeTempDir({ prefix: "tailvoy-envoy-", dir: this.#options.tempDir });
+    const dir = await Deno.makeTempDir({ prefix: ENVOY_DIR_PREFIX, dir: this.#options.tempDir });
     const configPath = `${dir}/envoy.json`;
     const adminPath = `${dir}/admin-address`;
     let instance: Instance | undefined;
@@ -439,7 +399,7 @@ export class EnvoySupervisor {
       }
       // Envoy outlives a tailvoy that dies abruptly (it is in its own session): record who owns it so
       // the next supervisor on this machine can reap it.
-      await Deno.writeTextFile(`${dir}/owner.json`, JSON.stringify({ tailvoy: Deno.pid, envoy: child.pid }));
+      await recordOwner(dir, child.pid);
       const started: Instance = {
         child,
         pid: child.pid,
@@ -447,14 +407,9 @@ export class EnvoySupervisor {
         adminPath,
         startedAt: performance.now(),
         status: child.status,
-        pumps: Promise.resolve(),
-        tail: [],
+        output: new EnvoyOutput(child, { log: this.#log }),
       };
       instance = started;
-      started.pumps = Promise.all([
-        this.#pump(child.stderr, started, "stderr"),
-        this.#pump(child.stdout, started, "stdout"),
-      ]).then(() => {});
       started.status.then((status) => this.#onExit(started, status));
       this.#current = started;
       this.#log.debug("Envoy started (pid {pid}): {binary} {args}", {
@@ -480,8 +435,8 @@ export class EnvoySupervisor {
     const deadline = performance.now() + timeoutMs;
     while (true) {
       if (instance.exit) {
-        await instance.pumps;
-        const output = instance.tail.join("\n");
+        await instance.output.done;
+        const output = instance.output.tail;
         throw new EnvoyError(
           "start",
           `Envoy exited during start-up (${describeExit(instance.exit)}): ${envoyErrorSummary(output)}`,
@@ -490,7 +445,7 @@ export class EnvoySupervisor {
       }
       if (generation !== this.#generation) throw new EnvoyError("start", "Envoy was stopped during start-up");
       if (performance.now() > deadline) {
-        const output = instance.tail.join("\n");
+        const output = instance.output.tail;
         throw new EnvoyError(
           "start",
           `Envoy was not ready within ${timeoutMs} ms: ${envoyErrorSummary(output) || "no output"}`,
@@ -498,64 +453,20 @@ export class EnvoySupervisor {
         );
       }
       instance.admin ??= (await Deno.readTextFile(instance.adminPath).catch(() => "")).trim() || undefined;
-      if (instance.admin) {
-        const response = await this.#admin(instance, "/ready");
-        if (response?.status === 200 && response.body.trim() === "LIVE") return;
-      }
+      const admin = this.#adminOf(instance);
+      if (admin && await admin.readyState().catch(() => undefined) === "LIVE") return;
       await delay(50, instance.status);
     }
   }
 
-  /** One admin API call; `undefined` when Envoy did not answer. */
-  async #admin(
-    instance: Instance,
-    path: string,
-    options: { method?: string } = {},
-  ): Promise<{ status: number; body: string } | undefined> {
+  /** The admin API of `instance`, once Envoy has written its address; `undefined` once it exited. */
+  #adminOf(instance: Instance): EnvoyAdminClient | undefined {
     if (!instance.admin || instance.exit) return undefined;
-    if (instance.admin.startsWith("/")) {
-      return await unixRequest(instance.admin, path, { method: options.method, timeoutMs: 1000 }).catch(() =>
-        undefined
-      );
-    }
-    // No pooled connections: they would show up as open admin connections and outlive the process.
-    this.#http ??= Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
-    try {
-      const response = await fetch(`http://${instance.admin}${path}`, {
-        method: options.method ?? "GET",
-        client: this.#http,
-        signal: AbortSignal.timeout(1000),
-      });
-      return { status: response.status, body: await response.text() };
-    } catch {
-      return undefined;
-    }
-  }
-
-  async #pump(stream: ReadableStream<Uint8Array>, instance: Instance, name: string): Promise<void> {
-    let previous: LogLevel | undefined;
-    try {
-      for await (const line of stream.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter())) {
-        if (!line) continue;
-        instance.tail.push(line);
-        if (instance.tail.length > TAIL_LINES) instance.tail.shift();
-        const parsed = parseEnvoyLogLine(line, { previous });
-        previous = parsed.level;
-        const emit = this.#log[parsed.level] as (
-          message: string,
-          properties: Record<string, unknown>,
-        ) => void;
-        emit.call(this.#log, "{message}", {
-          message: parsed.message,
-          envoyLevel: parsed.envoyLevel,
-          component: parsed.component,
-          stream: name,
-          pid: instance.pid,
-        });
-      }
-    } catch {
-      // The pipe broke with the process; nothing more to read.
-    }
+    instance.adminClient ??= new EnvoyAdminClient(
+      instance.admin.startsWith("/") ? instance.admin : `http://${instance.admin}`,
+      { timeoutMs: ADMIN_TIMEOUT_MS },
+    );
+    return instance.adminClient;
   }
 
   #onExit(instance: Instance, status: Deno.CommandStatus): void {
@@ -570,12 +481,12 @@ export class EnvoySupervisor {
       clearTimeout(this.#restartTimer);
       this.#setState("stopped");
       this.#ready.reject(new EnvoyError("state", "Envoy was stopped"));
-      void instance.pumps.then(() => Deno.remove(instance.dir, { recursive: true }).catch(() => {}));
+      void instance.output.done.then(() => Deno.remove(instance.dir, { recursive: true }).catch(() => {}));
       return;
     }
     if (this.#state !== "ready") return; // still starting: #waitReady reports it
     this.#setState("restarting");
-    void instance.pumps.then(() => Deno.remove(instance.dir, { recursive: true }).catch(() => {}));
+    void instance.output.done.then(() => Deno.remove(instance.dir, { recursive: true }).catch(() => {}));
     const delayMs = this.#nextBackoff(uptimeMs);
     this.#log.error("Envoy exited unexpectedly ({how}) after {uptimeMs} ms; restarting in {delayMs} ms", {
       how: describeExit(status),
@@ -609,6 +520,8 @@ export class EnvoySupervisor {
   async #restart(generation: number): Promise<void> {
     this.#restarts++;
     this.#log.warn("Restarting Envoy (restart {restarts})", { restarts: this.#restarts });
+    const restarts = this.#restarts;
+    this.#notify(() => this.#options.onRestart?.(restarts));
     const startedAt = performance.now();
     try {
       await this.#launch(this.#text ?? null, generation);
@@ -640,73 +553,17 @@ export class EnvoySupervisor {
     this.#setState("stopping");
     if (instance && !instance.exit) {
       instance.exitExpected = "stop";
-      if (drainMs > 0) await this.#drain(instance, drainMs);
+      const admin = this.#adminOf(instance);
+      if (drainMs > 0 && admin) await drainEnvoy(admin, { drainMs, until: instance.status, log: this.#log });
       await this.#terminate(instance);
     }
     if (instance) {
-      await instance.pumps;
+      await instance.output.done;
       await Deno.remove(instance.dir, { recursive: true }).catch(() => {});
     }
     if (this.#current === instance) this.#current = undefined;
-    this.#http?.close();
-    this.#http = undefined;
     this.#setState("stopped");
     this.#ready.reject(new EnvoyError("state", "Envoy was stopped"));
-  }
-
-  /**
-   * Fails the health check, drains the listeners, and waits until no request is in flight (or no
-   * connection is open) on our listeners, or `drainMs` has passed.
-   *
-   * Why requests and not only connections: a drained Envoy answers the next HTTP/1.1 request with
-   * `connection: close` and sends HTTP/2 a GOAWAY, but it never closes an *idle* keep-alive connection
-   * itself (envoyproxy/envoy#42305), so waiting for zero connections would always take `drainMs`.
-   * Closing an idle HTTP connection is ordinary HTTP; a request in flight, a gRPC stream or a
-   * WebSocket (each an active request) is what the drain protects.
-   */
-  async #drain(instance: Instance, drainMs: number): Promise<void> {
-    const deadline = performance.now() + drainMs;
-    await this.#admin(instance, "/healthcheck/fail", { method: "POST" });
-    // skip_exit: we decide when Envoy exits (below), not Envoy's drain timer.
-    await this.#admin(instance, "/drain_listeners?graceful&skip_exit", { method: "POST" });
-    let idlePolls = 0;
-    while (true) {
-      const counts = await this.#activeCounts(instance);
-      if (!counts) return; // Envoy is gone or not answering: SIGTERM next
-      // Twice in a row, so a request racing the drain on an idle connection gets its answer.
-      idlePolls = counts.connections === 0 || counts.requests === 0 ? idlePolls + 1 : 0;
-      if (counts.connections === 0 || idlePolls >= 2) return;
-      if (performance.now() >= deadline) {
-        this.#log.warn("Envoy drain ended after {drainMs} ms with {requests} requests still in flight", {
-          drainMs,
-          ...counts,
-        });
-        return;
-      }
-      await delay(Math.min(100, Math.max(0, deadline - performance.now())), instance.status);
-    }
-  }
-
-  /** Open connections and requests in flight on our listeners (not the admin one). */
-  async #activeCounts(instance: Instance): Promise<{ connections: number; requests: number } | undefined> {
-    const stats = await this.#admin(
-      instance,
-      `/stats?format=json&filter=${encodeURIComponent(ACTIVE_STATS)}`,
-    );
-    if (!stats || stats.status !== 200) return undefined;
-    try {
-      const parsed = JSON.parse(stats.body) as { stats?: { name?: string; value?: number }[] };
-      const counts = { connections: 0, requests: 0 };
-      for (const { name = "", value = 0 } of parsed.stats ?? []) {
-        const [kind, prefix] = name.split(".");
-        if (prefix === "admin") continue;
-        if (kind === "listener") counts.connections += Number(value);
-        else if (kind === "http") counts.requests += Number(value);
-      }
-      return counts;
-    } catch {
-      return undefined;
-    }
   }
 
   /** SIGTERM, then SIGKILL after 5 s; resolves once the process has exited. */
@@ -734,44 +591,4 @@ export class EnvoySupervisor {
       return false; // already gone
     }
   }
-}
-
-/**
- * Stops Envoys left behind by tailvoy processes that no longer exist (killed, or crashed), and removes
- * their temp dirs. Only an Envoy whose command line names that dir is signalled, so a reused pid is safe.
- */
-export async function reapOrphans(tempDir: string | undefined, log: Logger): Promise<number> {
-  const base = tempDir ?? Deno.env.get("TMPDIR") ?? "/tmp";
-  const alive = (pid: number) => Deno.stat(`/proc/${pid}`).then(() => true, () => false);
-  let reaped = 0;
-  let entries: Deno.DirEntry[] = [];
-  try {
-    entries = await Array.fromAsync(Deno.readDir(base));
-  } catch {
-    return 0;
-  }
-  for (const entry of entries) {
-    if (!entry.isDirectory || !entry.name.startsWith("tailvoy-envoy-")) continue;
-    const dir = `${base}/${entry.name}`;
-    let owner: { tailvoy: number; envoy: number };
-    try {
-      owner = JSON.parse(await Deno.readTextFile(`${dir}/owner.json`));
-    } catch {
-      continue; // not ours to judge (no owner record yet, or another user's)
-    }
-    if (await alive(owner.tailvoy)) continue;
-    // Only when the pid provably is that Envoy: pids mean nothing across PID namespaces sharing /tmp.
-    const cmdline = await Deno.readTextFile(`/proc/${owner.envoy}/cmdline`).catch(() => "");
-    if (!cmdline.includes(dir)) continue;
-    try {
-      Deno.kill(owner.envoy, "SIGKILL");
-      reaped++;
-      log.warn("stopped an Envoy (pid {pid}) left behind by a tailvoy that is gone (pid {owner})", {
-        pid: owner.envoy,
-        owner: owner.tailvoy,
-      });
-    } catch { /* gone meanwhile */ }
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
-  return reaped;
 }

@@ -17,12 +17,14 @@ import { type Config, createServiceMatcher } from "../config/mod.ts";
 import {
   type ClusterHealth,
   type DiscoveredListener,
-  EnvoyAdminClient,
+  envoyAdminOf,
   listenerFilter,
   planDiscovered,
+  readClusterHealth,
+  readListeners,
   ServiceHealthTracker,
 } from "../discovery/mod.ts";
-import { EnvoySupervisor } from "../envoy/mod.ts";
+import { type EnvoyAdminClient, EnvoySupervisor } from "../envoy/mod.ts";
 import { DEFAULT_AUTHZ_ADDRESS, GrpcAuthzProcess } from "../extauthz/grpc_process.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import { DataPlane } from "../l4/mod.ts";
@@ -71,7 +73,6 @@ export class Gateway {
   #timer?: ReturnType<typeof setTimeout>;
   #polling: Promise<void> = Promise.resolve();
   #closed = false;
-  #gauges?: ReturnType<typeof setInterval>;
 
   private constructor(
     config: Config,
@@ -89,7 +90,7 @@ export class Gateway {
     this.plane = parts.plane;
     this.#authz = parts.authz;
     this.#envoy = parts.envoy;
-    this.#admin = new EnvoyAdminClient(config.discovery!.envoyAdmin);
+    this.#admin = envoyAdminOf(config.discovery!);
     this.#health = new ServiceHealthTracker(healthSettings(config));
   }
 
@@ -122,6 +123,7 @@ export class Gateway {
           // Envoy Gateway's Envoy is ready only after its first xDS answer, which it waits for without
           // a timeout: allow as long as Envoy Gateway's own startup probe (300 s) before giving up.
           readyTimeoutMs: 300_000,
+          ...deps.telemetry?.envoyCallbacks(),
         });
         await envoy.startExternal();
         log.info("Envoy ready (pid {pid}, admin {admin})", { pid: envoy.pid, admin: envoy.adminAddress });
@@ -136,13 +138,6 @@ export class Gateway {
     }
     await gateway.poll();
     gateway.#schedule();
-    let restarts = 0;
-    gateway.#gauges = setInterval(() => {
-      if (!envoy) return;
-      deps.telemetry?.envoyReady.set(envoy.isReady ? 1 : 0);
-      if (envoy.restarts > restarts) deps.telemetry?.envoyRestarts.inc(envoy.restarts - restarts);
-      restarts = envoy.restarts;
-    }, 1000);
     return gateway;
   }
 
@@ -177,7 +172,7 @@ export class Gateway {
    */
   async reload(config: Config): Promise<void> {
     this.#config = config;
-    this.#admin = new EnvoyAdminClient(config.discovery!.envoyAdmin);
+    this.#admin = envoyAdminOf(config.discovery!);
     // Withheld Services stay withheld under the new thresholds until a healthy poll.
     this.#health.settings = healthSettings(config);
     this.#emptyOnce = false;
@@ -256,7 +251,7 @@ export class Gateway {
       if (state !== "LIVE") throw new Error(`Envoy is not ready (${state}); its listeners are not final`);
     };
     await live();
-    const all = await snap.admin.listeners();
+    const all = await readListeners(snap.admin);
     await live();
     const filter = listenerFilter(snap.config.discovery!);
     const listeners = filter ? all.filter((l) => filter.test(l.name)) : all;
@@ -330,7 +325,7 @@ export class Gateway {
     let health: Map<string, ClusterHealth> = new Map();
     if (clustersOf.size) {
       try {
-        health = await snap.admin.clusterHealth();
+        health = await readClusterHealth(snap.admin);
         this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "ok" });
         this.#lastError.clusters = "";
       } catch (err) {
@@ -394,7 +389,6 @@ export class Gateway {
   async close(drainMs: number, options: { graceMs?: number } = {}): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#timer);
-    clearInterval(this.#gauges);
     await this.#polling;
     await this.plane.close(drainMs, options);
     await this.#envoy?.stop({ drainMs });

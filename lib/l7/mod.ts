@@ -52,7 +52,6 @@ export class L7Stack {
   readonly #privateDir: string;
   readonly #authz: HttpAuthzServer;
   readonly #envoy: EnvoySupervisor;
-  readonly #gauges: ReturnType<typeof setInterval>;
 
   private constructor(
     state: {
@@ -65,7 +64,6 @@ export class L7Stack {
     },
     authz: HttpAuthzServer,
     envoy: EnvoySupervisor,
-    telemetry?: Telemetry,
   ) {
     this.targets = state.targets;
     this.#ports = state.ports;
@@ -75,12 +73,6 @@ export class L7Stack {
     this.#privateDir = state.privateDir;
     this.#authz = authz;
     this.#envoy = envoy;
-    let restarts = 0;
-    this.#gauges = setInterval(() => {
-      telemetry?.envoyReady.set(envoy.isReady ? 1 : 0);
-      if (envoy.restarts > restarts) telemetry?.envoyRestarts.inc(envoy.restarts - restarts);
-      restarts = envoy.restarts;
-    }, 1000);
   }
 
   /**
@@ -112,7 +104,11 @@ export class L7Stack {
       await Deno.remove(privateDir, { recursive: true }).catch(() => {});
       throw err;
     }
-    const envoy = new EnvoySupervisor({ binary: config.tailvoy.envoyBinary, extraArgs: options.envoyArgs });
+    const envoy = new EnvoySupervisor({
+      binary: config.tailvoy.envoyBinary,
+      extraArgs: options.envoyArgs,
+      ...options.telemetry?.envoyCallbacks(),
+    });
     try {
       const ports = allocatePorts(names);
       const bootstrap = renderBootstrap(config, { listenerPorts: ports, authzSocket: authz.path, secret });
@@ -131,7 +127,6 @@ export class L7Stack {
         { targets, ports, secret, services, current, privateDir },
         authz,
         envoy,
-        options.telemetry,
       );
     } catch (err) {
       await envoy.stop({ drainMs: 0 }).catch(() => {});
@@ -180,7 +175,6 @@ export class L7Stack {
 
   /** Drains and stops Envoy, then the ext_authz server. */
   async close(drainMs: number): Promise<void> {
-    clearInterval(this.#gauges);
     await this.#envoy.stop({ drainMs });
     await this.#authz.close();
     await Deno.remove(this.#privateDir, { recursive: true }).catch(() => {});

@@ -165,6 +165,17 @@ export class Telemetry {
     this.#logAllows = on;
   }
 
+  /**
+   * Envoy supervisor callbacks (`onState`, `onRestart`) that keep `tailvoy_envoy_ready` and
+   * `tailvoy_envoy_restarts_total` current as they change.
+   */
+  envoyCallbacks(): { onState: (state: string) => void; onRestart: () => void } {
+    return {
+      onState: (state) => this.envoyReady.set(state === "ready" ? 1 : 0),
+      onRestart: () => this.envoyRestarts.inc(),
+    };
+  }
+
   /** Records an access decision: counted, and logged (allows only when enabled). */
   decision(event: DecisionEvent): void {
     const allow = event.decision.allow;

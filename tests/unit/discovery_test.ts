@@ -9,14 +9,16 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { parseConfig } from "../../lib/config/mod.ts";
+import { type DiscoveryConfig, parseConfig } from "../../lib/config/mod.ts";
 import {
   assessService,
   type ClusterHealth,
-  EnvoyAdminClient,
+  envoyAdminOf,
   parseClusterHealth,
   parseListeners,
   planDiscovered,
+  readClusterHealth,
+  readListeners,
   ServiceHealthTracker,
 } from "../../lib/discovery/mod.ts";
 import { mergeEnvoyArgs } from "../../lib/envoy/mod.ts";
@@ -262,21 +264,20 @@ Deno.test("discovery config: direct ingress is refused with the reason", async (
   );
 });
 
-Deno.test("EnvoyAdminClient: unreachable, error status, non-JSON and Envoy's state name the URL and the fix", async () => {
+Deno.test("discovery's admin reads: unreachable, error status, non-JSON and Envoy's state name the URL and discovery.envoyAdmin", async () => {
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
     const path = new URL(req.url).pathname;
-    if (path === "/500") return new Response("boom", { status: 500 });
+    if (path === "/clusters") return new Response("boom", { status: 500 });
     // An Envoy still waiting for its first xDS answer (as after a restart): no listeners yet.
     if (path === "/ready") return new Response("PRE_INITIALIZING\n", { status: 503 });
-    if (path === "/config_dump") return Response.json({ configs: [] });
     return new Response("<html>not envoy</html>");
   });
+  const adminAt = (envoyAdmin: string) => envoyAdminOf({ envoyAdmin } as DiscoveryConfig);
   try {
-    const base = `http://127.0.0.1:${server.addr.port}`;
-    const admin = new EnvoyAdminClient(base);
-    await assert.rejects(() => admin.getJson("/500"), /answered 500: boom/);
+    const admin = adminAt(`http://127.0.0.1:${server.addr.port}`);
+    await assert.rejects(() => readClusterHealth(admin), /\/clusters\?format=json answered 500: boom/);
     await assert.rejects(
-      () => admin.getJson("/x"),
+      () => readListeners(admin),
       /did not answer JSON: is discovery.envoyAdmin Envoy's admin API/,
     );
     assert.equal(await admin.readyState(), "PRE_INITIALIZING");
@@ -287,7 +288,7 @@ Deno.test("EnvoyAdminClient: unreachable, error status, non-JSON and Envoy's sta
   const port = closed.addr.port;
   closed.close();
   await assert.rejects(
-    () => new EnvoyAdminClient(`http://127.0.0.1:${port}/`).listeners(),
+    () => readListeners(adminAt(`http://127.0.0.1:${port}/`)),
     /Envoy admin http:\/\/127\.0\.0\.1:\d+\/config_dump\?resource=dynamic_\w+ is unreachable .*check discovery\.envoyAdmin/,
   );
 });
