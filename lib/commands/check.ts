@@ -1,6 +1,6 @@
 /**
- * `tailvoy check` and `tailvoy test`: explain one decision, or run a file of policy cases, with the same
- * engine and identity lookup the proxy uses. For CI pipelines that change grants.
+ * `tailvoy check`: explain one decision with the same engine and identity lookup the proxy uses; also
+ * the case model `tailvoy test` (`test.ts`) runs. For CI pipelines that change grants.
  *
  * @module
  */
@@ -8,7 +8,9 @@
 import { own } from "../own.ts";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { type CliArgs, EXIT, UsageError } from "../cli.ts";
 import type { Config } from "../config/mod.ts";
+import type { CommandContext } from "./context.ts";
 import { type Identity, identityFromWhoIs } from "../identity/mod.ts";
 import { LocalApiClient, type WhoIsResponse } from "../localapi/mod.ts";
 import { decideL4, decideL7, type Decision, formatExplanation } from "../policy/mod.ts";
@@ -180,4 +182,66 @@ export function formatResults(results: readonly CaseResult[]): string {
 
 function indent(text: string): string {
   return text.split("\n").map((l) => `    ${l}`).join("\n");
+}
+
+/** `tailvoy check`: one request judged for one identity (from the tailnet or a capability file). */
+export async function checkCommand(
+  args: CliArgs,
+  ctx: CommandContext,
+): Promise<{ text: string; code: number }> {
+  const v = args.values;
+  if (!v.listener) throw new UsageError("check needs --listener NAME");
+  if ((v.as === undefined) === (v.caps === undefined)) {
+    throw new UsageError("check needs exactly one of --as <tailnet IP> or --caps <file.json>");
+  }
+  const { capNames, config } = ctx;
+  const identity = v.caps
+    ? identityFromCaps(await readCapsFile(v.caps), { capNames })
+    : await identityFromTailnet(v.as!, ctx.socket, { capNames });
+  const decision = decide(identity, {
+    listener: v.listener,
+    host: v.host,
+    sni: v.sni,
+    path: v.path,
+    method: v.method,
+  }, { config, capNames });
+  const lines = [
+    `${decision.allow ? "ALLOW" : "DENY"} ${describeIdentity(identity)}`,
+    formatExplanation(decision),
+  ];
+  for (const issue of identity.malformed) {
+    lines.push(`malformed rule ignored: ${issue.json} (${issue.reason})`);
+  }
+  return { text: lines.join("\n"), code: decision.allow ? EXIT.ok : EXIT.deny };
+}
+
+/** `path`'s text; a missing file is a {@link CheckInputError} naming it. */
+export async function readInputFile(path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) throw new CheckInputError(`${path}: file not found`);
+    throw err;
+  }
+}
+
+async function readCapsFile(path: string): Promise<Record<string, unknown[]>> {
+  const text = await readInputFile(path);
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (err) {
+    throw new CheckInputError(`${path}: not valid JSON (${err instanceof Error ? err.message : err})`);
+  }
+  // Accept a whole WhoIs answer too: its CapMap is what counts.
+  if (data && typeof data === "object" && "CapMap" in data) data = (data as { CapMap: unknown }).CapMap;
+  if (!data || typeof data !== "object" || Array.isArray(data)) {
+    throw new CheckInputError(
+      `${path}: expected a capability map like {"rajsingh.info/cap/tailvoy": [{"listeners": ["web"]}]}`,
+    );
+  }
+  for (const [name, rules] of Object.entries(data)) {
+    if (!Array.isArray(rules)) throw new CheckInputError(`${path}: "${name}" must be a list of rules`);
+  }
+  return data as Record<string, unknown[]>;
 }

@@ -247,11 +247,25 @@ async function decide(input: CheckInput, deps: AuthzDeps): Promise<Outcome> {
       ...(input.svcName ? { svcName: input.svcName } : {}),
     },
     {
-      request: { layer: "l7", listener: input.listener, host: input.host, path: input.path, method: input.method },
+      request: {
+        layer: "l7",
+        listener: input.listener,
+        host: input.host,
+        path: input.path,
+        method: input.method,
+      },
       shadow: settings.shadow,
     },
   );
-  return { code: decision.code, explanation: formatExplanation(decision), decision, identity, settings, allow, shadow };
+  return {
+    code: decision.code,
+    explanation: formatExplanation(decision),
+    decision,
+    identity,
+    settings,
+    allow,
+    shadow,
+  };
 }
 
 function logOutcome(record: DecisionRecord): void {

@@ -223,7 +223,11 @@ export class DataPlane {
     try {
       for (const svc of spec.ingress === "serve" ? spec.services ?? [] : []) {
         const svcTcp = await TcpListener.start({ ...tcpSpec, svcName: svc }, this.#listenerDeps);
-        services.push({ svc, tcp: svcTcp, forward: { port: spec.port, target: `127.0.0.1:${svcTcp.addrs[0].port}` } });
+        services.push({
+          svc,
+          tcp: svcTcp,
+          forward: { port: spec.port, target: `127.0.0.1:${svcTcp.addrs[0].port}` },
+        });
       }
     } catch (err) {
       stopEntry({ key, tcp, services });

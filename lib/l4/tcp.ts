@@ -188,7 +188,9 @@ export class TcpListener {
   static start(spec: TcpListenerSpec, deps: ListenerDeps): Promise<TcpListener> {
     const l = new TcpListener(spec, deps);
     try {
-      for (const addr of spec.bind) l.#listeners.push(Deno.listen({ hostname: addr.hostname, port: addr.port }));
+      for (const addr of spec.bind) {
+        l.#listeners.push(Deno.listen({ hostname: addr.hostname, port: addr.port }));
+      }
     } catch (err) {
       l.close();
       return Promise.reject(err);
@@ -297,7 +299,10 @@ export class TcpListener {
   async #caller(conn: Deno.TcpConn): Promise<{ caller: Caller; rest: Uint8Array } | undefined> {
     const remote = conn.remoteAddr;
     if (this.spec.ingress === "direct") {
-      return { caller: { addr: formatAddr(remote.hostname, remote.port), proto: "tcp" }, rest: new Uint8Array(0) };
+      return {
+        caller: { addr: formatAddr(remote.hostname, remote.port), proto: "tcp" },
+        rest: new Uint8Array(0),
+      };
     }
     if (!isLoopback(remote.hostname)) {
       this.#refuse(conn, `non-loopback peer ${remote.hostname}`);
@@ -406,7 +411,9 @@ export class TcpListener {
     try {
       identity = await this.#deps.resolver.resolve(caller.addr, { proto: "tcp", svcName: caller.svcName });
     } catch (err) {
-      this.#refuse(conn, `caller unknown: ${err instanceof Error ? err.message : err}`, { caller: caller.addr });
+      this.#refuse(conn, `caller unknown: ${err instanceof Error ? err.message : err}`, {
+        caller: caller.addr,
+      });
       return undefined;
     }
     if (spec.l7.requireGrant && identity.rules.length === 0) {

@@ -32,8 +32,12 @@ export class TailnetListeners {
   }
 
   /** Runs exactly the plan's listeners and publishes them; the plan's warnings are logged. */
-  async apply(plan: Plan, options: { warn?: (listener: string, message: string) => void } = {}): Promise<ReloadSummary> {
-    const warn = options.warn ?? ((listener, message) => getLogger("l4").error("listener {listener}: {message}", { listener, message }));
+  async apply(
+    plan: Plan,
+    options: { warn?: (listener: string, message: string) => void } = {},
+  ): Promise<ReloadSummary> {
+    const warn = options.warn ??
+      ((listener, message) => getLogger("l4").error("listener {listener}: {message}", { listener, message }));
     for (const w of plan.warnings) warn(w.listener, w.message);
     try {
       return await this.plane.apply(plan.specs);

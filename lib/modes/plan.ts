@@ -26,7 +26,10 @@ export function planListeners(config: Config, options: { l7Targets?: ReadonlyMap
   for (const [name, l] of Object.entries(config.listeners)) {
     const l7 = options.l7Targets?.get(name);
     if (L7_PROTOCOLS.includes(l.protocol) && !l7) {
-      plan.warnings.push({ listener: name, message: `${l.protocol} needs Envoy, which is not running: not started` });
+      plan.warnings.push({
+        listener: name,
+        message: `${l.protocol} needs Envoy, which is not running: not started`,
+      });
       continue;
     }
     const tcpBased = l.protocol !== "udp";

@@ -87,7 +87,9 @@ export class Publisher {
   async close(options: { graceMs?: number } = {}): Promise<void> {
     this.#closing = true;
     if (this.#advertised.length) {
-      await this.unadvertise().catch((err) => log.warn("unadvertising failed: {error}", { error: String(err) }));
+      await this.unadvertise().catch((err) =>
+        log.warn("unadvertising failed: {error}", { error: String(err) })
+      );
       await new Promise((r) => setTimeout(r, options.graceMs ?? 0));
     }
     await this.#serve?.close();

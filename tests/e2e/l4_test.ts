@@ -218,7 +218,7 @@ Deno.test({
       return port;
     })();
     const make = (name: string, protocol: "tcp" | "tls", backendPort: number) =>
-      new TcpListener({
+      TcpListener.start({
         name,
         protocol,
         ingress: "serve",
@@ -226,9 +226,9 @@ Deno.test({
         backend: `127.0.0.1:${backendPort}`,
         routes: [{ hostname: "app.example.com", backend: `127.0.0.1:${backendPort}` }],
       }, { resolver, flows, timeouts: { proxyHeader: 300, tlsHello: 300, dial: 1000, idle: 400 } });
-    const db = make("db", "tcp", (backend.addr as Deno.NetAddr).port);
-    const refusing = make("db", "tcp", closedPort);
-    const tls = make("db", "tls", (backend.addr as Deno.NetAddr).port);
+    const db = await make("db", "tcp", (backend.addr as Deno.NetAddr).port);
+    const refusing = await make("db", "tcp", closedPort);
+    const tls = await make("db", "tls", (backend.addr as Deno.NetAddr).port);
     const port = (l: TcpListener) => l.addrs[0].port;
     const header = (ip: string) =>
       encodeProxyV2({

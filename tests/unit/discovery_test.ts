@@ -16,7 +16,6 @@ import {
   envoyAdminOf,
   parseClusterHealth,
   parseListeners,
-  planDiscovered,
   readClusterHealth,
   readListeners,
   ServiceHealthTracker,
@@ -202,60 +201,6 @@ async function discoveryConfig(extra = "") {
     { env: {} },
   );
 }
-
-Deno.test("planDiscovered: tcp relayed with PROXY where Envoy reads it, HTTP to Envoy with a grant pre-check, UDP left out", async () => {
-  const listeners = parseListeners(await fixture("dynamic_listeners.json"), {
-    routeConfigs: await fixture("dynamic_route_configs.json"),
-  });
-  const plan = planDiscovered(await discoveryConfig("  proxyProtocol: v2"), listeners);
-  assert.deepEqual(Object.keys(plan.config.listeners), [
-    "default/eg/grpc",
-    "default/eg/http",
-    "default/eg/tcp",
-  ]);
-  assert.deepEqual(plan.config.listeners["default/eg/tcp"], {
-    port: 10090,
-    protocol: "tcp",
-    backend: "127.0.0.1:10090",
-    routes: [],
-    acceptAppCaps: false,
-    shadow: false,
-    ingress: "serve",
-    keepHeaders: [],
-  });
-  assert.deepEqual(plan.l7Targets.get("default/eg/http"), {
-    hostname: "127.0.0.1",
-    port: 10080,
-    proxyProtocol: true,
-    requireGrant: true,
-  });
-  assert.equal(
-    plan.l7Targets.get("default/eg/grpc")?.proxyProtocol,
-    false,
-    "its Envoy listener reads no PROXY",
-  );
-  assert.deepEqual([...plan.proxyProtocolTo], [], "the tcp listener has no proxy_protocol filter");
-  assert.deepEqual(plan.warnings.map((w) => [w.listener, w.message.slice(0, 40)]), [
-    ["default/eg/grpc", "Envoy's listener has no proxy_protocol l"],
-    ["default/eg/grpc", "HTTP listener without PROXY protocol: En"],
-    ["default/eg/tcp", "Envoy's listener has no proxy_protocol l"],
-    ["default/eg/udp", "UDP listeners are not exposed in discove"],
-  ]);
-
-  const withProxy = listeners.map((l) => ({ ...l, proxyProtocol: true }));
-  assert.deepEqual([
-    ...planDiscovered(await discoveryConfig("  proxyProtocol: v2"), withProxy).proxyProtocolTo,
-  ], [
-    "default/eg/tcp",
-  ]);
-  const off = planDiscovered(await discoveryConfig(), withProxy);
-  assert.deepEqual([...off.proxyProtocolTo], [], "no proxyProtocol: v2, no header");
-  assert.equal(off.l7Targets.get("default/eg/http")?.proxyProtocol, false);
-  assert.ok(
-    off.warnings.some((w) => w.listener === "default/eg/tcp" && /expects a PROXY header/.test(w.message)),
-    "a listener waiting for a PROXY header that will not come is reported",
-  );
-});
 
 Deno.test("discovery config: direct ingress is refused with the reason", async () => {
   await assert.rejects(

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parseConfig } from "../../lib/config/mod.ts";
-import { Gateway } from "../../lib/gateway/mod.ts";
+import { GatewayMode } from "../../lib/modes/gateway.ts";
 import { IdentityResolver } from "../../lib/identity/mod.ts";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { PROJECT_ROOT } from "../../scripts/harness/peers.ts";
@@ -36,7 +36,7 @@ async function fakeAdmin() {
 
 async function withGateway(
   fn: (ctx: {
-    gateway: Gateway;
+    gateway: GatewayMode;
     admin: Awaited<ReturnType<typeof fakeAdmin>>;
     fake: FakeLocalApi;
     config: (svc: string) => ReturnType<typeof parseConfig>;
@@ -54,7 +54,8 @@ async function withGateway(
       ].join("\n"),
       { env: {} },
     );
-  const gateway = await Gateway.start(config("a"), {
+  const first = config("a");
+  const gateway = await GatewayMode.start(first, {
     api,
     resolver: new IdentityResolver(api),
     status: await api.status(),
@@ -63,7 +64,7 @@ async function withGateway(
   try {
     await fn({ gateway, admin, fake, config });
   } finally {
-    await gateway.close(0);
+    await gateway.close({ ...first.tailvoy.timeouts, drain: 0, unadvertiseGrace: 0 });
     await fake.close();
     await admin.close();
   }

@@ -209,15 +209,15 @@ Deno.test({
     const backend = headerBackend(hello.length);
     const tcpBackend = headerBackend(5);
     const listeners: TcpListener[] = [];
-    const listen = (spec: Omit<TcpListenerSpec, "bind">) => {
-      const l = new TcpListener({ ...spec, bind: [{ hostname: "127.0.0.1", port: 0 }] }, deps);
+    const listen = async (spec: Omit<TcpListenerSpec, "bind">) => {
+      const l = await TcpListener.start({ ...spec, bind: [{ hostname: "127.0.0.1", port: 0 }] }, deps);
       listeners.push(l);
       return l.addrs[0].port;
     };
     const all = { version: "v2" as const, tlvs: ["login" as const, "node" as const, "tags" as const] };
     try {
       await t.step("direct (userspace): 127.0.0.1 becomes the caller's tailnet IP; dst is ours", async () => {
-        const port = listen({
+        const port = await listen({
           name: "db",
           protocol: "tcp",
           ingress: "direct",
@@ -242,7 +242,7 @@ Deno.test({
         "serve: the source is tailscaled's; TLVs a client put in that header are not passed on",
         async () => {
           answer = whoisAnswer("ci", ["tag:ci", "tag:db"]);
-          const port = listen({
+          const port = await listen({
             name: "db",
             protocol: "tcp",
             ingress: "serve",
@@ -278,7 +278,7 @@ Deno.test({
       await t.step(
         "tls: the route's header comes before the ClientHello, which is passed on byte for byte",
         async () => {
-          const port = listen({
+          const port = await listen({
             name: "tls",
             protocol: "tls",
             ingress: "direct",
@@ -298,7 +298,7 @@ Deno.test({
 
       await t.step("no proxyProtocol: the backend gets the caller's bytes only", async () => {
         const plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-        const port = listen({
+        const port = await listen({
           name: "db",
           protocol: "tcp",
           ingress: "direct",

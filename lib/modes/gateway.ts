@@ -19,38 +19,33 @@ import {
   type DiscoveredListener,
   envoyAdminOf,
   listenerFilter,
-  planDiscovered,
   readClusterHealth,
   readListeners,
   ServiceHealthTracker,
 } from "../discovery/mod.ts";
 import { type EnvoyAdminClient, EnvoySupervisor } from "../envoy/mod.ts";
 import { DEFAULT_AUTHZ_ADDRESS, GrpcAuthzProcess } from "../extauthz/grpc_process.ts";
-import type { IdentityResolver } from "../identity/mod.ts";
-import { DataPlane } from "../l4/mod.ts";
 import { decisionEvent } from "../l7/mod.ts";
-import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
-import type { Telemetry } from "../telemetry/mod.ts";
+import { TailnetListeners } from "./listeners.ts";
+import { type Mode, type ModeDeps, StartError } from "./mod.ts";
+import { planDiscovered } from "./plan.ts";
 
-/** Inputs of {@link Gateway.start}. */
-export interface GatewayDeps {
-  api: LocalApiClient;
-  resolver: IdentityResolver;
-  status: Status;
-  telemetry?: Telemetry;
-  /** ext_authz listen address (default tailvoy's `127.0.0.1:9001`; Envoy Gateway needs `0.0.0.0:9001`). */
-  authzAddr?: string;
-  /** Envoy Gateway's Envoy arguments; empty: Envoy runs elsewhere and is only polled. */
-  envoyArgs?: string[];
-}
+/**
+ * What Envoy Gateway mode is started with: `authzAddr` is the gRPC ext_authz listen address (default
+ * `127.0.0.1:9001`; Envoy Gateway needs `0.0.0.0:9001`); `envoyArgs` are Envoy Gateway's Envoy arguments
+ * (empty: Envoy runs elsewhere and is only polled).
+ */
+export type GatewayDeps = Pick<ModeDeps, "api" | "resolver" | "status" | "authzAddr" | "envoyArgs"> & {
+  telemetry?: ModeDeps["telemetry"];
+};
 
 const log = getLogger("discovery");
 const HTTP_SETTINGS = { protocol: "http", acceptAppCaps: false, shadow: false } as const;
 
 /** A running Envoy Gateway data plane. */
-export class Gateway {
-  readonly plane: DataPlane;
+export class GatewayMode implements Mode {
+  readonly tailnet: TailnetListeners;
   #config: Config;
   readonly #deps: GatewayDeps;
   readonly #authz: GrpcAuthzProcess;
@@ -78,7 +73,7 @@ export class Gateway {
     config: Config,
     deps: GatewayDeps,
     parts: {
-      plane: DataPlane;
+      listeners: TailnetListeners;
       authz: GrpcAuthzProcess;
       envoy?: EnvoySupervisor;
       byPort: Map<number, string>;
@@ -87,7 +82,7 @@ export class Gateway {
     this.#byPort = parts.byPort;
     this.#config = config;
     this.#deps = deps;
-    this.plane = parts.plane;
+    this.tailnet = parts.listeners;
     this.#authz = parts.authz;
     this.#envoy = parts.envoy;
     this.#admin = envoyAdminOf(config.discovery!);
@@ -98,8 +93,8 @@ export class Gateway {
    * Starts ext_authz, Envoy (when given arguments), the data plane and the first poll. Envoy may not
    * have listeners yet (Envoy Gateway sends them over xDS): they are picked up by later polls.
    */
-  static async start(config: Config, deps: GatewayDeps): Promise<Gateway> {
-    if (!config.discovery) throw new Error("Gateway needs a config with a discovery block");
+  static async start(config: Config, deps: GatewayDeps): Promise<GatewayMode> {
+    if (!config.discovery) throw new Error("Envoy Gateway mode needs a config with a discovery block");
     // Filled by each discovery: ext_authz names a request's listener by the port it reached.
     const byPort = new Map<number, string>();
     // gRPC in a supervised child process: no HTTP/2 client can take the data plane down.
@@ -113,8 +108,8 @@ export class Gateway {
       onDecision: (record) => deps.telemetry?.decision(decisionEvent(record)),
     });
     let envoy: EnvoySupervisor | undefined;
-    let plane: DataPlane | undefined;
-    let gateway: Gateway;
+    let listeners: TailnetListeners | undefined;
+    let gateway: GatewayMode;
     try {
       if (deps.envoyArgs?.length) {
         envoy = new EnvoySupervisor({
@@ -128,22 +123,37 @@ export class Gateway {
         await envoy.startExternal();
         log.info("Envoy ready (pid {pid}, admin {admin})", { pid: envoy.pid, admin: envoy.adminAddress });
       }
-      plane = await DataPlane.start({ ...config, listeners: {} }, deps);
-      gateway = new Gateway(config, deps, { plane, authz, envoy, byPort });
+      listeners = await TailnetListeners.start(config.tailvoy, { ...deps, serve: true });
+      gateway = new GatewayMode(config, deps, { listeners, authz, envoy, byPort });
     } catch (err) {
-      await plane?.close(0);
+      await listeners?.close({ drain: 0, unadvertiseGrace: 0 });
       await envoy?.stop({ drainMs: 0 }).catch(() => {});
       await authz.close();
-      throw err;
+      throw new StartError(
+        `could not start discovery mode: ${err instanceof Error ? err.message : String(err)}`,
+        {
+          exitCode: 1,
+          cause: err,
+        },
+      );
     }
     await gateway.poll();
     gateway.#schedule();
+    log.info("ready: discovery mode, polling Envoy admin {admin} every {ms} ms", {
+      admin: config.discovery.envoyAdmin,
+      ms: config.discovery.pollInterval,
+    });
     return gateway;
   }
 
   /** Listeners found by the last successful poll (`undefined` before the first). */
   get listeners(): readonly DiscoveredListener[] | undefined {
     return this.#listeners;
+  }
+
+  /** A poll found Envoy's listeners (and the data plane runs them). */
+  get listening(): boolean {
+    return this.#listeners !== undefined;
   }
 
   /** Ready once a poll succeeded and, when we run Envoy, Envoy answers `/ready`. */
@@ -170,7 +180,7 @@ export class Gateway {
    * Applies a reloaded config: discovery settings and Service mappings take effect at the next poll
    * (made at once); the ext_authz server keeps the capabilities and address it started with.
    */
-  async reload(config: Config): Promise<void> {
+  async reload(config: Config): Promise<undefined> {
     this.#config = config;
     this.#admin = envoyAdminOf(config.discovery!);
     // Withheld Services stay withheld under the new thresholds until a healthy poll.
@@ -178,6 +188,12 @@ export class Gateway {
     this.#emptyOnce = false;
     this.#warned.clear();
     await this.poll();
+    return undefined;
+  }
+
+  /** Nothing to prepare: the discovery settings were validated with the config. */
+  prepare(): Promise<void> {
+    return Promise.resolve();
   }
 
   #schedule(): void {
@@ -278,10 +294,8 @@ export class Gateway {
 
   async #apply(config: Config, listeners: DiscoveredListener[], key: string): Promise<void> {
     const plan = planDiscovered(config, listeners);
-    for (const w of plan.warnings) this.#warnOnce(w.listener, w.message);
-    const summary = await this.plane.reload(plan.config, {
-      l7Targets: plan.l7Targets,
-      proxyProtocolTo: plan.proxyProtocolTo,
+    const summary = await this.tailnet.apply(plan, {
+      warn: (listener, message) => this.#warnOnce(listener, message),
     });
     this.#listeners = listeners;
     this.#lastKey = key;
@@ -368,7 +382,7 @@ export class Gateway {
     const same = wanted.size === this.#applied.size && [...wanted].every((s) => this.#applied.has(s));
     if (same || this.#closed) return;
     try {
-      await this.plane.withhold(wanted);
+      await this.tailnet.withhold(wanted);
       if (this.#draining && wanted.size) {
         log.info("Envoy is draining: no longer advertising [{services}]", {
           services: [...wanted].join(", "),
@@ -386,12 +400,12 @@ export class Gateway {
    * Stops polling, then shuts down like standalone mode: Services unadvertised, after `graceMs` serve
    * entries removed and listeners closed, open flows drained for `drainMs`; then Envoy and ext_authz.
    */
-  async close(drainMs: number, options: { graceMs?: number } = {}): Promise<void> {
+  async close(timeouts: Config["tailvoy"]["timeouts"]): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#timer);
     await this.#polling;
-    await this.plane.close(drainMs, options);
-    await this.#envoy?.stop({ drainMs });
+    await this.tailnet.close(timeouts);
+    await this.#envoy?.stop({ drainMs: timeouts.drain });
     await this.#authz.close();
   }
 }
