@@ -86,8 +86,18 @@ export const StatusSchema = z.looseObject({
     Tags: nullableArray(z.string()),
     Online: z.boolean().optional(),
   }).nullish(),
-  Peer: z.record(z.string(), z.looseObject({ TailscaleIPs: nullableArray(z.string()), Online: z.boolean() }))
-    .nullish().transform((v) => v ?? {}),
+  Peer: z.record(
+    z.string(),
+    z.looseObject({
+      TailscaleIPs: nullableArray(z.string()),
+      Online: z.boolean(),
+      HostName: z.string().default(""),
+      DNSName: z.string().default(""),
+      Tags: nullableArray(z.string()),
+      /** Subnet routes this peer serves (the primary for each; what a dial to them goes through). */
+      PrimaryRoutes: nullableArray(z.string()),
+    }),
+  ).nullish().transform((v) => v ?? {}),
   CurrentTailnet: z.looseObject({ MagicDNSSuffix: z.string().default("") }).nullish(),
 });
 

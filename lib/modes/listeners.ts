@@ -6,7 +6,7 @@
  */
 
 import type { Config } from "../config/mod.ts";
-import { DataPlane, type DataPlaneDeps, type ListenerSpec, type ReloadSummary } from "../l4/mod.ts";
+import { DataPlane, type DataPlaneDeps, type ReloadSummary } from "../l4/mod.ts";
 import type { LocalApiClient } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
 import { Publisher } from "../serve/publish.ts";
