@@ -166,13 +166,10 @@ export class EnvoyAdminClient {
     try {
       return JSON.parse(body);
     } catch {
-      throw new EnvoyAdminError(
-        "not-json",
-        `Envoy admin ${this.#endpoint(path)} did not answer JSON: ${this.#isIt()}`,
-        {
-          endpoint: this.#endpoint(path),
-        },
-      );
+      const endpoint = this.#endpoint(path);
+      throw new EnvoyAdminError("not-json", `Envoy admin ${endpoint} did not answer JSON: ${this.#isIt()}`, {
+        endpoint,
+      });
     }
   }
 

@@ -118,20 +118,29 @@ Deno.test("http: an Envoy Gateway-like Envoy's dynamic listeners, routes and clu
     const url = `http://127.0.0.1:${port("admin")}`;
     const admin = new EnvoyAdminClient(`${url}/`, { setting: "discovery.envoyAdmin" });
     assert.equal(await admin.readyState(), "LIVE");
-    await eg.write(
-      [
-        {
-          name: "default/eg/http",
-          port: port("http"),
-          kind: "http",
-          routes: [{ prefix: "/", cluster: "web" }],
-        },
-        { name: "default/eg/tcp", port: port("tcp"), kind: "tcp", cluster: "db" },
-      ],
-      [{ name: "web", port: port("backend") }, { name: "db", port: port("backend"), healthChecked: true }],
-    );
+    const clusters = [{ name: "web", port: port("backend") }, {
+      name: "db",
+      port: port("backend"),
+      healthChecked: true,
+    }];
+    // Clusters first, and seen loaded: Envoy rejects a listener whose route names an unknown cluster.
+    await eg.write([], clusters);
+    await waitFor("Envoy to load the clusters", async () => {
+      const health = await readClusterHealth(admin);
+      return health.has("web") && health.has("db") ? health : undefined;
+    });
+    await eg.write([
+      {
+        name: "default/eg/http",
+        port: port("http"),
+        kind: "http",
+        routes: [{ prefix: "/", cluster: "web" }],
+      },
+      { name: "default/eg/tcp", port: port("tcp"), kind: "tcp", cluster: "db" },
+    ], clusters);
     const listeners = await waitFor("Envoy to load the listeners", async () => {
-      const found = await readListeners(admin);
+      // Until an HTTP listener is loaded, Envoy answers dynamic_route_configs with 404 (not in the dump).
+      const found = await readListeners(admin).catch(() => []);
       return found.length === 2 ? found : undefined;
     });
     assert.deepEqual(
