@@ -11,7 +11,7 @@
 
 import type { DiscoveryConfig } from "../config/mod.ts";
 import { compilePattern, type Pattern } from "../config/mod.ts";
-import { EnvoyAdminClient } from "../envoy/mod.ts";
+import { EnvoyAdminClient, EnvoyAdminError } from "../envoy/mod.ts";
 import { type ClusterHealth, type DiscoveredListener, parseClusterHealth, parseListeners } from "./parse.ts";
 
 export {
@@ -39,7 +39,14 @@ export async function readListeners(
   admin: EnvoyAdminClient,
   options: { filter?: RegExp } = {},
 ): Promise<DiscoveredListener[]> {
-  const [listeners, routes] = await Promise.all([admin.dynamicListeners(), admin.dynamicRouteConfigs()]);
+  const [listeners, routes] = await Promise.all([
+    admin.dynamicListeners(),
+    // Envoy answers 404 for a resource type its config dump lacks: no HTTP listener, no route configs.
+    admin.dynamicRouteConfigs().catch((err) => {
+      if (err instanceof EnvoyAdminError && err.status === 404) return { configs: [] };
+      throw err;
+    }),
+  ]);
   return parseListeners(listeners, { filter: options.filter, routeConfigs: routes });
 }
 
