@@ -7,7 +7,7 @@
  * @module
  */
 
-import { splitAddr } from "../identity/mod.ts";
+import { formatAddr, splitAddr } from "../net/address.ts";
 import { type JsonWebKeySet, JWKS_PATH } from "../identity_token/mod.ts";
 import { getLogger } from "../log.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
@@ -57,7 +57,7 @@ export function startAdminServer(
         port: port ?? 9002,
         onListen: (addr) => {
           getLogger("admin").info("admin server on http://{addr} (/metrics, /healthz, /readyz)", {
-            addr: `${addr.hostname}:${addr.port}`,
+            addr: formatAddr(addr),
           });
           resolve({ addr, close: () => server.shutdown() });
         },

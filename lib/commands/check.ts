@@ -5,7 +5,7 @@
  * @module
  */
 
-import { own } from "../own.ts";
+import { own } from "../util/own.ts";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import type { Config } from "../config/mod.ts";

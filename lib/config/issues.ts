@@ -7,7 +7,7 @@
 import type { z } from "zod";
 import { type ConfigIssue, formatPath, splitMessage } from "./errors.ts";
 import type { RuleIssue } from "./rules.ts";
-import { own } from "../own.ts";
+import { own } from "../util/own.ts";
 import { closest } from "./suggest.ts";
 import { locate, type YamlSource } from "./yaml_source.ts";
 

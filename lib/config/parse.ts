@@ -5,7 +5,7 @@
  * @module
  */
 
-import { own } from "../own.ts";
+import { own } from "../util/own.ts";
 import { ConfigError, type ConfigIssue, formatPath } from "./errors.ts";
 import { fromRuleIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
 import { checkRules } from "./rules.ts";

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { own } from "../own.ts";
+import { own } from "../util/own.ts";
 import {
   type Document,
   isAlias,

@@ -11,10 +11,10 @@
  * @module
  */
 
-import { setOwn } from "../own.ts";
+import { setOwn } from "../util/own.ts";
 import type { Config, DiscoveryConfig, ListenerConfig } from "../config/mod.ts";
 import { compilePattern, type Pattern } from "../config/mod.ts";
-import { joinHostPort } from "../extauthz/address.ts";
+import { joinHostPort } from "../net/address.ts";
 import type { L7Target } from "../l4/mod.ts";
 import { type DiscoveredListener, parseClusterHealth, parseListeners } from "./parse.ts";
 

@@ -45,6 +45,7 @@ import {
   secretProblem,
   TAILVOY_HEADER_PREFIX,
 } from "../wire.ts";
+import { splitHostPort } from "../net/address.ts";
 import { EnvoyError } from "./errors.ts";
 
 /** A JSON value, as Envoy reads it. */
@@ -116,13 +117,12 @@ function duration(ms: number): string {
   return `${ms / 1000}s`;
 }
 
-/** Splits `host:port` or `[v6]:port`; `ip` tells whether the host is an IP literal. */
-export function splitHostPort(addr: string): { host: string; port: number; ip: boolean } {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(addr);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new EnvoyError("render", `Address "${addr}" is not host:port`);
-  const host = m[1] ?? m[2];
-  const ip = m[1] !== undefined || /^\d{1,3}(?:\.\d{1,3}){3}$/.test(host);
+/** A backend's `host:port` or `[v6]:port`; `ip` tells whether the host is an IP literal. */
+function backendEndpoint(addr: string): { host: string; port: number; ip: boolean } {
+  const split = splitHostPort(addr);
+  if (!split) throw new EnvoyError("render", `Address "${addr}" is not host:port`);
+  const { host, port } = split;
+  const ip = host.includes(":") || /^\d{1,3}(?:\.\d{1,3}){3}$/.test(host);
   return { host, port, ip };
 }
 
@@ -155,7 +155,7 @@ function cluster(
   addr: string,
   options: { upstream: Upstream; connectTimeoutMs: number },
 ): NamedResource {
-  const { host, port, ip } = splitHostPort(addr);
+  const { host, port, ip } = backendEndpoint(addr);
   const dns: JsonObject = ip ? {} : {
     // STRICT_DNS keeps every address of the name; prefer IPv4 so `localhost` does not become ::1 only.
     dns_lookup_family: "V4_PREFERRED",

@@ -30,7 +30,6 @@ export {
   renderBootstrap,
   type RenderOptions,
   serializeBootstrap,
-  splitHostPort,
 } from "./bootstrap.ts";
 export { EnvoyError, type EnvoyErrorKind } from "./errors.ts";
 export { envoyErrorSummary, type EnvoyLogLine, parseEnvoyLogLine } from "./log_lines.ts";

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { lineSplitter } from "../lines.ts";
+import { lineSplitter } from "../util/lines.ts";
 import type { Logger, LogLevel } from "@logtape/logtape";
 import { getLogger } from "../log.ts";
 import { type EnvoyBootstrap, serializeBootstrap } from "./bootstrap.ts";

@@ -32,9 +32,9 @@ import { L7_PROTOCOLS } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import type { TokenSigner } from "../identity_token/mod.ts";
 import { getLogger } from "../log.ts";
-import { own } from "../own.ts";
+import { own } from "../util/own.ts";
 import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation } from "../policy/mod.ts";
-import { type AddressKind, classifyAddress, joinHostPort } from "./address.ts";
+import { type AddressKind, classifyAddress, joinHostPort } from "../net/address.ts";
 import { forwardingHeaders, identityHeaders, identityTokenHeader, spoofedHeaders } from "./headers.ts";
 import { CheckRequestSchema, type CheckResponse, type HeaderValueOption } from "./schema.ts";
 

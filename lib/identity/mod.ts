@@ -11,6 +11,7 @@
  * @module
  */
 
+import { isLoopbackIp, splitAddr } from "../net/address.ts";
 import { LocalApiError, type WhoIsOptions, type WhoIsResponse } from "../localapi/mod.ts";
 import { parseCapRules, type ParsedRule, type RuleIssue } from "../policy/mod.ts";
 
@@ -91,19 +92,6 @@ export function identityFromWhoIs(
   };
 }
 
-/** Splits `IP`, `IP:port` or `[v6]:port` into the IP and the optional port. */
-export function splitAddr(addr: string): { ip: string; port?: number } {
-  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(addr);
-  if (v6) return { ip: v6[1], port: v6[2] ? Number(v6[2]) : undefined };
-  const v4 = /^([^:]+):(\d+)$/.exec(addr);
-  if (v4) return { ip: v4[1], port: Number(v4[2]) };
-  return { ip: addr };
-}
-
-function isLoopback(ip: string): boolean {
-  return ip.startsWith("127.") || ip === "::1" || ip.startsWith("::ffff:127.");
-}
-
 interface Entry {
   identity: Identity;
   expires: number;
@@ -144,8 +132,8 @@ export class IdentityResolver {
   resolve(addr: string, options: ResolveOptions = {}): Promise<Identity> {
     const { ip } = splitAddr(addr);
     // Only a loopback address needs its port (and protocol): for a tailnet IP the answer is per node.
-    const lookup = isLoopback(ip) ? addr : ip;
-    const key = `${options.svcName ?? ""}|${isLoopback(ip) ? options.proto ?? "" : ""}|${lookup}`;
+    const lookup = isLoopbackIp(ip) ? addr : ip;
+    const key = `${options.svcName ?? ""}|${isLoopbackIp(ip) ? options.proto ?? "" : ""}|${lookup}`;
     const now = this.#now();
     const hit = this.#cache.get(key);
     if (hit && hit.expires > now) {
@@ -161,7 +149,7 @@ export class IdentityResolver {
       return pending;
     }
     this.stats.misses++;
-    const call = this.#lookup(lookup, isLoopback(ip), options).then((identity) => {
+    const call = this.#lookup(lookup, isLoopbackIp(ip), options).then((identity) => {
       if (this.#ttlMs > 0) this.#store(key, identity);
       return identity;
     }, (err) => {

@@ -11,6 +11,7 @@ import type { IdentityResolver } from "../identity/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { getLogger } from "../log.ts";
+import { formatAddr } from "../net/address.ts";
 import { type Entries, type Forward, ServeSession } from "../serve/mod.ts";
 import { SockDiag } from "../sockdiag/mod.ts";
 import { FlowTable } from "./flows.ts";
@@ -306,7 +307,7 @@ export class DataPlane {
       name,
       protocol: l.protocol,
       ingress: l.ingress,
-      addrs: tcp.addrs.map((a) => `${a.hostname}:${a.port}`).join(", "),
+      addrs: tcp.addrs.map(formatAddr).join(", "),
     });
     const forward = l.ingress === "serve"
       ? { port: l.port, target: `127.0.0.1:${tcp.addrs[0].port}` }

@@ -11,7 +11,7 @@
 import { type Caller, checkL4 } from "../access/mod.ts";
 import type { BackendProxyConfig } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
-import { splitAddr } from "../identity/mod.ts";
+import { formatAddr, isLoopbackIp, joinHostPort, splitAddr } from "../net/address.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation } from "../policy/mod.ts";
 import { encodeProxyV2, type ProxyTlv, readProxyHeader } from "../proxy_protocol/mod.ts";
@@ -104,14 +104,6 @@ export interface TcpDeps {
 }
 
 const log = getLogger("l4");
-
-function isLoopback(ip: string): boolean {
-  return ip.startsWith("127.") || ip === "::1" || ip.startsWith("::ffff:127.");
-}
-
-function formatAddr(ip: string, port: number): string {
-  return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
-}
 
 /** The tls route for `sni`: exact name first, then the longest `*.` wildcard. */
 export function sniRoute<R extends { hostname: string }>(routes: readonly R[], sni: string): R | undefined {
@@ -251,10 +243,10 @@ export class TcpListener {
     let rest: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
     if (this.spec.ingress === "serve") {
       // Only tailscaled (on loopback) may tell us who is calling, and it always does.
-      if (!isLoopback(remote.hostname)) return this.#refuse(conn, `non-loopback peer ${remote.hostname}`);
+      if (!isLoopbackIp(remote.hostname)) return this.#refuse(conn, `non-loopback peer ${remote.hostname}`);
       const notTailscaled = this.#deps.servePeer?.(conn);
       if (notTailscaled) {
-        return this.#refuse(conn, notTailscaled, { peer: formatAddr(remote.hostname, remote.port) });
+        return this.#refuse(conn, notTailscaled, { peer: formatAddr(remote) });
       }
       try {
         const got = await readProxyHeader(conn, { timeoutMs: this.#deps.timeouts.proxyHeader });
@@ -262,20 +254,20 @@ export class TcpListener {
           return this.#refuse(conn, "PROXY header without a source address (LOCAL command)");
         }
         caller = {
-          addr: formatAddr(got.header.source.address, got.header.source.port),
+          addr: joinHostPort(got.header.source.address, got.header.source.port),
           proto: "tcp",
           svcName: this.spec.svcName,
         };
         rest = got.rest;
       } catch (err) {
         return this.#refuse(conn, `no valid PROXY header: ${err instanceof Error ? err.message : err}`, {
-          peer: formatAddr(remote.hostname, remote.port),
+          peer: formatAddr(remote),
         });
       }
     } else {
       // Direct: the socket's peer is the caller. A userspace tailscaled connects from 127.0.0.1:port,
       // which WhoIs maps back to the peer; a PROXY header from a client is just payload here.
-      caller = { addr: formatAddr(remote.hostname, remote.port), proto: "tcp" };
+      caller = { addr: formatAddr(remote), proto: "tcp" };
     }
 
     if (this.spec.protocol === "tls") {
@@ -368,7 +360,7 @@ export class TcpListener {
       id,
       caller,
       identity,
-      backend: formatAddr(l7.hostname, l7.port),
+      backend: formatAddr(l7),
       replay,
       replayedPayload: rest.length,
       // Envoy Gateway names listeners in its SecurityPolicies: there, every grant counts.
@@ -405,7 +397,7 @@ export class TcpListener {
     tlvs: ProxyTlv[],
   ): Uint8Array | undefined {
     const { ip, port } = splitAddr(caller.addr);
-    const srcIp = isLoopback(ip) ? identity.ips.find((a) => !a.includes(":")) ?? identity.ips[0] : ip;
+    const srcIp = isLoopbackIp(ip) ? identity.ips.find((a) => !a.includes(":")) ?? identity.ips[0] : ip;
     if (!srcIp) return undefined;
     const v6 = srcIp.includes(":");
     const self = destination.tailnet ? this.#deps.selfIps?.find((a) => a.includes(":") === v6) : undefined;

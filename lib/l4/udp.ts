@@ -10,7 +10,7 @@
 import dgram from "node:dgram";
 import { type Caller, checkL4 } from "../access/mod.ts";
 import type { Identity } from "../identity/mod.ts";
-import { splitAddr } from "../identity/mod.ts";
+import { joinHostPort, splitAddr } from "../net/address.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation } from "../policy/mod.ts";
 import { admit } from "./admit.ts";
@@ -225,9 +225,7 @@ export class UdpListener {
   }
 
   #onPacket(socket: dgram.Socket, msg: Uint8Array, rinfo: dgram.RemoteInfo): void {
-    const key = rinfo.family === "IPv6"
-      ? `[${rinfo.address}]:${rinfo.port}`
-      : `${rinfo.address}:${rinfo.port}`;
+    const key = joinHostPort(rinfo.address, rinfo.port);
     const { action, session } = this.#table.packet(key, msg);
     if (action === "drop") this.dropped++;
     if (action === "forward") {

@@ -5,7 +5,7 @@
  */
 
 import { crc32c } from "./crc32c.ts";
-import { formatIp } from "./ip.ts";
+import { formatIp } from "../net/ip.ts";
 import { checkKind, checkTlvs, endpointBytes } from "./validate.ts";
 import {
   type ProxyAddress,

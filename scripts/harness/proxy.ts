@@ -7,7 +7,7 @@
  */
 
 import { join } from "node:path";
-import { lineSplitter } from "../../lib/lines.ts";
+import { lineSplitter } from "../../lib/util/lines.ts";
 import { sourceRunArgs } from "./cache.ts";
 import { PROJECT_ROOT } from "./peers.ts";
 import { waitFor } from "./tailnet.ts";

@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { lineSplitter } from "../../lib/lines.ts";
+import { lineSplitter } from "../../lib/util/lines.ts";
 import { PROJECT_ROOT } from "../../scripts/harness/peers.ts";
 import { descendants, type ProcessEntry, stillRunning } from "../../scripts/harness/procs.ts";
 import { waitFor } from "../../scripts/harness/tailnet.ts";

@@ -29,7 +29,7 @@ import {
   readProxyHeader,
   V2_SIGNATURE,
 } from "../../lib/proxy_protocol/mod.ts";
-import { formatIp } from "../../lib/proxy_protocol/ip.ts";
+import { formatIp } from "../../lib/net/ip.ts";
 import { V2_MAX_LENGTH } from "../../lib/proxy_protocol/v2.ts";
 import type { Target } from "./mod.ts";
 

@@ -4,7 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { IdentityResolver, splitAddr } from "../../lib/identity/mod.ts";
+import { IdentityResolver } from "../../lib/identity/mod.ts";
+import { splitAddr } from "../../lib/net/address.ts";
 import { LocalApiError, type WhoIsOptions, type WhoIsResponse } from "../../lib/localapi/mod.ts";
 
 const CAP = "rajsingh.info/cap/tailvoy";
