@@ -27,6 +27,7 @@ import {
 import { LocalApiError } from "./lib/localapi/mod.ts";
 import { getLogger, type LogFormat, setupLogging, toLogLevel } from "./lib/log.ts";
 import { formatExplanation } from "./lib/policy/mod.ts";
+import { errorMessage } from "./lib/util/error.ts";
 
 /** tailvoy's version (from deno.json). */
 export const VERSION: string = denoJson.version;
@@ -67,7 +68,7 @@ export async function main(argv: string[]): Promise<number> {
       throw new UsageError(`Unknown log format "${v["log-format"]}": use json or text`);
     }
   } catch (err) {
-    return fail(err instanceof Error ? err.message : String(err), EXIT.usage);
+    return fail(errorMessage(err), EXIT.usage);
   }
 
   // check and test read the config only when it is given; run and validate need one.
@@ -162,7 +163,7 @@ async function readCapsFile(path: string): Promise<Record<string, unknown[]>> {
   try {
     data = JSON.parse(text);
   } catch (err) {
-    throw new CheckInputError(`${path}: not valid JSON (${err instanceof Error ? err.message : err})`);
+    throw new CheckInputError(`${path}: not valid JSON (${errorMessage(err)})`);
   }
   // Accept a whole WhoIs answer too: its CapMap is what counts.
   if (data && typeof data === "object" && "CapMap" in data) data = (data as { CapMap: unknown }).CapMap;

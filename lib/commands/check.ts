@@ -12,6 +12,7 @@ import type { Config } from "../config/mod.ts";
 import { type Identity, identityFromWhoIs } from "../identity/mod.ts";
 import { LocalApiClient, type WhoIsResponse } from "../localapi/mod.ts";
 import { decideL4, decideL7, type Decision, formatExplanation } from "../policy/mod.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** One request to decide: L7 when it has a path (or the listener is http/https/grpc), else L4. */
 export const CheckRequestSchema = z.strictObject({
@@ -125,7 +126,7 @@ export function parseTestFile(text: string, source: string): z.infer<typeof Test
   try {
     data = parseYaml(text);
   } catch (err) {
-    throw new CheckInputError(`${source}: not valid YAML: ${err instanceof Error ? err.message : err}`);
+    throw new CheckInputError(`${source}: not valid YAML: ${errorMessage(err)}`);
   }
   const result = TestFileSchema.safeParse(data);
   if (!result.success) {

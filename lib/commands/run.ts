@@ -17,6 +17,8 @@ import { LocalApiClient, LocalApiError, type Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
 import { ensureLoggedIn, LoginError } from "../login/mod.ts";
 import { Telemetry } from "../telemetry/mod.ts";
+import { delay } from "../util/async.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** Options of {@link runProxy}. */
 export interface RunOptions {
@@ -66,7 +68,7 @@ export async function waitForLocalApi(
       if (err.kind !== lastKind) log.warn("{message}; retrying", { message: err.message, kind: err.kind });
       lastKind = err.kind;
     }
-    await Promise.race([new Promise((r) => setTimeout(r, options.intervalMs ?? 1000)), options.stop]);
+    await delay(options.intervalMs ?? 1000, { until: options.stop });
   }
   return undefined;
 }
@@ -98,7 +100,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
     try {
       firstKey = await tokens.nextKey(config.tailvoy.identityToken);
     } catch (err) {
-      log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
+      log.fatal("{error}", { error: errorMessage(err) });
       return 2;
     }
   }
@@ -117,7 +119,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       jwks: () => tokens.jwks(),
     });
   } catch (err) {
-    log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
+    log.fatal("{error}", { error: errorMessage(err) });
     return 1;
   }
   try {
@@ -173,7 +175,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       try {
         tokens.use(firstKey, tokenContext(self, config.tailvoy.identityToken?.issuer));
       } catch (err) {
-        log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
+        log.fatal("{error}", { error: errorMessage(err) });
         return 2;
       }
     }
@@ -186,7 +188,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       });
     } catch (err) {
       log.fatal("could not start Envoy and ext_authz: {error}", {
-        error: err instanceof Error ? err.message : String(err),
+        error: errorMessage(err),
       });
       const { isConfigRejected } = await import("../l7/mod.ts");
       return isConfigRejected(err) ? 2 : 1;
@@ -196,7 +198,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
     } catch (err) {
       await l7?.close(0);
       log.fatal("could not start the listeners: {error}", {
-        error: err instanceof Error ? err.message : String(err),
+        error: errorMessage(err),
       });
       return 1;
     }
@@ -217,7 +219,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       } catch (err) {
         telemetry.configReloads.inc({ result: "invalid" });
         log.error("reload rejected, still running the previous config: {errors}", {
-          errors: err instanceof Error ? err.message : String(err),
+          errors: errorMessage(err),
         });
         return;
       }
@@ -259,7 +261,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       } catch (err) {
         telemetry.configReloads.inc({ result: "failed" });
         log.error("reload failed part-way: {error}", {
-          error: err instanceof Error ? err.message : String(err),
+          error: errorMessage(err),
         });
       }
     }
@@ -279,7 +281,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       });
     } catch (err) {
       log.fatal("could not start discovery mode: {error}", {
-        error: err instanceof Error ? err.message : String(err),
+        error: errorMessage(err),
       });
       return 1;
     }
@@ -299,7 +301,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       } catch (err) {
         telemetry.configReloads.inc({ result: "invalid" });
         log.error("reload rejected, still running the previous config: {errors}", {
-          errors: err instanceof Error ? err.message : String(err),
+          errors: errorMessage(err),
         });
       }
     }, ({ drain, unadvertiseGrace }) => gateway!.close(drain, { graceMs: unadvertiseGrace }));

@@ -20,6 +20,7 @@ import {
   visit,
 } from "yaml";
 import type { ConfigIssue } from "./errors.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** A parsed YAML document together with what is needed to report positions in it. */
 export interface YamlSource {
@@ -221,7 +222,7 @@ export function expandEnv(yaml: YamlSource, lookup: (name: string) => string | u
         try {
           value = lookup(name);
         } catch (error) {
-          const reason = error instanceof Error ? error.message : String(error);
+          const reason = errorMessage(error);
           problem(
             reference,
             `cannot read environment variable ${name}: ${reason}`,

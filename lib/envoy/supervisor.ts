@@ -22,6 +22,8 @@ import { type EnvoyBootstrap, serializeBootstrap } from "./bootstrap.ts";
 import { EnvoyError } from "./errors.ts";
 import { envoyErrorSummary, parseEnvoyLogLine } from "./log_lines.ts";
 import { mergeEnvoyArgs, resolveEnvoyBinary } from "./process.ts";
+import { closeQuietly, delay } from "../util/async.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** What the supervisor is doing. */
 export type EnvoyState = "stopped" | "starting" | "ready" | "restarting" | "stopping";
@@ -76,32 +78,21 @@ interface Instance {
   exitExpected?: "stop" | "signal";
 }
 
-interface Deferred {
-  promise: Promise<void>;
-  resolve: () => void;
-  reject: (error: unknown) => void;
+interface Deferred extends PromiseWithResolvers<void> {
   settled: boolean;
 }
 
 function deferred(): Deferred {
-  const d = { settled: false } as Deferred;
-  d.promise = new Promise<void>((resolve, reject) => {
-    d.resolve = () => (d.settled = true, resolve());
-    d.reject = (error) => (d.settled = true, reject(error));
-  });
+  const { promise, resolve, reject } = Promise.withResolvers<void>();
   // Nobody may be waiting; a rejection must not become an unhandled one.
-  d.promise.catch(() => {});
+  promise.catch(() => {});
+  const d: Deferred = {
+    promise,
+    settled: false,
+    resolve: () => (d.settled = true, resolve()),
+    reject: (error) => (d.settled = true, reject(error)),
+  };
   return d;
-}
-
-/** Waits `ms`, or less when `until` settles first; never leaves a timer behind. */
-async function delay(ms: number, until?: Promise<unknown>): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    await Promise.race([new Promise((r) => (timer = setTimeout(r, ms))), until ?? new Promise(() => {})]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function describeExit(status: Deno.CommandStatus): string {
@@ -142,9 +133,7 @@ async function unixRequest(
     return { status, body: decodeBody(text.slice(0, end), text.slice(end + 4)) };
   } finally {
     clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed by the timer or the peer */ }
+    closeQuietly(conn);
   }
 }
 
@@ -358,7 +347,7 @@ export class EnvoySupervisor {
   #spawnError(error: unknown): EnvoyError {
     const why = error instanceof Deno.errors.NotFound
       ? "was not found: install Envoy, or set tailvoy.envoyBinary or ENVOY_BIN"
-      : `could not be run: ${error instanceof Error ? error.message : error}`;
+      : `could not be run: ${errorMessage(error)}`;
     return new EnvoyError("spawn", `Envoy binary "${this.#binary}" ${why}`, { cause: error });
   }
 
@@ -502,7 +491,7 @@ export class EnvoySupervisor {
         const response = await this.#admin(instance, "/ready");
         if (response?.status === 200 && response.body.trim() === "LIVE") return;
       }
-      await delay(50, instance.status);
+      await delay(50, { until: instance.status });
     }
   }
 
@@ -617,7 +606,7 @@ export class EnvoySupervisor {
       const delayMs = this.#nextBackoff(performance.now() - startedAt);
       this.#log.error("Envoy restart {restarts} failed: {error}; retrying in {delayMs} ms", {
         restarts: this.#restarts,
-        error: error instanceof Error ? error.message : String(error),
+        error: errorMessage(error),
         delayMs,
       });
       this.#scheduleRestart(delayMs);
@@ -683,7 +672,7 @@ export class EnvoySupervisor {
         });
         return;
       }
-      await delay(Math.min(100, Math.max(0, deadline - performance.now())), instance.status);
+      await delay(Math.min(100, Math.max(0, deadline - performance.now())), { until: instance.status });
     }
   }
 
@@ -713,7 +702,7 @@ export class EnvoySupervisor {
   async #terminate(instance: Instance): Promise<void> {
     if (instance.exit) return void await instance.status;
     this.#signal(instance, "SIGTERM");
-    await delay(KILL_AFTER_MS, instance.status);
+    await delay(KILL_AFTER_MS, { until: instance.status });
     if (!instance.exit) {
       this.#log.warn("Envoy (pid {pid}) did not exit within {ms} ms of SIGTERM: sending SIGKILL", {
         pid: instance.pid,

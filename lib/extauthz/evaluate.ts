@@ -37,6 +37,7 @@ import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation 
 import { type AddressKind, classifyAddress, joinHostPort } from "../net/address.ts";
 import { forwardingHeaders, identityHeaders, identityTokenHeader, spoofedHeaders } from "./headers.ts";
 import { CheckRequestSchema, type CheckResponse, type HeaderValueOption } from "./schema.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** What evaluation needs to know about a listener. */
 export type ListenerSettings = Pick<ListenerConfig, "protocol" | "acceptAppCaps" | "shadow"> & {
@@ -294,7 +295,7 @@ function acceptedCaps(
 function internalError(error: unknown): Outcome {
   return refuse(
     "internal_error",
-    `internal error: ${error instanceof Error ? error.message : String(error)}`,
+    `internal error: ${errorMessage(error)}`,
   );
 }
 

@@ -30,6 +30,7 @@ import { decisionEvent } from "../l7/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** Inputs of {@link Gateway.start}. */
 export interface GatewayDeps {
@@ -205,7 +206,7 @@ export class Gateway {
       this.#lastError.listeners = "";
     } catch (err) {
       telemetry?.discoveryPolls.inc({ what: "listeners", result: "error" });
-      const message = err instanceof Error ? err.message : String(err);
+      const message = errorMessage(err);
       // Keep serving what we have: an admin API hiccup must not take the tailnet listeners down.
       if (message !== this.#lastError.listeners) {
         log.warn("discovery: {error}; keeping the current listeners and retrying", { error: message });
@@ -229,7 +230,7 @@ export class Gateway {
         this.#lastError.apply = "";
       } catch (err) {
         // Health keeps being tracked; the listeners are planned again at the next poll.
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorMessage(err);
         if (message !== this.#lastError.apply) {
           log.error("applying the discovered listeners failed: {error}; retrying at the next poll", {
             error: message,
@@ -335,7 +336,7 @@ export class Gateway {
         this.#lastError.clusters = "";
       } catch (err) {
         this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "error" });
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorMessage(err);
         // Unknown health changes nothing (tailvoy counted it as healthy, re-advertising dead Services).
         if (message !== this.#lastError.clusters) {
           log.warn("cluster health unavailable: {error}; Service advertisement left as it is", {
@@ -382,7 +383,7 @@ export class Gateway {
       this.#applied = new Set(wanted);
     } catch (err) {
       log.warn("updating AdvertiseServices failed: {error}; retrying at the next poll", {
-        error: err instanceof Error ? err.message : String(err),
+        error: errorMessage(err),
       });
     }
   }

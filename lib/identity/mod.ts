@@ -14,6 +14,7 @@
 import { isLoopbackIp, splitAddr } from "../net/address.ts";
 import { LocalApiError, type WhoIsOptions, type WhoIsResponse } from "../localapi/mod.ts";
 import { parseCapRules, type ParsedRule, type RuleIssue } from "../policy/mod.ts";
+import { delay } from "../util/async.ts";
 
 /** Who a caller is, as tailvoy uses it for decisions, headers and logs. */
 export interface Identity {
@@ -172,7 +173,7 @@ export class IdentityResolver {
 
   async #lookup(addr: string, loopback: boolean, options: ResolveOptions): Promise<Identity> {
     const deadline = this.#now() + (loopback ? this.#loopbackRetryMs : 0);
-    let delay = 5;
+    let backoffMs = 5;
     while (true) {
       this.stats.calls++;
       const t0 = performance.now();
@@ -185,10 +186,10 @@ export class IdentityResolver {
       } catch (err) {
         this.#observer?.call(performance.now() - t0, err);
         const retry = err instanceof LocalApiError && err.kind === "not-found" &&
-          this.#now() + delay < deadline;
+          this.#now() + backoffMs < deadline;
         if (!retry) throw err;
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 50);
+        await delay(backoffMs);
+        backoffMs = Math.min(backoffMs * 2, 50);
       }
     }
   }

@@ -17,6 +17,8 @@ import { SockDiag } from "../sockdiag/mod.ts";
 import { FlowTable } from "./flows.ts";
 import { type L7Target, type TcpDeps, TcpListener, type TcpListenerSpec } from "./tcp.ts";
 import { UdpListener } from "./udp.ts";
+import { delay } from "../util/async.ts";
+import { errorMessage } from "../util/error.ts";
 
 export { BACKEND_TLV_TYPES, identityTlvs } from "./backend_proxy.ts";
 export { FlowTable } from "./flows.ts";
@@ -162,7 +164,7 @@ export class DataPlane {
   // The control server must approve a Service host (autoApprovers.services or the admin console);
   // until it does, the Service's address does not reach us. Say so instead of failing silently.
   async #checkApproved(services: string[]): Promise<void> {
-    await new Promise((r) => setTimeout(r, 10_000));
+    await delay(10_000);
     if (this.#closing) return;
     try {
       const status = await this.#deps.api.status();
@@ -335,7 +337,7 @@ export class DataPlane {
           return;
         } catch (err) {
           log.warn("re-registering serve entries failed: {error}; retrying", { error: String(err) });
-          await new Promise((r) => setTimeout(r, 1000));
+          await delay(1000);
         }
       }
     });
@@ -364,7 +366,7 @@ export class DataPlane {
     } catch (err) {
       throw new Error(
         `Serve ingress must check that connections come from tailscaled, and cannot: ${
-          err instanceof Error ? err.message : err
+          errorMessage(err)
         }. Fix that, use tailvoy.ingress: direct, or set tailvoy.servePeerCheck: false (then any local process that finds a serve port can name any caller)`,
       );
     }
@@ -379,7 +381,7 @@ export class DataPlane {
           port: local.port,
         });
       } catch (err) {
-        return `cannot tell who opened the connection (${err instanceof Error ? err.message : err})`;
+        return `cannot tell who opened the connection (${errorMessage(err)})`;
       }
       if (!owner) {
         return "the connecting socket is gone (or unknown to the kernel): cannot tell it is tailscaled";
@@ -399,7 +401,7 @@ export class DataPlane {
       await this.unadvertise().catch((err) =>
         log.warn("unadvertising failed: {error}", { error: String(err) })
       );
-      await new Promise((r) => setTimeout(r, options.graceMs ?? 0));
+      await delay(options.graceMs ?? 0);
     }
     await this.serve?.close();
     for (const e of this.#entries.values()) for (const s of e.services ?? []) s.tcp.close();

@@ -13,6 +13,7 @@ import type { BackendProxyConfig } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { formatAddr, isLoopbackIp, joinHostPort, splitAddr } from "../net/address.ts";
 import { getLogger } from "../log.ts";
+import { concat, writeAll } from "../util/bytes.ts";
 import { formatExplanation } from "../policy/mod.ts";
 import { encodeProxyV2, type ProxyTlv, readProxyHeader } from "../proxy_protocol/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
@@ -23,6 +24,8 @@ import { type FlowTable, type L7Recheck, l7Recheck } from "./flows.ts";
 import { relay, type RelayConn } from "./relay.ts";
 
 import { SECRET_TLV_TYPE, type ServiceIndex } from "../wire.ts";
+import { closeQuietly, delay } from "../util/async.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** How connections reach a listener. */
 export type Ingress = "serve" | "direct";
@@ -139,18 +142,6 @@ async function dial(addr: string, timeoutMs: number): Promise<Deno.TcpConn> {
   }
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
-}
-
 /** A running TCP listener. */
 export class TcpListener {
   readonly spec: TcpListenerSpec;
@@ -181,14 +172,10 @@ export class TcpListener {
   close(): void {
     this.#closed = true;
     for (const l of this.#listeners) {
-      try {
-        l.close();
-      } catch { /* closed */ }
+      closeQuietly(l);
     }
     for (const c of this.#pending) {
-      try {
-        c.close();
-      } catch { /* closed */ }
+      closeQuietly(c);
     }
   }
 
@@ -204,10 +191,10 @@ export class TcpListener {
         // E.g. out of file descriptors: the listener is fine, keep accepting once there is room.
         log.error("listener {listener}: accept failed ({error}); retrying in {ms} ms", {
           listener: this.spec.name,
-          error: err instanceof Error ? err.message : String(err),
+          error: errorMessage(err),
           ms: backoff,
         });
-        await new Promise((r) => setTimeout(r, backoff));
+        await delay(backoff);
         backoff = Math.min(backoff * 2, 1000);
         continue;
       }
@@ -218,9 +205,7 @@ export class TcpListener {
           error: err instanceof Error ? err.stack : String(err),
         });
         this.#pending.delete(conn);
-        try {
-          conn.close();
-        } catch { /* closed */ }
+        closeQuietly(conn);
       });
     }
   }
@@ -228,9 +213,7 @@ export class TcpListener {
   #refuse(conn: Deno.Conn, why: string, fields: Record<string, unknown> = {}): void {
     this.refused++;
     this.#pending.delete(conn);
-    try {
-      conn.close();
-    } catch { /* closed */ }
+    closeQuietly(conn);
     log.info("refused on {listener}: {why}", { listener: this.spec.name, why, ...fields });
   }
 
@@ -260,7 +243,7 @@ export class TcpListener {
         };
         rest = got.rest;
       } catch (err) {
-        return this.#refuse(conn, `no valid PROXY header: ${err instanceof Error ? err.message : err}`, {
+        return this.#refuse(conn, `no valid PROXY header: ${errorMessage(err)}`, {
           peer: formatAddr(remote),
         });
       }
@@ -275,7 +258,7 @@ export class TcpListener {
       try {
         hello = await readClientHello(conn, { timeoutMs: this.#deps.timeouts.tlsHello, initial: rest });
       } catch (err) {
-        return this.#refuse(conn, `no usable TLS ClientHello: ${err instanceof Error ? err.message : err}`, {
+        return this.#refuse(conn, `no usable TLS ClientHello: ${errorMessage(err)}`, {
           caller: caller.addr,
         });
       }
@@ -335,7 +318,7 @@ export class TcpListener {
     try {
       identity = await this.#deps.resolver.resolve(caller.addr, { proto: "tcp", svcName: caller.svcName });
     } catch (err) {
-      return this.#refuse(conn, `caller unknown: ${err instanceof Error ? err.message : err}`, {
+      return this.#refuse(conn, `caller unknown: ${errorMessage(err)}`, {
         caller: caller.addr,
       });
     }
@@ -436,7 +419,7 @@ export class TcpListener {
     } catch (err) {
       return this.#refuse(
         conn,
-        `backend ${flowInfo.backend} unreachable: ${err instanceof Error ? err.message : err}`,
+        `backend ${flowInfo.backend} unreachable: ${errorMessage(err)}`,
         {
           caller: flowInfo.caller.addr,
         },

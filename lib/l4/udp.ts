@@ -15,6 +15,7 @@ import { getLogger } from "../log.ts";
 import { formatExplanation } from "../policy/mod.ts";
 import { admit } from "./admit.ts";
 import type { TcpDeps } from "./tcp.ts";
+import { closeQuietly } from "../util/async.ts";
 
 /** State of one peer's session. */
 export type SessionState = "pending" | "open" | "denied";
@@ -217,9 +218,7 @@ export class UdpListener {
   close(): void {
     clearInterval(this.#sweep);
     for (const s of this.#sockets) {
-      try {
-        s.close();
-      } catch { /* closed */ }
+      closeQuietly(s);
     }
     for (const s of this.#table.clear()) this.#closeBackend(s.value);
   }
@@ -336,8 +335,6 @@ export class UdpListener {
   #closeBackend(backend?: Backend): void {
     if (!backend) return;
     backend.remove();
-    try {
-      backend.socket.close();
-    } catch { /* closed */ }
+    closeQuietly(backend.socket);
   }
 }

@@ -11,6 +11,7 @@
 import type { Credentials } from "../config/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
+import { delay } from "../util/async.ts";
 
 /** Logging in failed; the message says why and what to do, without any secret. */
 export class LoginError extends Error {
@@ -187,7 +188,7 @@ export async function ensureLoggedIn(api: LocalApiClient, options: LoginOptions)
       return s;
     }
     last = s.BackendState;
-    await new Promise((r) => setTimeout(r, 200));
+    await delay(200);
   }
   throw new LoginError(
     `tailscaled did not come up after login (state ${last}); check the key (expired? used? tags allowed?) and the control server`,

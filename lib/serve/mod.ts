@@ -9,6 +9,7 @@
 
 import { type LocalApiClient, LocalApiError, NOTIFY, type ServeConfig } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
+import { delay } from "../util/async.ts";
 
 /** One forward: tailnet port → our loopback listener. */
 export interface Forward {
@@ -209,7 +210,7 @@ export class ServeSession {
       } catch (err) {
         const raced = err instanceof LocalApiError && err.kind === "precondition-failed";
         if (!raced || attempt >= retries) throw err;
-        await new Promise((r) => setTimeout(r, 10 * (attempt + 1)));
+        await delay(10 * (attempt + 1));
       }
     }
   }

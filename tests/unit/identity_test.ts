@@ -80,15 +80,14 @@ Deno.test("cache: ttl 0 disables caching", async () => {
 
 Deno.test("concurrent misses for one key share one WhoIs call", async () => {
   const src = new StubSource();
-  let release!: () => void;
-  const gate = new Promise<void>((r) => release = r);
+  const gate = Promise.withResolvers<void>();
   src.answer = async () => {
-    await gate;
+    await gate.promise;
     return whoisAnswer("alice", [{}]);
   };
   const r = new IdentityResolver(src);
   const all = Promise.all(Array.from({ length: 50 }, () => r.resolve("100.64.0.9")));
-  release();
+  gate.resolve();
   const ids = await all;
   assert.equal(src.calls.length, 1);
   assert.ok(ids.every((i) => i === ids[0]));
