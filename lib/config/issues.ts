@@ -6,7 +6,7 @@
 
 import type { z } from "zod";
 import { type ConfigIssue, formatPath, splitMessage } from "./errors.ts";
-import type { RuleIssue } from "./rules.ts";
+import type { CrossFieldIssue } from "./cross_field.ts";
 import { own } from "../util/own.ts";
 import { closest } from "./suggest.ts";
 import { locate, type YamlSource } from "./yaml_source.ts";
@@ -146,8 +146,8 @@ function generic(issue: Issue, path: (string | number)[]): { message: string; hi
   }
 }
 
-/** Locates a rule issue (from the schema's refinement or a direct run of the rules). */
-export function fromRuleIssue(issue: RuleIssue, yaml: YamlSource): ConfigIssue {
+/** Locates a cross-field issue (from the schema's refinement or a direct run of the checks). */
+export function fromCrossFieldIssue(issue: CrossFieldIssue, yaml: YamlSource): ConfigIssue {
   const where = issue.at ? locate(yaml, issue.at, { key: true }) : locate(yaml, issue.path);
   return { path: issue.path, message: issue.message, hint: issue.hint, ...where, source: yaml.source };
 }
@@ -199,7 +199,7 @@ export function fromZodIssues(
     if (issue.code === "custom") {
       const params = issue.params as { at?: (string | number)[]; rule?: boolean } | undefined;
       if (params?.rule && options.skipRules) return [];
-      return [fromRuleIssue({ path, ...splitMessage(issue.message), at: params?.at }, yaml)];
+      return [fromCrossFieldIssue({ path, ...splitMessage(issue.message), at: params?.at }, yaml)];
     }
     if (issue.code === "invalid_key") {
       const inner = issue.issues.find((i) => i.message !== GENERIC_MESSAGE);

@@ -7,8 +7,8 @@
 
 import { own } from "../util/own.ts";
 import { ConfigError, type ConfigIssue, formatPath } from "./errors.ts";
-import { fromRuleIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
-import { checkRules } from "./rules.ts";
+import { fromCrossFieldIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
+import { checkCrossField } from "./cross_field.ts";
 import { type Config, ConfigSchema } from "./schema.ts";
 import { aliasIssues, expandEnv, locate, parseYaml, toPlain, type YamlSource } from "./yaml_source.ts";
 import { errorMessage } from "../util/error.ts";
@@ -66,7 +66,7 @@ export function parseConfig(text: string, options: ParseConfigOptions = {}): Con
     skipRules: true,
   });
   const found = [...converted.issues];
-  checkRules(data, (issue) => found.push(fromRuleIssue(issue, yaml)));
+  checkCrossField(data, (issue) => found.push(fromCrossFieldIssue(issue, yaml)));
   const relevant = found.filter((issue) =>
     !isAboutMisspeltKey(issue, { misspelt: converted.misspelt, data }) && !isUnder(issue.path, envIssues)
   );

@@ -54,7 +54,7 @@ import {
   parseDuration,
   type Problem,
 } from "./formats.ts";
-import { checkRules } from "./rules.ts";
+import { checkCrossField } from "./cross_field.ts";
 
 /** A string that must pass `check`; its problem becomes the issue message. */
 function checked(check: (value: string) => Problem | undefined) {
@@ -378,7 +378,7 @@ function normalize(config: ParsedShape) {
  */
 export const ConfigSchema = ConfigShape
   .superRefine((config, ctx) =>
-    checkRules(config, (issue) =>
+    checkCrossField(config, (issue) =>
       ctx.addIssue({
         code: "custom",
         path: issue.path,

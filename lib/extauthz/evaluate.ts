@@ -28,12 +28,12 @@
 import { z } from "zod";
 import { checkL7 } from "../access/mod.ts";
 import type { ListenerConfig } from "../config/mod.ts";
-import { L7_PROTOCOLS } from "../config/mod.ts";
+import { DEFAULT_CAPABILITY, L7_PROTOCOLS } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import type { TokenSigner } from "../identity_token/mod.ts";
 import { getLogger } from "../log.ts";
 import { own } from "../util/own.ts";
-import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation } from "../policy/mod.ts";
+import { type Decision, type DecisionCode, formatExplanation } from "../policy/mod.ts";
 import { type AddressKind, classifyAddress, joinHostPort } from "../net/address.ts";
 import { forwardingHeaders, identityHeaders, identityTokenHeader, spoofedHeaders } from "./headers.ts";
 import { CheckRequestSchema, type CheckResponse, type HeaderValueOption } from "./schema.ts";
@@ -289,7 +289,7 @@ function acceptedCaps(
   ours: readonly string[] | undefined,
 ): readonly string[] | undefined {
   if (Array.isArray(accept)) return accept;
-  return accept ? ours ?? DEFAULT_CAP_NAMES : undefined;
+  return accept ? ours ?? [DEFAULT_CAPABILITY] : undefined;
 }
 
 function internalError(error: unknown): Outcome {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type Config, createServiceMatcher, type ListenerConfig } from "../config/mod.ts";
+import { type Config, createServiceMatcher, L7_PROTOCOLS, type ListenerConfig } from "../config/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
@@ -41,7 +41,6 @@ export interface DataPlaneDeps {
 }
 
 const log = getLogger("l4");
-const L7 = new Set(["http", "https", "grpc"]);
 
 /** One running listener and what it was built from (to tell on reload whether it changed). */
 interface Entry {
@@ -276,7 +275,7 @@ export class DataPlane {
       }, this.#tcpDeps);
       return { key, udp };
     }
-    if (L7.has(l.protocol) && !l7) {
+    if (L7_PROTOCOLS.includes(l.protocol) && !l7) {
       log.error("listener {name} ({protocol}) needs Envoy, which is not running: not started", {
         name,
         protocol: l.protocol,

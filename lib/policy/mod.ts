@@ -31,7 +31,6 @@ export {
   type CapMap,
   type CapRule,
   CapRuleSchema,
-  DEFAULT_CAP_NAMES,
   type EmptyListMode,
   parseCapRules,
   type ParsedRule,

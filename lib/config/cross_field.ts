@@ -11,8 +11,8 @@ import { patternError } from "./formats.ts";
 import { compileMappingEntry, type MappingEntry } from "./services.ts";
 import { closest } from "./suggest.ts";
 
-/** A problem found by {@linkcode checkRules}. */
-export interface RuleIssue {
+/** A problem found by {@linkcode checkCrossField}. */
+export interface CrossFieldIssue {
   /** Path of the field at fault. */
   path: (string | number)[];
   /** Sentence-case description quoting the offending value. */
@@ -33,7 +33,7 @@ const has = (object: Data, key: string) => object[key] !== undefined && object[k
 const quote = (value: unknown) => JSON.stringify(value);
 
 /** Reports every cross-field problem in `config` (parsed or raw) through `report`. */
-export function checkRules(config: unknown, report: (issue: RuleIssue) => void): void {
+export function checkCrossField(config: unknown, report: (issue: CrossFieldIssue) => void): void {
   if (!isObject(config)) return;
   const listeners = isObject(config.listeners) ? config.listeners : undefined;
   const listenerNames = listeners ? Object.keys(listeners) : [];
@@ -84,7 +84,7 @@ export function checkRules(config: unknown, report: (issue: RuleIssue) => void):
   }, report);
 }
 
-function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) => void): void {
+function checkListener(path: Path, listener: Data, report: (issue: CrossFieldIssue) => void): void {
   const protocol = listener.protocol;
   if (!isString(protocol)) return;
   const routes = Array.isArray(listener.routes) ? listener.routes : undefined;
@@ -213,7 +213,7 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
   }
 }
 
-function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: RuleIssue) => void): void {
+function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: CrossFieldIssue) => void): void {
   const seen = new Map<string, number>();
   routes.forEach((route, index) => {
     if (!isObject(route)) return;
@@ -264,7 +264,7 @@ function checkHttpRoutes(
   path: Path,
   protocol: string,
   routes: unknown[],
-  report: (issue: RuleIssue) => void,
+  report: (issue: CrossFieldIssue) => void,
 ): void {
   routes.forEach((route, index) => {
     if (!isObject(route)) return;
@@ -310,7 +310,7 @@ function checkHttpRoutes(
   });
 }
 
-function checkPorts(listeners: Data, report: (issue: RuleIssue) => void): void {
+function checkPorts(listeners: Data, report: (issue: CrossFieldIssue) => void): void {
   // UDP and TCP ports are separate namespaces (DNS wants both on 53); tailvoy rejected that.
   const used = new Map<string, string>();
   for (const [name, listener] of Object.entries(listeners)) {
@@ -341,7 +341,7 @@ interface MappingContext {
 function checkServiceMappings(
   mappings: unknown,
   context: MappingContext,
-  report: (issue: RuleIssue) => void,
+  report: (issue: CrossFieldIssue) => void,
 ): void {
   const path: Path = ["tailscale", "serviceMappings"];
   const services = isObject(mappings) ? Object.keys(mappings) : [];
