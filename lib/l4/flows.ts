@@ -84,13 +84,6 @@ export class FlowTable {
     return this.#flows.size;
   }
 
-  /** Open flows per listener. */
-  countBy(listener: string): number {
-    let n = 0;
-    for (const f of this.#flows.values()) if (f.listener === listener) n++;
-    return n;
-  }
-
   /** Starts re-checking every `intervalMs` (0 = never). */
   startRecheck(intervalMs: number): void {
     this.stopRecheck();
