@@ -32,7 +32,7 @@ import { errorMessage } from "./lib/util/error.ts";
 /** tailvoy's version (from deno.json). */
 export const VERSION: string = denoJson.version;
 
-/** Default config path, as tailvoy's `-config`. */
+/** Default config path, as the Go tailvoy's `-config`. */
 export const DEFAULT_CONFIG = "config.yaml";
 
 function print(text: string): void {

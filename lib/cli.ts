@@ -1,5 +1,5 @@
 /**
- * Command-line parsing. Accepts tailvoy's Go-style flags (`-config`, `-authz-addr`, `-log-level`) as well
+ * Command-line parsing. Accepts the Go tailvoy's flags (`-config`, `-authz-addr`, `-log-level`) as well
  * as `--config`; everything after `--` is passed to Envoy untouched.
  *
  * @module

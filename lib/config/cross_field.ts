@@ -311,7 +311,7 @@ function checkHttpRoutes(
 }
 
 function checkPorts(listeners: Data, report: (issue: CrossFieldIssue) => void): void {
-  // UDP and TCP ports are separate namespaces (DNS wants both on 53); tailvoy rejected that.
+  // UDP and TCP ports are separate namespaces (DNS wants both on 53); the Go tailvoy rejected that.
   const used = new Map<string, string>();
   for (const [name, listener] of Object.entries(listeners)) {
     if (!isObject(listener) || typeof listener.port !== "number") continue;
@@ -346,7 +346,7 @@ function checkServiceMappings(
   const path: Path = ["tailscale", "serviceMappings"];
   const services = isObject(mappings) ? Object.keys(mappings) : [];
   if (services.length === 0) {
-    // A leftover tailvoy `service:` key gets its own migration message; don't pile on.
+    // A leftover `service:` key of the Go tailvoy gets its own migration message; don't pile on.
     if (context.mappingsNeeded && !context.hasRemovedServiceKey) {
       const example = context.discoveryMode
         ? 'web: [".*http.*"]'

@@ -45,7 +45,7 @@ export interface HostPortOptions {
 
 /**
  * Checks a `host:port` address such as `127.0.0.1:8080`, `db:5432` or `[::1]:80`.
- * tailvoy only checked for a colon; we also check the host and the port.
+ * The Go tailvoy only checked for a colon; we also check the host and the port.
  */
 export function checkHostPort(value: string, options: HostPortOptions = {}): Problem | undefined {
   const example = "e.g. 127.0.0.1:8080, or [::1]:8080 for IPv6";
@@ -214,7 +214,7 @@ const DURATION_PART = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
 
 /**
  * Parses a Go-style duration (`"500ms"`, `"1s"`, `"2m"`, `"1h30m"`, `"1.5s"`, `"0"`) to milliseconds,
- * or returns undefined if it is not one. Go syntax because tailvoy's `pollInterval` used `time.ParseDuration`.
+ * or returns undefined if it is not one. Go syntax because the Go tailvoy's `pollInterval` used `time.ParseDuration`.
  */
 export function parseDuration(value: string): number | undefined {
   if (value === "0") return 0;

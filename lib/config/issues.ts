@@ -86,7 +86,7 @@ const TYPE_HINTS: Record<string, string> = {
   array: "write a list, e.g. [a, b] or lines starting with -",
 };
 
-// Keys tailvoy removed, with its own migration message (a Map: user keys must not find Object members).
+// Keys the Go tailvoy removed, with its own migration message (a Map: user keys must not find Object members).
 const REMOVED_KEYS = new Map<string, (value: unknown, data: unknown) => { message: string; hint: string }>([
   ["tailscale.service", (value, data) => {
     const listeners = (data as { listeners?: unknown })?.listeners;

@@ -74,7 +74,7 @@ export interface RenderOptions {
   authzSocket: string;
   /** The per-process relay secret the RBAC filter requires (printable ASCII). */
   secret: string;
-  /** ext_authz call timeout in ms (default 250, tailvoy's). */
+  /** ext_authz call timeout in ms (default 250, the Go tailvoy's). */
   authzTimeoutMs?: number;
   /** Backend connect timeout in ms (default 5000). */
   connectTimeoutMs?: number;
@@ -85,7 +85,7 @@ export interface RenderOptions {
 /** Name of the ext_authz cluster. */
 export const AUTHZ_CLUSTER = "tailvoy_ext_authz";
 
-/** Default ext_authz timeout, in ms (tailvoy's). */
+/** Default ext_authz timeout, in ms (the Go tailvoy's). */
 export const DEFAULT_AUTHZ_TIMEOUT_MS = 250;
 
 /** Default backend connect timeout, in ms. */
@@ -300,7 +300,7 @@ function downstreamTls(tls: TlsConfig): JsonObject {
 }
 
 /**
- * Filter chains like tailvoy's: a chain per per-route certificate, matched by SNI, then the default
+ * Filter chains like the Go tailvoy's: a chain per per-route certificate, matched by SNI, then the default
  * chain with the listener's certificate. Without a listener certificate, an https listener has no
  * default chain (a ClientHello for another name is refused) and a grpc one stays plaintext (h2c).
  */

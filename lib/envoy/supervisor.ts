@@ -3,7 +3,7 @@
  * restarts it after a crash, drains it on stop, and pipes its output into our log.
  *
  * Process group: Envoy is spawned with `detached: true`, which on Unix makes it the leader of a new
- * session and process group (as tailvoy's `Setpgid`). A terminal's Ctrl-C therefore reaches only us;
+ * session and process group (as the Go tailvoy's `Setpgid`). A terminal's Ctrl-C therefore reaches only us;
  * we stop Envoy ourselves (drain, SIGTERM, SIGKILL) or pass signals on with {@link EnvoySupervisor.forward},
  * and every signal goes to the whole group, so nothing Envoy might start survives it.
  *
@@ -36,7 +36,7 @@ export interface EnvoySupervisorOptions {
   env?: (name: string) => string | undefined;
   /** Envoy worker threads, `--concurrency` (default 2). */
   concurrency?: number;
-  /** Envoy's drain period in seconds, `--drain-time-s` (default 15, tailvoy's drain timeout). */
+  /** Envoy's drain period in seconds, `--drain-time-s` (default 15, the Go tailvoy's drain timeout). */
   drainTimeS?: number;
   /** `--drain-strategy` (default `immediate`: idle connections close at once when draining, as Envoy Gateway does). */
   drainStrategy?: "immediate" | "gradual";
@@ -274,7 +274,7 @@ export class EnvoySupervisor {
 
   /**
    * Starts Envoy with no bootstrap of ours: its configuration comes entirely from the extra arguments
-   * (Envoy Gateway's `--config-yaml`, service node and cluster…), as when tailvoy replaces Envoy
+   * (Envoy Gateway's `--config-yaml`, service node and cluster…), as when the Go tailvoy replaces Envoy
    * Gateway's data-plane image. Resolves once `/ready` answers `LIVE`; errors as {@link start}.
    */
   startExternal(): Promise<void> {

@@ -121,7 +121,7 @@ export interface AuthzDeps {
    * from the port the connection reached (the discovered Envoy listener's).
    */
   listenerForPort?: (port: number) => string | undefined;
-  /** Capabilities forwarded on `acceptAppCaps: true` listeners (default tailvoy's); a list names its own. */
+  /** Capabilities forwarded on `acceptAppCaps: true` listeners (default {@link DEFAULT_CAPABILITY}); a list names its own. */
   appCapNames?: readonly string[];
   /** Signs identity tokens for `identityToken` listeners; without it their requests are denied. */
   tokens?: TokenSigner;
@@ -185,7 +185,7 @@ export interface Verdict extends CheckAnswer {
   record: DecisionRecord;
 }
 
-/** Body of a denied HTTP request, as tailvoy sends it. */
+/** Body of a denied HTTP request, as the Go tailvoy sends it. */
 export const DENY_BODY = '{"error":"forbidden","message":"access denied by tailvoy policy"}';
 
 /** Message of a denied gRPC request (Envoy sends the body as `grpc-message`). */

@@ -44,7 +44,7 @@ export interface AuthzServer {
 
 const log = getLogger("extauthz");
 
-/** Splits `addr` into host and port; `:port` means every interface (Go's convention, as in tailvoy). */
+/** Splits `addr` into host and port; `:port` means every interface (Go's convention, kept from the Go tailvoy). */
 export function parseListenAddress(addr: string): { host: string; port: number; target: string } {
   if (addr.startsWith("unix:/")) return { host: addr, port: 0, target: addr };
   const split = splitHostPort(addr);

@@ -21,7 +21,7 @@ export interface GrpcAuthzOptions extends AuthzDeps {
   startTimeoutMs?: number;
 }
 
-/** tailvoy's default `-authz-addr` (Envoy Gateway mode). */
+/** The Go tailvoy's default `-authz-addr` (Envoy Gateway mode). */
 export const DEFAULT_AUTHZ_ADDRESS = "127.0.0.1:9001";
 
 const log = getLogger("extauthz");

@@ -38,7 +38,7 @@ export interface GatewayDeps {
   resolver: IdentityResolver;
   status: Status;
   telemetry?: Telemetry;
-  /** ext_authz listen address (default tailvoy's `127.0.0.1:9001`; Envoy Gateway needs `0.0.0.0:9001`). */
+  /** ext_authz listen address (default the Go tailvoy's `127.0.0.1:9001`; Envoy Gateway needs `0.0.0.0:9001`). */
   authzAddr?: string;
   /** Envoy Gateway's Envoy arguments; empty: Envoy runs elsewhere and is only polled. */
   envoyArgs?: string[];
@@ -337,7 +337,7 @@ export class Gateway {
       } catch (err) {
         this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "error" });
         const message = errorMessage(err);
-        // Unknown health changes nothing (tailvoy counted it as healthy, re-advertising dead Services).
+        // Unknown health changes nothing (the Go tailvoy counted it as healthy, re-advertising dead Services).
         if (message !== this.#lastError.clusters) {
           log.warn("cluster health unavailable: {error}; Service advertisement left as it is", {
             error: message,

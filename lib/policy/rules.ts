@@ -33,8 +33,8 @@ const methodName = z.string().superRefine((value, ctx) => {
 
 /**
  * One tailvoy cap rule. AND within a rule, OR across rules; an omitted dimension is unrestricted.
- * `methods` is ours (tailvoy has no method dimension), compared case-insensitively. Unknown keys
- * are an error: tailvoy (Go `encoding/json`) ignores them, so a typo such as `"route"` would
+ * `methods` is ours (the Go tailvoy has no method dimension), compared case-insensitively. Unknown keys
+ * are an error: the Go tailvoy (`encoding/json`) ignores them, so a typo such as `"route"` would
  * silently widen a grant.
  */
 export const CapRuleSchema = z.object({
@@ -115,7 +115,7 @@ export interface ParseOptions {
   capNames?: readonly string[];
   /**
    * `"unrestricted"` (default): an empty list is the same as an omitted dimension, exactly as
-   * tailvoy (`engine.go` checks `len(values) == 0`), and a warning is reported. `"nothing"`: an
+   * the Go tailvoy (`engine.go` checks `len(values) == 0`), and a warning is reported. `"nothing"`: an
    * empty list matches nothing (fail closed).
    */
   emptyList?: EmptyListMode;
