@@ -8,6 +8,7 @@ import type { z } from "zod";
 import { type ConfigIssue, formatPath, splitMessage } from "./errors.ts";
 import type { CrossFieldIssue } from "./cross_field.ts";
 import { own } from "../util/own.ts";
+import { jsonQuote } from "./formats.ts";
 import { closest } from "./suggest.ts";
 import { locate, type YamlSource } from "./yaml_source.ts";
 
@@ -58,13 +59,11 @@ function allowedKeys(schema: Schema, path: readonly PropertyKey[]): string[] {
   return Object.keys(def(current).shape ?? {});
 }
 
-const quote = (value: unknown) => JSON.stringify(value);
-
 function describe(value: unknown): string {
   if (value === undefined) return "nothing";
   if (Array.isArray(value)) return "a list";
   if (typeof value === "object" && value !== null) return "a mapping";
-  if (typeof value === "string") return quote(value);
+  if (typeof value === "string") return jsonQuote(value);
   return String(value);
 }
 
@@ -129,7 +128,7 @@ function generic(issue: Issue, path: (string | number)[]): { message: string; hi
       const suggestion = typeof input === "string" ? closest(input, values) : undefined;
       return {
         message: `must be one of ${values.join(", ")}; got ${describe(input)}`,
-        hint: suggestion ? `did you mean ${quote(suggestion)}?` : `use one of ${values.join(", ")}`,
+        hint: suggestion ? `did you mean ${jsonQuote(suggestion)}?` : `use one of ${values.join(", ")}`,
       };
     }
     case "too_small":
@@ -190,7 +189,7 @@ export function fromZodIssues(
         const text = removed ? removed(valueAt(data, keyPath), data) : {
           message: "unknown key",
           hint: suggestion
-            ? `did you mean ${quote(suggestion)}?`
+            ? `did you mean ${jsonQuote(suggestion)}?`
             : `allowed keys here: ${allowed.join(", ")}`,
         };
         return { path: keyPath, ...text, ...locate(yaml, keyPath, { key: true }), source };
@@ -205,7 +204,7 @@ export function fromZodIssues(
       const inner = issue.issues.find((i) => i.message !== GENERIC_MESSAGE);
       const text = inner
         ? splitMessage(inner.message)
-        : { message: `invalid key ${quote(path[path.length - 1])}` };
+        : { message: `invalid key ${jsonQuote(path[path.length - 1])}` };
       return [{ path, ...text, ...locate(yaml, path, { key: true }), source }];
     }
     const text = issue.message === GENERIC_MESSAGE ? generic(issue, path) : splitMessage(issue.message);

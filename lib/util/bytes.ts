@@ -1,5 +1,5 @@
 /**
- * Byte helpers for connections: joining chunks and writing a whole buffer.
+ * Byte helpers: joining chunks, writing a whole buffer to a connection, a byte in hex for messages.
  *
  * @module
  */
@@ -22,4 +22,9 @@ export async function writeAll(
 ): Promise<void> {
   let off = 0;
   while (off < bytes.length) off += await conn.write(bytes.subarray(off));
+}
+
+/** A byte as two lower-case hex digits (`0a`), for error messages. */
+export function hex(n: number): string {
+  return n.toString(16).padStart(2, "0");
 }
