@@ -5,7 +5,6 @@
 
 import assert from "node:assert/strict";
 import { IdentityResolver } from "../../lib/identity/mod.ts";
-import { splitAddr } from "../../lib/net/address.ts";
 import { LocalApiError, type WhoIsOptions, type WhoIsResponse } from "../../lib/localapi/mod.ts";
 
 const CAP = "rajsingh.info/cap/tailvoy";
@@ -27,13 +26,6 @@ class StubSource {
     return this.answer(addr, options);
   }
 }
-
-Deno.test("splitAddr handles IPv4, IPv6 and bare IPs", () => {
-  assert.deepEqual(splitAddr("100.64.0.1:443"), { ip: "100.64.0.1", port: 443 });
-  assert.deepEqual(splitAddr("[fd7a::1]:80"), { ip: "fd7a::1", port: 80 });
-  assert.deepEqual(splitAddr("fd7a::1"), { ip: "fd7a::1" });
-  assert.deepEqual(splitAddr("100.64.0.1"), { ip: "100.64.0.1" });
-});
 
 Deno.test("identity fields: user node vs tagged node", async () => {
   const src = new StubSource();
