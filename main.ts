@@ -14,6 +14,7 @@ import { testCommand } from "./lib/commands/test.ts";
 import { validateCommand } from "./lib/commands/validate.ts";
 import { LocalApiError } from "./lib/localapi/mod.ts";
 import { getLogger, type LogFormat, setupLogging, toLogLevel } from "./lib/log.ts";
+import { errorMessage } from "./lib/util/error.ts";
 
 /** tailvoy's version (from deno.json). */
 export const VERSION: string = denoJson.version;
@@ -49,7 +50,7 @@ export async function main(argv: string[]): Promise<number> {
       throw new UsageError(`Unknown log format "${v["log-format"]}": use json or text`);
     }
   } catch (err) {
-    return fail(err instanceof Error ? err.message : String(err), EXIT.usage);
+    return fail(errorMessage(err), EXIT.usage);
   }
   try {
     if (args.command === "authz-bridge") return await authzBridgeCommand(args);

@@ -1,11 +1,12 @@
 /**
- * Command-line parsing. Accepts tailvoy's Go-style flags (`-config`, `-authz-addr`, `-log-level`) as well
+ * Command-line parsing. Accepts the Go tailvoy's flags (`-config`, `-authz-addr`, `-log-level`) as well
  * as `--config`; everything after `--` is passed to Envoy untouched.
  *
  * @module
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { errorMessage } from "./util/error.ts";
 
 /** Exit codes shared by every subcommand. */
 export const EXIT = { ok: 0, deny: 1, usage: 2, config: 2, error: 1 } as const;
@@ -81,7 +82,7 @@ export function parseCli(argv: string[]): CliArgs {
   try {
     parsed = parse(own);
   } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
+    const msg = errorMessage(err);
     throw new UsageError(`${msg.replace(/\. To specify.*$/s, "")}; see \`tailvoy --help\``);
   }
   const [first, ...rest] = parsed.positionals;

@@ -17,7 +17,7 @@ import {
   type Sink,
 } from "@logtape/logtape";
 
-/** Log levels accepted by `-log-level` (tailvoy's four, plus LogTape's trace and fatal). */
+/** Log levels accepted by `-log-level` (the Go tailvoy's four, plus LogTape's trace and fatal). */
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal"] as const;
 
 /** Output format of the log sink. */
@@ -102,7 +102,7 @@ export function getLogger(...category: string[]): Logger {
   return logtapeLogger(["tailvoy", ...category]);
 }
 
-/** Maps tailvoy's level names (`warn`) onto LogTape's (`warning`). */
+/** Maps the Go tailvoy's level names (`warn`) onto LogTape's (`warning`). */
 export function toLogLevel(name: string): LogLevel {
   const levels: Record<string, LogLevel> = {
     trace: "trace",

@@ -60,17 +60,17 @@ class WatchedProxy {
   // or when it exits by itself and nothing changes afterwards.
   async #watch(): Promise<number> {
     let timer: ReturnType<typeof setTimeout> | undefined;
-    let changed = () => {};
+    let change = Promise.withResolvers<"change">();
     (async () => {
       for await (const event of this.#watcher) {
         if (!event.paths.some((p) => p.endsWith(".ts"))) continue;
         clearTimeout(timer);
-        timer = setTimeout(() => changed(), 200);
+        timer = setTimeout(() => change.resolve("change"), 200);
       }
     })().catch(() => {});
     while (true) {
-      const change = new Promise<"change">((resolve) => changed = () => resolve("change"));
-      const result = await Promise.race([this.#child.status, change]);
+      change = Promise.withResolvers<"change">();
+      const result = await Promise.race([this.#child.status, change.promise]);
       if (this.#stopping) return (await this.#child.status).code;
       if (result === "change") {
         console.error("dev: a source file changed; restarting the proxy");
@@ -80,7 +80,7 @@ class WatchedProxy {
         continue;
       }
       console.error(`dev: the proxy exited (code ${result.code}); waiting for a file change to restart it`);
-      if (await change === "change" && !this.#stopping) this.#child = this.#spawn();
+      if (await change.promise === "change" && !this.#stopping) this.#child = this.#spawn();
     }
   }
 
@@ -225,19 +225,18 @@ if (import.meta.main) {
   const stopSignals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
   // Listen before anything starts, so a signal during start-up still tears down what exists.
   let stopRequested = false;
-  let onStop = () => {};
+  const stopped = Promise.withResolvers<void>();
   for (const sig of stopSignals) {
     Deno.addSignalListener(sig, () => {
       stopRequested = true;
-      onStop();
+      stopped.resolve();
     });
   }
-  const stopped = new Promise<void>((resolve) => onStop = resolve);
   // The proxy runs with --cached-only (as the compiled binary never fetches code): cache it first.
   await cacheDependencies({ entries: ["main.ts"] });
   if (Deno.args.length) {
     const proxy = new WatchedProxy(Deno.args);
-    await Promise.race([stopped, proxy.done]);
+    await Promise.race([stopped.promise, proxy.done]);
     Deno.exit(await proxy.stop());
   }
   await ensurePeers({ log: (m) => console.error(`dev: peers: ${m}`) });
@@ -257,7 +256,7 @@ if (import.meta.main) {
         ["--config", EXAMPLE_CONFIG, "--socket", tailnet.node("gw").socket, "--log-format", "text"],
         { ENVOY_BIN: PEER_BINS.envoy },
       );
-      await Promise.race([stopped, proxy.done]);
+      await Promise.race([stopped.promise, proxy.done]);
       await proxy.stop();
     }
   } finally {

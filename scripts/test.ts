@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { CACHED_ONLY, cacheDependencies, sourceRunArgs } from "./harness/cache.ts";
 import { ensurePeers, PROJECT_ROOT } from "./harness/peers.ts";
 import { nonLoopbackSockets, Tailnet, TAILNET_ENV } from "./harness/tailnet.ts";
+import { errorMessage } from "../lib/util/error.ts";
 
 const IN_NETNS = "--in-netns";
 
@@ -129,7 +130,7 @@ if (import.meta.main) {
       }
     }
   } catch (err) {
-    log(err instanceof Error ? err.message : String(err));
+    log(errorMessage(err));
     code = 1;
   }
   Deno.exit(code);

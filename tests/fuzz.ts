@@ -20,6 +20,7 @@
 import { parseArgs } from "node:util";
 import fc from "fast-check";
 import { allTargets, type Target } from "./properties/mod.ts";
+import { errorMessage } from "../lib/util/error.ts";
 
 const DEFAULT_RUNS = 1_000_000;
 const PROGRESS_EVERY_MS = 10_000;
@@ -134,7 +135,7 @@ async function main(): Promise<number> {
       },
     });
   } catch (error) {
-    fail(error instanceof Error ? error.message : String(error));
+    fail(errorMessage(error));
   }
   const { values } = parsed;
   if (values.help) {

@@ -17,6 +17,7 @@ import {
   type L7Request,
   unknownCallerDecision,
 } from "../policy/mod.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** A decision and, when it could be established, who asked. */
 export interface AccessResult {
@@ -42,7 +43,7 @@ async function identify(
   } catch (err) {
     const reason = err instanceof LocalApiError
       ? err.message
-      : `identity lookup failed: ${err instanceof Error ? err.message : String(err)}`;
+      : `identity lookup failed: ${errorMessage(err)}`;
     log.warn("deny {listener} from {addr}: {reason}", {
       listener: fallback.listener,
       addr: caller.addr,

@@ -7,10 +7,11 @@
  * @module
  */
 
-import { splitAddr } from "../identity/mod.ts";
+import { formatAddr, splitAddr } from "../net/address.ts";
 import { type JsonWebKeySet, JWKS_PATH } from "../identity_token/mod.ts";
 import { getLogger } from "../log.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** Readiness checks by name; each resolves true when ready. */
 export type ReadinessChecks = Record<string, () => boolean | Promise<boolean>>;
@@ -57,7 +58,7 @@ export function startAdminServer(
         port: port ?? 9002,
         onListen: (addr) => {
           getLogger("admin").info("admin server on http://{addr} (/metrics, /healthz, /readyz)", {
-            addr: `${addr.hostname}:${addr.port}`,
+            addr: formatAddr(addr),
           });
           resolve({ addr, close: () => server.shutdown() });
         },
@@ -82,7 +83,7 @@ export function startAdminServer(
         return new Response(`not found: try /metrics, /healthz, /readyz or ${JWKS_PATH}\n`, { status: 404 });
       });
     } catch (err) {
-      const why = err instanceof Error ? err.message : String(err);
+      const why = errorMessage(err);
       reject(new Error(`Cannot start the admin server on ${address}: ${why}; change tailvoy.adminAddress`));
     }
   });

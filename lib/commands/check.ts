@@ -5,18 +5,19 @@
  * @module
  */
 
-import { own } from "../own.ts";
+import { own } from "../util/own.ts";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { type CliArgs, EXIT, UsageError } from "../cli.ts";
-import type { Config } from "../config/mod.ts";
+import { type Config, L7_PROTOCOLS } from "../config/mod.ts";
 import type { CommandContext } from "./context.ts";
 import { type Identity, identityFromWhoIs } from "../identity/mod.ts";
 import { LocalApiClient, type WhoIsResponse } from "../localapi/mod.ts";
 import { decideL4, decideL7, type Decision, formatExplanation } from "../policy/mod.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** One request to decide: L7 when it has a path (or the listener is http/https/grpc), else L4. */
-export const CheckRequestSchema = z.strictObject({
+export const PolicyQuerySchema = z.strictObject({
   listener: z.string().min(1),
   host: z.string().optional(),
   sni: z.string().optional(),
@@ -25,13 +26,13 @@ export const CheckRequestSchema = z.strictObject({
 });
 
 /** A request to decide. */
-export type CheckRequest = z.infer<typeof CheckRequestSchema>;
+export type PolicyQuery = z.infer<typeof PolicyQuerySchema>;
 
 /** A capability map as WhoIs returns it: capability name → list of rules. */
 export const CapMapFileSchema = z.record(z.string(), z.array(z.unknown()));
 
 /** One case of a `tailvoy test` fixtures file. */
-export const TestCaseSchema = CheckRequestSchema.extend({
+export const TestCaseSchema = PolicyQuerySchema.extend({
   name: z.string().optional(),
   /** The caller's caps, as WhoIs returns them. */
   caps: CapMapFileSchema.optional(),
@@ -63,7 +64,7 @@ export class CheckInputError extends Error {
 /** Decides `request` for `identity`. Throws {@link CheckInputError} for a listener the config lacks. */
 export function decide(
   identity: Pick<Identity, "rules">,
-  request: CheckRequest,
+  request: PolicyQuery,
   options: CheckOptions = {},
 ): Decision {
   const listener = own(options.config?.listeners, request.listener);
@@ -76,7 +77,7 @@ export function decide(
       }`,
     );
   }
-  const l7 = listener ? ["http", "https", "grpc"].includes(listener.protocol) : request.path !== undefined;
+  const l7 = listener ? L7_PROTOCOLS.includes(listener.protocol) : request.path !== undefined;
   if (!l7) return decideL4(identity.rules, { listener: request.listener, sni: request.sni ?? request.host });
   return decideL7(identity.rules, {
     listener: request.listener,
@@ -86,14 +87,17 @@ export function decide(
   });
 }
 
+/** Who a check is for, and where that came from: a capability map (a file or a case) or WhoIs. */
+export type CheckIdentity = Identity & { source: "caps" | "whois" };
+
 /** Identity from a capability map (no WhoIs), for `--caps` and fixture cases. */
-export function identityFromCaps(caps: Record<string, unknown[]>, options: CheckOptions = {}): Identity {
+export function identityFromCaps(caps: Record<string, unknown[]>, options: CheckOptions = {}): CheckIdentity {
   const res: WhoIsResponse = {
     Node: { StableID: "caps-file", Name: "caps-file", Addresses: [], Tags: [] },
     UserProfile: null,
     CapMap: caps,
   };
-  return identityFromWhoIs(res, { capNames: options.capNames });
+  return { ...identityFromWhoIs(res, { capNames: options.capNames }), source: "caps" };
 }
 
 /** Identity of a tailnet IP through the LocalAPI at `socket`. */
@@ -101,14 +105,14 @@ export async function identityFromTailnet(
   ip: string,
   socket: string,
   options: CheckOptions & { timeoutMs?: number } = {},
-): Promise<Identity> {
+): Promise<CheckIdentity> {
   using api = new LocalApiClient(socket, { timeoutMs: options.timeoutMs });
-  return identityFromWhoIs(await api.whois(ip), { capNames: options.capNames });
+  return { ...identityFromWhoIs(await api.whois(ip), { capNames: options.capNames }), source: "whois" };
 }
 
 /** Human description of who an identity is. */
-export function describeIdentity(identity: Identity): string {
-  if (identity.nodeId === "caps-file") return "capability map from file";
+export function describeIdentity(identity: CheckIdentity): string {
+  if (identity.source === "caps") return "capability map from file";
   const who = identity.login ?? (identity.tags.length ? identity.tags.join(",") : "unknown");
   return `${who} on ${identity.node} (${identity.ips.join(", ")})`;
 }
@@ -127,7 +131,7 @@ export function parseTestFile(text: string, source: string): z.infer<typeof Test
   try {
     data = parseYaml(text);
   } catch (err) {
-    throw new CheckInputError(`${source}: not valid YAML: ${err instanceof Error ? err.message : err}`);
+    throw new CheckInputError(`${source}: not valid YAML: ${errorMessage(err)}`);
   }
   const result = TestFileSchema.safeParse(data);
   if (!result.success) {
@@ -231,7 +235,7 @@ async function readCapsFile(path: string): Promise<Record<string, unknown[]>> {
   try {
     data = JSON.parse(text);
   } catch (err) {
-    throw new CheckInputError(`${path}: not valid JSON (${err instanceof Error ? err.message : err})`);
+    throw new CheckInputError(`${path}: not valid JSON (${errorMessage(err)})`);
   }
   // Accept a whole WhoIs answer too: its CapMap is what counts.
   if (data && typeof data === "object" && "CapMap" in data) data = (data as { CapMap: unknown }).CapMap;

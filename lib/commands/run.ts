@@ -15,6 +15,8 @@ import { getLogger } from "../log.ts";
 import { ensureLoggedIn, LoginError } from "../login/mod.ts";
 import { checkSameMode, type Mode, StartError, startMode } from "../modes/mod.ts";
 import { Telemetry } from "../telemetry/mod.ts";
+import { delay } from "../util/async.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** Options of {@link runProxy}. */
 export interface RunOptions {
@@ -64,7 +66,7 @@ export async function waitForLocalApi(
       if (err.kind !== lastKind) log.warn("{message}; retrying", { message: err.message, kind: err.kind });
       lastKind = err.kind;
     }
-    await Promise.race([new Promise((r) => setTimeout(r, options.intervalMs ?? 1000)), options.stop]);
+    await delay(options.intervalMs ?? 1000, { until: options.stop });
   }
   return undefined;
 }
@@ -96,7 +98,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
     try {
       firstKey = await tokens.nextKey(config.tailvoy.identityToken);
     } catch (err) {
-      log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
+      log.fatal("{error}", { error: errorMessage(err) });
       return 2;
     }
   }
@@ -113,7 +115,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
       jwks: () => tokens.jwks(),
     });
   } catch (err) {
-    log.fatal("{error}", { error: err instanceof Error ? err.message : String(err) });
+    log.fatal("{error}", { error: errorMessage(err) });
     return 1;
   }
   try {
@@ -207,7 +209,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
     } catch (err) {
       telemetry.configReloads.inc({ result: "invalid" });
       log.error("reload rejected, still running the previous config: {errors}", {
-        errors: err instanceof Error ? err.message : String(err),
+        errors: errorMessage(err),
       });
       return;
     }
@@ -239,7 +241,7 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
     } catch (err) {
       telemetry.configReloads.inc({ result: "failed" });
       log.error("reload failed part-way: {error}", {
-        error: err instanceof Error ? err.message : String(err),
+        error: errorMessage(err),
       });
     }
   }

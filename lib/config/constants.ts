@@ -4,7 +4,7 @@
  * @module
  */
 
-/** Listener protocols, as in tailvoy. */
+/** Listener protocols, as in the Go tailvoy. */
 export const PROTOCOLS = ["http", "https", "grpc", "tls", "tcp", "udp"] as const;
 
 /** Protocols terminated by Envoy, where paths, hostnames and headers are visible. */
@@ -29,13 +29,13 @@ export const TOKEN_ALGORITHMS = ["ES256", "EdDSA"] as const;
 /** Identity token lifetime: default, and the range a listener may set (durations). */
 export const TOKEN_LIFETIME = Object.freeze({ default: "5m", min: "1s", max: "1h" });
 
-/** Envoy cluster health policies for discovery mode, as in tailvoy. */
+/** Envoy cluster health policies for discovery mode, as in the Go tailvoy. */
 export const HEALTH_POLICIES = ["any", "all"] as const;
 
 /** Default tailscaled LocalAPI socket on Linux. */
 export const DEFAULT_LOCALAPI_SOCKET = "/var/run/tailscale/tailscaled.sock";
 
-/** Default peer capability carrying tailvoy rules, as in tailvoy. */
+/** Default peer capability carrying tailvoy rules, as in the Go tailvoy. */
 export const DEFAULT_CAPABILITY = "rajsingh.info/cap/tailvoy";
 
 /** Default admin (health, metrics) listen address. */

@@ -6,6 +6,7 @@
  */
 
 import { ConfigError, type ConfigIssue } from "./errors.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** Environment variables holding credentials. */
 export const CREDENTIAL_VARIABLES = ["TS_AUTHKEY", "TS_CLIENT_ID", "TS_CLIENT_SECRET"] as const;
@@ -117,9 +118,7 @@ export function readCredentials(options: ReadCredentialsOptions = {}): Credentia
       issues.push({
         path: [],
         source: name,
-        message: `cannot read environment variable: ${
-          error instanceof Error ? error.message : String(error)
-        }`,
+        message: `cannot read environment variable: ${errorMessage(error)}`,
         hint: `allow access with --allow-env=${CREDENTIAL_VARIABLES.join(",")}`,
       });
       return undefined;

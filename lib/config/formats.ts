@@ -16,7 +16,10 @@ export interface Problem {
   hint?: string;
 }
 
-const quote = (value: string) => JSON.stringify(value);
+/** `value` as JSON, for quoting an offending value in a message. */
+export function jsonQuote(value: unknown): string {
+  return JSON.stringify(value);
+}
 
 const DNS_LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
 const IPV4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
@@ -45,12 +48,15 @@ export interface HostPortOptions {
 
 /**
  * Checks a `host:port` address such as `127.0.0.1:8080`, `db:5432` or `[::1]:80`.
- * tailvoy only checked for a colon; we also check the host and the port.
+ * The Go tailvoy only checked for a colon; we also check the host and the port.
  */
 export function checkHostPort(value: string, options: HostPortOptions = {}): Problem | undefined {
   const example = "e.g. 127.0.0.1:8080, or [::1]:8080 for IPv6";
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
-    return { message: `expected host:port, got URL ${quote(value)}`, hint: `drop the scheme, ${example}` };
+    return {
+      message: `expected host:port, got URL ${jsonQuote(value)}`,
+      hint: `drop the scheme, ${example}`,
+    };
   }
   let host: string;
   let port: string;
@@ -59,32 +65,32 @@ export function checkHostPort(value: string, options: HostPortOptions = {}): Pro
     [, host, port] = bracketed;
     if (!isIPv6(host)) {
       return {
-        message: `invalid IPv6 address in ${quote(value)}`,
+        message: `invalid IPv6 address in ${jsonQuote(value)}`,
         hint: "brackets are only for IPv6 addresses",
       };
     }
   } else {
     const colon = value.lastIndexOf(":");
     if (colon < 0) {
-      return { message: `expected host:port, got ${quote(value)}`, hint: `add the port, ${example}` };
+      return { message: `expected host:port, got ${jsonQuote(value)}`, hint: `add the port, ${example}` };
     }
     host = value.slice(0, colon);
     port = value.slice(colon + 1);
     if (host.includes(":")) {
       return {
-        message: `expected host:port, got ${quote(value)}`,
+        message: `expected host:port, got ${jsonQuote(value)}`,
         hint: `put IPv6 addresses in brackets, e.g. [${host}]:${port || "80"}`,
       };
     }
     if (host === "" && !options.allowEmptyHost) {
       return {
-        message: `missing host in ${quote(value)}`,
+        message: `missing host in ${jsonQuote(value)}`,
         hint: `add a host name or IP address, ${example}`,
       };
     }
     if (host !== "" && !IPV4.test(host) && !isHostName(host)) {
       return {
-        message: `invalid host ${quote(host)} in ${quote(value)}`,
+        message: `invalid host ${jsonQuote(host)} in ${jsonQuote(value)}`,
         hint: `use a DNS name or IP address, ${example}`,
       };
     }
@@ -92,7 +98,7 @@ export function checkHostPort(value: string, options: HostPortOptions = {}): Pro
   const min = options.allowPortZero ? 0 : 1;
   if (!/^\d{1,5}$/.test(port) || Number(port) < min || Number(port) > 65535) {
     return {
-      message: `invalid port ${quote(port)} in ${quote(value)}`,
+      message: `invalid port ${jsonQuote(port)} in ${jsonQuote(value)}`,
       hint: "use a port number from 1 to 65535",
     };
   }
@@ -104,17 +110,20 @@ export function checkHostPort(value: string, options: HostPortOptions = {}): Pro
  */
 export function checkPathPattern(value: string): Problem | undefined {
   if (!value.startsWith("/")) {
-    return { message: `path ${quote(value)} must start with /`, hint: `write it as ${quote(`/${value}`)}` };
+    return {
+      message: `path ${jsonQuote(value)} must start with /`,
+      hint: `write it as ${jsonQuote(`/${value}`)}`,
+    };
   }
   if (/\s/.test(value)) {
-    return { message: `path ${quote(value)} contains whitespace`, hint: "percent-encode it (%20)" };
+    return { message: `path ${jsonQuote(value)} contains whitespace`, hint: "percent-encode it (%20)" };
   }
   const star = value.indexOf("*");
   if (star >= 0 && (star !== value.length - 1 || !value.endsWith("/*"))) {
     const base = value.slice(0, star).replace(/\/?$/, "/");
     return {
-      message: `path ${quote(value)} has a wildcard that is not a final /*`,
-      hint: `use ${quote(`${base}*`)} to match everything under ${quote(base)}`,
+      message: `path ${jsonQuote(value)} has a wildcard that is not a final /*`,
+      hint: `use ${jsonQuote(`${base}*`)} to match everything under ${jsonQuote(base)}`,
     };
   }
   return undefined;
@@ -124,20 +133,20 @@ export function checkPathPattern(value: string): Problem | undefined {
 export function checkHostname(value: string): Problem | undefined {
   if (value === "*" || value === "") {
     return {
-      message: `hostname ${quote(value)} matches nothing specific`,
+      message: `hostname ${jsonQuote(value)} matches nothing specific`,
       hint: "omit hostname for a catch-all route",
     };
   }
   if (value.endsWith(".")) {
     return {
-      message: `hostname ${quote(value)} ends with a dot`,
-      hint: `write ${quote(value.slice(0, -1))}`,
+      message: `hostname ${jsonQuote(value)} ends with a dot`,
+      hint: `write ${jsonQuote(value.slice(0, -1))}`,
     };
   }
   const name = value.startsWith("*.") ? value.slice(2) : value;
   if (name.includes("*") || !isHostName(name) || name.includes("_")) {
     return {
-      message: `invalid hostname ${quote(value)}`,
+      message: `invalid hostname ${jsonQuote(value)}`,
       hint: "use a DNS name such as app.example.com, or *.example.com for subdomains",
     };
   }
@@ -147,11 +156,14 @@ export function checkHostname(value: string): Problem | undefined {
 /** Checks an ACL tag such as `tag:gw`. */
 export function checkTag(value: string): Problem | undefined {
   if (!value.startsWith("tag:")) {
-    return { message: `tag ${quote(value)} must start with "tag:"`, hint: `write ${quote(`tag:${value}`)}` };
+    return {
+      message: `tag ${jsonQuote(value)} must start with "tag:"`,
+      hint: `write ${jsonQuote(`tag:${value}`)}`,
+    };
   }
   if (!/^tag:[A-Za-z][A-Za-z0-9-]*$/.test(value)) {
     return {
-      message: `invalid tag ${quote(value)}`,
+      message: `invalid tag ${jsonQuote(value)}`,
       hint: "tag names start with a letter and use letters, digits and dashes",
     };
   }
@@ -162,16 +174,16 @@ export function checkTag(value: string): Problem | undefined {
 export function checkServiceName(value: string): Problem | undefined {
   if (value.startsWith("svc:")) {
     return {
-      message: `service name ${quote(value)} includes the svc: prefix`,
-      hint: `write ${quote(value.slice(4))}`,
+      message: `service name ${jsonQuote(value)} includes the svc: prefix`,
+      hint: `write ${jsonQuote(value.slice(4))}`,
     };
   }
   if (!/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(value)) {
     const lower = value.toLowerCase();
     return {
-      message: `invalid service name ${quote(value)}`,
+      message: `invalid service name ${jsonQuote(value)}`,
       hint: lower !== value && !checkServiceName(lower)
-        ? `service names are lowercase: ${quote(lower)}`
+        ? `service names are lowercase: ${jsonQuote(lower)}`
         : "use a DNS label: lowercase letters, digits and dashes, at most 63 characters",
     };
   }
@@ -182,7 +194,7 @@ export function checkServiceName(value: string): Problem | undefined {
 export function checkListenerName(value: string): Problem | undefined {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(value)) {
     return {
-      message: `invalid listener name ${quote(value)}`,
+      message: `invalid listener name ${jsonQuote(value)}`,
       hint: "use letters, digits, dots, dashes and underscores, starting with a letter or digit",
     };
   }
@@ -193,7 +205,7 @@ export function checkListenerName(value: string): Problem | undefined {
 export function checkCapabilityName(value: string): Problem | undefined {
   if (!/^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\/\S+$/.test(value)) {
     return {
-      message: `invalid capability name ${quote(value)}`,
+      message: `invalid capability name ${jsonQuote(value)}`,
       hint: "use a domain followed by a path, e.g. rajsingh.info/cap/tailvoy",
     };
   }
@@ -214,7 +226,7 @@ const DURATION_PART = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
 
 /**
  * Parses a Go-style duration (`"500ms"`, `"1s"`, `"2m"`, `"1h30m"`, `"1.5s"`, `"0"`) to milliseconds,
- * or returns undefined if it is not one. Go syntax because tailvoy's `pollInterval` used `time.ParseDuration`.
+ * or returns undefined if it is not one. Go syntax because the Go tailvoy's `pollInterval` used `time.ParseDuration`.
  */
 export function parseDuration(value: string): number | undefined {
   if (value === "0") return 0;
@@ -235,7 +247,7 @@ export function checkDuration(value: string): Problem | undefined {
   const hint = /^\d+(\.\d+)?$/.test(value)
     ? `add a unit, e.g. "${value}s" or "${value}ms"`
     : 'use a number with a unit (ms, s, m, h), e.g. "500ms", "1s", "2m" or "1h30m"';
-  return { message: `invalid duration ${quote(value)}`, hint };
+  return { message: `invalid duration ${jsonQuote(value)}`, hint };
 }
 
 /** A compiled tailvoy regex: `test` finds a match anywhere in the text (unanchored, as Go's MatchString). */
@@ -270,7 +282,7 @@ export function checkPattern(value: string): Problem | undefined {
   } catch (error) {
     const reason = patternError(error);
     return {
-      message: `invalid regex ${quote(value)}: ${reason}`,
+      message: `invalid regex ${jsonQuote(value)}: ${reason}`,
       hint: "fix the pattern, or escape special characters with \\",
     };
   }
@@ -281,7 +293,7 @@ export function checkHost(value: string): Problem | undefined {
   if (value.includes(":") && isIPv6(value.replace(/^\[(.*)\]$/, "$1"))) return undefined;
   if (IPV4.test(value) || isHostName(value)) return undefined;
   return {
-    message: `invalid host ${quote(value)}`,
+    message: `invalid host ${jsonQuote(value)}`,
     hint: value.includes(":")
       ? "give the host without a port, e.g. 127.0.0.1"
       : "use a DNS name or IP address",
@@ -297,7 +309,10 @@ export function checkHttpUrl(value: string): Problem | undefined {
     // Reported below.
   }
   if (!url || (url.protocol !== "http:" && url.protocol !== "https:")) {
-    return { message: `expected an http(s) URL, got ${quote(value)}`, hint: 'e.g. "http://127.0.0.1:19000"' };
+    return {
+      message: `expected an http(s) URL, got ${jsonQuote(value)}`,
+      hint: 'e.g. "http://127.0.0.1:19000"',
+    };
   }
   return undefined;
 }
@@ -306,7 +321,7 @@ export function checkHttpUrl(value: string): Problem | undefined {
 export function checkNodeName(value: string): Problem | undefined {
   if (!/^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(value)) {
     return {
-      message: `invalid node hostname ${quote(value)}`,
+      message: `invalid node hostname ${jsonQuote(value)}`,
       hint: "use one DNS label: letters, digits and dashes, at most 63 characters",
     };
   }

@@ -6,8 +6,9 @@
 
 import type { z } from "zod";
 import { type ConfigIssue, formatPath, splitMessage } from "./errors.ts";
-import type { RuleIssue } from "./rules.ts";
-import { own } from "../own.ts";
+import type { CrossFieldIssue } from "./cross_field.ts";
+import { own } from "../util/own.ts";
+import { jsonQuote } from "./formats.ts";
 import { closest } from "./suggest.ts";
 import { locate, type YamlSource } from "./yaml_source.ts";
 
@@ -58,13 +59,11 @@ function allowedKeys(schema: Schema, path: readonly PropertyKey[]): string[] {
   return Object.keys(def(current).shape ?? {});
 }
 
-const quote = (value: unknown) => JSON.stringify(value);
-
 function describe(value: unknown): string {
   if (value === undefined) return "nothing";
   if (Array.isArray(value)) return "a list";
   if (typeof value === "object" && value !== null) return "a mapping";
-  if (typeof value === "string") return quote(value);
+  if (typeof value === "string") return jsonQuote(value);
   return String(value);
 }
 
@@ -86,7 +85,7 @@ const TYPE_HINTS: Record<string, string> = {
   array: "write a list, e.g. [a, b] or lines starting with -",
 };
 
-// Keys tailvoy removed, with its own migration message (a Map: user keys must not find Object members).
+// Keys the Go tailvoy removed, with its own migration message (a Map: user keys must not find Object members).
 const REMOVED_KEYS = new Map<string, (value: unknown, data: unknown) => { message: string; hint: string }>([
   ["tailscale.service", (value, data) => {
     const listeners = (data as { listeners?: unknown })?.listeners;
@@ -129,7 +128,7 @@ function generic(issue: Issue, path: (string | number)[]): { message: string; hi
       const suggestion = typeof input === "string" ? closest(input, values) : undefined;
       return {
         message: `must be one of ${values.join(", ")}; got ${describe(input)}`,
-        hint: suggestion ? `did you mean ${quote(suggestion)}?` : `use one of ${values.join(", ")}`,
+        hint: suggestion ? `did you mean ${jsonQuote(suggestion)}?` : `use one of ${values.join(", ")}`,
       };
     }
     case "too_small":
@@ -146,8 +145,8 @@ function generic(issue: Issue, path: (string | number)[]): { message: string; hi
   }
 }
 
-/** Locates a rule issue (from the schema's refinement or a direct run of the rules). */
-export function fromRuleIssue(issue: RuleIssue, yaml: YamlSource): ConfigIssue {
+/** Locates a cross-field issue (from the schema's refinement or a direct run of the checks). */
+export function fromCrossFieldIssue(issue: CrossFieldIssue, yaml: YamlSource): ConfigIssue {
   const where = issue.at ? locate(yaml, issue.at, { key: true }) : locate(yaml, issue.path);
   return { path: issue.path, message: issue.message, hint: issue.hint, ...where, source: yaml.source };
 }
@@ -190,7 +189,7 @@ export function fromZodIssues(
         const text = removed ? removed(valueAt(data, keyPath), data) : {
           message: "unknown key",
           hint: suggestion
-            ? `did you mean ${quote(suggestion)}?`
+            ? `did you mean ${jsonQuote(suggestion)}?`
             : `allowed keys here: ${allowed.join(", ")}`,
         };
         return { path: keyPath, ...text, ...locate(yaml, keyPath, { key: true }), source };
@@ -199,13 +198,13 @@ export function fromZodIssues(
     if (issue.code === "custom") {
       const params = issue.params as { at?: (string | number)[]; rule?: boolean } | undefined;
       if (params?.rule && options.skipRules) return [];
-      return [fromRuleIssue({ path, ...splitMessage(issue.message), at: params?.at }, yaml)];
+      return [fromCrossFieldIssue({ path, ...splitMessage(issue.message), at: params?.at }, yaml)];
     }
     if (issue.code === "invalid_key") {
       const inner = issue.issues.find((i) => i.message !== GENERIC_MESSAGE);
       const text = inner
         ? splitMessage(inner.message)
-        : { message: `invalid key ${quote(path[path.length - 1])}` };
+        : { message: `invalid key ${jsonQuote(path[path.length - 1])}` };
       return [{ path, ...text, ...locate(yaml, path, { key: true }), source }];
     }
     const text = issue.message === GENERIC_MESSAGE ? generic(issue, path) : splitMessage(issue.message);

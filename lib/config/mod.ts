@@ -1,6 +1,6 @@
 /**
  * tailvoy configuration: schema, parsing with located errors, `${VAR}` expansion, credentials,
- * and Service mapping. Accepts tailvoy's config format unchanged; our additions live under
+ * and Service mapping. Accepts the Go tailvoy's config format unchanged; our additions live under
  * `tailvoy:` and on listeners (see `schema.ts`).
  *
  * ```ts

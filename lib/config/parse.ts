@@ -5,12 +5,13 @@
  * @module
  */
 
-import { own } from "../own.ts";
+import { own } from "../util/own.ts";
 import { ConfigError, type ConfigIssue, formatPath } from "./errors.ts";
-import { fromRuleIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
-import { checkRules } from "./rules.ts";
+import { fromCrossFieldIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
+import { checkCrossField } from "./cross_field.ts";
 import { type Config, ConfigSchema } from "./schema.ts";
 import { aliasIssues, expandEnv, locate, parseYaml, toPlain, type YamlSource } from "./yaml_source.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** Options for {@linkcode parseConfig}. */
 export interface ParseConfigOptions {
@@ -44,7 +45,7 @@ export function parseConfig(text: string, options: ParseConfigOptions = {}): Con
   try {
     data = toPlain(yaml);
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = errorMessage(error);
     throw new ConfigError([...envIssues, {
       path: [],
       message: `invalid YAML: ${message}`,
@@ -65,7 +66,7 @@ export function parseConfig(text: string, options: ParseConfigOptions = {}): Con
     skipRules: true,
   });
   const found = [...converted.issues];
-  checkRules(data, (issue) => found.push(fromRuleIssue(issue, yaml)));
+  checkCrossField(data, (issue) => found.push(fromCrossFieldIssue(issue, yaml)));
   const relevant = found.filter((issue) =>
     !isAboutMisspeltKey(issue, { misspelt: converted.misspelt, data }) && !isUnder(issue.path, envIssues)
   );
@@ -134,7 +135,7 @@ function readFailure(error: unknown): { message: string; hint: string } {
       hint: "run with --allow-read, or fix the file's permissions",
     };
   }
-  const reason = error instanceof Error ? error.message : String(error);
+  const reason = errorMessage(error);
   return {
     message: `cannot read config file: ${reason}`,
     hint: "check that the file exists and is readable",

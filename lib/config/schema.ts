@@ -1,14 +1,14 @@
 /**
  * The configuration schema. Types come from it through `z.infer`, so they are never declared twice.
  *
- * Layout: tailvoy's own keys (`tailscale`, `listeners`, `discovery`) keep their meaning and
- * spelling, so a tailvoy config parses unchanged. Our process-wide additions live under one
- * top-level `tailvoy:` block (a single place to look, and no risk of colliding with keys tailvoy
+ * Layout: the Go tailvoy's own keys (`tailscale`, `listeners`, `discovery`) keep their meaning and
+ * spelling, so its configs parse unchanged. Our process-wide additions live under one
+ * top-level `tailvoy:` block (a single place to look, and no risk of colliding with keys the Go tailvoy
  * may add later). Per-listener additions (`acceptAppCaps`, `shadow`, `ingress`) sit on the
  * listener they affect. Every addition is optional and defaulted.
  *
- * Differences from tailvoy, all deliberate:
- * - unknown keys are errors (tailvoy ignored them);
+ * Differences from the Go tailvoy, all deliberate:
+ * - unknown keys are errors (the Go tailvoy ignored them);
  * - `tailscale.tags` and `serviceTags` are optional: tailscaled owns the node, not us;
  * - `tailscale.serviceMappings` is required only when some listener uses `serve` ingress;
  * - http/https/grpc listeners may set `backend` as a catch-all, folded into `routes` after parsing;
@@ -17,7 +17,7 @@
  * - values are checked: backends are host:port (IPv6 bracketed), path keys are `/x`, `/x/*` or `/*`,
  *   hostnames, tags and Service names are well formed, regexes compile;
  * - in static mode each serviceMappings entry must match a listener (an exact name matches only
- *   that listener), and udp or `direct` listeners need no mapping (tailvoy required one for all);
+ *   that listener), and udp or `direct` listeners need no mapping (the Go tailvoy required one for all);
  * - tls passthrough rejects `tls:` and duplicate hostnames; per-route `tls` needs a `hostname`.
  *
  * @module
@@ -54,7 +54,7 @@ import {
   parseDuration,
   type Problem,
 } from "./formats.ts";
-import { checkRules } from "./rules.ts";
+import { checkCrossField } from "./cross_field.ts";
 
 /** A string that must pass `check`; its problem becomes the issue message. */
 function checked(check: (value: string) => Problem | undefined) {
@@ -69,7 +69,7 @@ function checked(check: (value: string) => Problem | undefined) {
 const nonEmpty = (what: string) =>
   z.string().min(1, { error: joinMessage("must not be empty", `give ${what}`) });
 
-// Go's decoder (tailvoy) read `pollInterval: 5` as the string "5"; do the same so the duration check explains it.
+// Go's decoder (the Go tailvoy) read `pollInterval: 5` as the string "5"; do the same so the duration check explains it.
 const numberAsString = (value: unknown) => typeof value === "number" ? String(value) : value;
 
 /** Inclusive bounds of a duration, written as durations. */
@@ -97,7 +97,7 @@ function duration(defaultValue: string, options: { allowZero?: boolean; range?: 
     .default(parseDuration(defaultValue) ?? 0);
 }
 
-// tailvoy (Go) treated "" like an absent key; keep accepting it.
+// The Go tailvoy treated "" like an absent key; keep accepting it.
 const emptyAsUnset = (value: unknown) => value === "" ? undefined : value;
 
 const port = z.number().superRefine((value, ctx) => {
@@ -245,7 +245,7 @@ const ListenerSchema = z.strictObject({
   identityToken: IdentityTokenSchema.optional(),
 });
 
-/** `tailscale:` block, as in tailvoy (minus the removed `service` key). */
+/** `tailscale:` block, as in the Go tailvoy (minus the removed `service` key). */
 const TailscaleSchema = z.strictObject({
   /**
    * Tailscale Service name (no `svc:` prefix) → listener names it serves. In discovery mode the
@@ -254,7 +254,7 @@ const TailscaleSchema = z.strictObject({
    */
   serviceMappings: z.record(checked(checkServiceName), z.array(nonEmpty("a listener name or regex")).min(1))
     .default({}),
-  /** ACL tags for the node (tailvoy used them for its tsnet node). */
+  /** ACL tags for the node (the Go tailvoy used them for its tsnet node). */
   tags: z.array(checked(checkTag)).default([]),
   /** ACL tags for the Tailscale Services. */
   serviceTags: z.array(checked(checkTag)).default([]),
@@ -262,7 +262,7 @@ const TailscaleSchema = z.strictObject({
   hostname: checked(checkNodeName).optional(),
 }).prefault({});
 
-/** `discovery:` block (Envoy Gateway mode), as in tailvoy. Mutually exclusive with `listeners`. */
+/** `discovery:` block (Envoy Gateway mode), as in the Go tailvoy. Mutually exclusive with `listeners`. */
 const DiscoverySchema = z.strictObject({
   /** Envoy admin API URL, e.g. `http://127.0.0.1:19000`. */
   envoyAdmin: checked(checkHttpUrl),
@@ -289,7 +289,7 @@ const TimeoutsSchema = z.strictObject({
   whois: duration("1s"),
   /** How long a WhoIs answer is reused (default 1s; 0 disables caching). */
   whoisCacheTtl: duration("1s", { allowZero: true }),
-  /** Backend connect timeout (default 10s, tailvoy's value). */
+  /** Backend connect timeout (default 10s, the Go tailvoy's value). */
   dial: duration("10s"),
   /** Time allowed for a TLS ClientHello to arrive when routing by SNI (default 5s). */
   tlsHello: duration("5s"),
@@ -378,7 +378,7 @@ function normalize(config: ParsedShape) {
  */
 export const ConfigSchema = ConfigShape
   .superRefine((config, ctx) =>
-    checkRules(config, (issue) =>
+    checkCrossField(config, (issue) =>
       ctx.addIssue({
         code: "custom",
         path: issue.path,

@@ -1,8 +1,8 @@
 /**
  * Which Tailscale Services a listener is advertised on, from `tailscale.serviceMappings`.
  *
- * tailvoy treats every entry as an unanchored regex, even in static mode, so `web: [http]`
- * also maps a listener named `https`. We keep regexes (so tailvoy configs work unchanged) but
+ * The Go tailvoy treats every entry as an unanchored regex, even in static mode, so `web: [http]`
+ * also maps a listener named `https`. We keep regexes (so the Go tailvoy's configs work unchanged) but
  * an entry that is exactly the name of a static listener matches only that listener.
  *
  * @module

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { own } from "../own.ts";
+import { own } from "../util/own.ts";
 import {
   type Document,
   isAlias,
@@ -20,6 +20,7 @@ import {
   visit,
 } from "yaml";
 import type { ConfigIssue } from "./errors.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** A parsed YAML document together with what is needed to report positions in it. */
 export interface YamlSource {
@@ -49,7 +50,7 @@ const SYNTAX_HINTS: Record<string, string> = {
 /** Parses `text`; YAML syntax errors come back as issues (all of them) rather than being thrown. */
 export function parseYaml(text: string, source?: string): { yaml: YamlSource; issues: ConfigIssue[] } {
   const lines = new LineCounter();
-  // merge: yes, because Go's yaml.v3 (tailvoy) honours `<<:` merge keys.
+  // merge: yes, because Go's yaml.v3 (the Go tailvoy) honours `<<:` merge keys.
   // logLevel: problems come back as issues; the yaml package must not also write to the console.
   const doc = parseDocument(text, {
     lineCounter: lines,
@@ -187,10 +188,10 @@ const ENV_REFERENCE = /\$(\$?)\{([^}]*)\}/g;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /**
- * Expands `${VAR}` in every string scalar (keys included) using `lookup`. Unlike tailvoy, an unset
+ * Expands `${VAR}` in every string scalar (keys included) using `lookup`. Unlike the Go tailvoy, an unset
  * variable is an error naming the variable and its YAML path, never an empty string. `$${VAR}`
  * stands for a literal `${VAR}`. Comments are left alone. An unquoted value is re-typed after
- * expansion, so `port: ${PORT}` still gives a number as it did in tailvoy.
+ * expansion, so `port: ${PORT}` still gives a number as it did in the Go tailvoy.
  */
 export function expandEnv(yaml: YamlSource, lookup: (name: string) => string | undefined): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
@@ -221,7 +222,7 @@ export function expandEnv(yaml: YamlSource, lookup: (name: string) => string | u
         try {
           value = lookup(name);
         } catch (error) {
-          const reason = error instanceof Error ? error.message : String(error);
+          const reason = errorMessage(error);
           problem(
             reference,
             `cannot read environment variable ${name}: ${reason}`,

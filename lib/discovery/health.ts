@@ -1,7 +1,7 @@
 /**
  * Health-based unadvertising (pure): a Tailscale Service whose Envoy clusters have no healthy host for
  * `unhealthyThreshold` polls in a row is withheld from AdvertiseServices, so clients go to replicas that
- * can serve them; it is advertised again on the first healthy poll. As in tailvoy, `any` withholds when
+ * can serve them; it is advertised again on the first healthy poll. As in the Go tailvoy, `any` withholds when
  * any of the Service's clusters is dead and `all` only when all are; a cluster Envoy does not report
  * counts as healthy.
  *

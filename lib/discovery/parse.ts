@@ -66,7 +66,7 @@ export const DiscoveredKindSchema = z.enum(["http", "tcp", "udp"]);
 export const DiscoveredListenerSchema = z.object({
   /** Envoy's listener name (Envoy Gateway: `namespace/gateway/listener`); what grants and mappings name. */
   name: z.string(),
-  /** Envoy's port, also the tailnet port (as in tailvoy). */
+  /** Envoy's port, also the tailnet port (as in the Go tailvoy). */
   port: z.number().int(),
   /** `http` when a filter chain has an HTTP connection manager, `udp` for a UDP listener, else `tcp`. */
   kind: DiscoveredKindSchema,

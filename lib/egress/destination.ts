@@ -12,7 +12,7 @@
  */
 
 import { type Cidr, cidrContains, neverDial, parseCidr, unmap } from "../net/cidr.ts";
-import { formatIp, type IpBytes, parseIp } from "../proxy_protocol/ip.ts";
+import { formatIp, type IpBytes, parseIp } from "../net/ip.ts";
 import type { Status } from "../localapi/mod.ts";
 
 /** A destination rule as configured (`egress.rules[]`). */

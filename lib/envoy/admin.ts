@@ -13,6 +13,8 @@
 
 import { type ConnReader, readUntil } from "../proxy_protocol/read_until.ts";
 import { EnvoyError } from "./errors.ts";
+import { writeAll } from "../util/bytes.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** Admin API paths we call: the discovery polls read only the dynamic listeners and routes, not the whole dump. */
 export const ADMIN_PATHS = {
@@ -199,7 +201,7 @@ export class EnvoyAdminClient {
       conn = await withDeadline(connect(this.#transport), this.#timeoutMs, late, (c) => c.close());
     } catch (error) {
       if (error instanceof EnvoyAdminError) throw error;
-      throw fail("unreachable", `is unreachable (${errorText(error)}): ${check}`, { cause: error });
+      throw fail("unreachable", `is unreachable (${errorMessage(error)}): ${check}`, { cause: error });
     }
     try {
       const t = this.#transport;
@@ -227,17 +229,13 @@ export class EnvoyAdminClient {
       return answer;
     } catch (error) {
       if (error instanceof EnvoyAdminError) throw error;
-      throw fail("unreachable", `is unreachable (${errorText(error)}): ${check}`, { cause: error });
+      throw fail("unreachable", `is unreachable (${errorMessage(error)}): ${check}`, { cause: error });
     } finally {
       try {
         conn.close();
       } catch { /* closed by the peer */ }
     }
   }
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 function parseTarget(target: string): Transport {
@@ -294,10 +292,6 @@ async function withDeadline<T>(
   } finally {
     clearTimeout(timer);
   }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
 }
 
 /** Why {@link readAnswer} gave up. */

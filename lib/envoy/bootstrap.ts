@@ -45,6 +45,7 @@ import {
   secretProblem,
   TAILVOY_HEADER_PREFIX,
 } from "../wire.ts";
+import { splitHostPort } from "../net/address.ts";
 import { EnvoyError } from "./errors.ts";
 
 /** A JSON value, as Envoy reads it. */
@@ -73,7 +74,7 @@ export interface RenderOptions {
   authzSocket: string;
   /** The per-process relay secret the RBAC filter requires (printable ASCII). */
   secret: string;
-  /** ext_authz call timeout in ms (default 250, tailvoy's). */
+  /** ext_authz call timeout in ms (default 250, the Go tailvoy's). */
   authzTimeoutMs?: number;
   /** Backend connect timeout in ms (default 5000). */
   connectTimeoutMs?: number;
@@ -84,7 +85,7 @@ export interface RenderOptions {
 /** Name of the ext_authz cluster. */
 export const AUTHZ_CLUSTER = "tailvoy_ext_authz";
 
-/** Default ext_authz timeout, in ms (tailvoy's). */
+/** Default ext_authz timeout, in ms (the Go tailvoy's). */
 export const DEFAULT_AUTHZ_TIMEOUT_MS = 250;
 
 /** Default backend connect timeout, in ms. */
@@ -116,13 +117,12 @@ function duration(ms: number): string {
   return `${ms / 1000}s`;
 }
 
-/** Splits `host:port` or `[v6]:port`; `ip` tells whether the host is an IP literal. */
-export function splitHostPort(addr: string): { host: string; port: number; ip: boolean } {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(addr);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new EnvoyError("render", `Address "${addr}" is not host:port`);
-  const host = m[1] ?? m[2];
-  const ip = m[1] !== undefined || /^\d{1,3}(?:\.\d{1,3}){3}$/.test(host);
+/** A backend's `host:port` or `[v6]:port`; `ip` tells whether the host is an IP literal. */
+function backendEndpoint(addr: string): { host: string; port: number; ip: boolean } {
+  const split = splitHostPort(addr);
+  if (!split) throw new EnvoyError("render", `Address "${addr}" is not host:port`);
+  const { host, port } = split;
+  const ip = host.includes(":") || /^\d{1,3}(?:\.\d{1,3}){3}$/.test(host);
   return { host, port, ip };
 }
 
@@ -155,7 +155,7 @@ function cluster(
   addr: string,
   options: { upstream: Upstream; connectTimeoutMs: number },
 ): NamedResource {
-  const { host, port, ip } = splitHostPort(addr);
+  const { host, port, ip } = backendEndpoint(addr);
   const dns: JsonObject = ip ? {} : {
     // STRICT_DNS keeps every address of the name; prefer IPv4 so `localhost` does not become ::1 only.
     dns_lookup_family: "V4_PREFERRED",
@@ -300,7 +300,7 @@ function downstreamTls(tls: TlsConfig): JsonObject {
 }
 
 /**
- * Filter chains like tailvoy's: a chain per per-route certificate, matched by SNI, then the default
+ * Filter chains like the Go tailvoy's: a chain per per-route certificate, matched by SNI, then the default
  * chain with the listener's certificate. Without a listener certificate, an https listener has no
  * default chain (a ClientHello for another name is refused) and a grpc one stays plaintext (h2c).
  */

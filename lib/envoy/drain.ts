@@ -7,7 +7,7 @@
 
 import type { Logger } from "@logtape/logtape";
 import type { EnvoyAdminClient } from "./admin.ts";
-import { delay } from "./async.ts";
+import { delay } from "../util/async.ts";
 
 // Per-listener open connections and per-HCM requests in flight (admin's are ours, and skipped).
 const ACTIVE_STATS = "^(listener\\.[^.]+\\.downstream_cx_active|http\\.[^.]+\\.downstream_rq_active)$";
@@ -71,6 +71,6 @@ export async function drainEnvoy(
       });
       return;
     }
-    await delay(Math.min(100, Math.max(0, deadline - performance.now())), options.until);
+    await delay(Math.min(100, Math.max(0, deadline - performance.now())), { until: options.until });
   }
 }

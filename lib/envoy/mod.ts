@@ -39,7 +39,6 @@ export {
   renderBootstrap,
   type RenderOptions,
   serializeBootstrap,
-  splitHostPort,
 } from "./bootstrap.ts";
 export { EnvoyError, type EnvoyErrorKind } from "./errors.ts";
 export { reapOrphans } from "./orphans.ts";

@@ -10,7 +10,7 @@
  */
 
 import type { Logger, LogLevel } from "@logtape/logtape";
-import { lineSplitter } from "../lines.ts";
+import { lineSplitter } from "../util/lines.ts";
 
 /** One parsed Envoy log line. */
 export interface EnvoyLogLine {

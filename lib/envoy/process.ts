@@ -11,7 +11,7 @@ export const DEFAULT_ENVOY_BINARY = "envoy";
 
 /**
  * The Envoy executable to run: `configured` (`tailvoy.envoyBinary`) when set to something other than
- * the default, else tailvoy's `ENVOY_BIN` environment variable, else `envoy` from PATH.
+ * the default, else the `ENVOY_BIN` environment variable (the Go tailvoy's), else `envoy` from PATH.
  */
 export function resolveEnvoyBinary(
   configured: string | undefined,

@@ -3,7 +3,7 @@
  * restarts it after a crash, drains it on stop, and pipes its output into our log.
  *
  * Process group: Envoy is spawned with `detached: true`, which on Unix makes it the leader of a new
- * session and process group (as tailvoy's `Setpgid`). A terminal's Ctrl-C therefore reaches only us;
+ * session and process group (as the Go tailvoy's `Setpgid`). A terminal's Ctrl-C therefore reaches only us;
  * we stop Envoy ourselves (drain, SIGTERM, SIGKILL) or pass signals on with {@link EnvoySupervisor.forward},
  * and every signal goes to the whole group, so nothing Envoy might start survives it.
  *
@@ -18,13 +18,14 @@
 import type { Logger } from "@logtape/logtape";
 import { getLogger } from "../log.ts";
 import { EnvoyAdminClient } from "./admin.ts";
-import { delay } from "./async.ts";
 import { type EnvoyBootstrap, serializeBootstrap } from "./bootstrap.ts";
 import { drainEnvoy } from "./drain.ts";
 import { EnvoyError } from "./errors.ts";
 import { ENVOY_DIR_PREFIX, reapOrphans, recordOwner } from "./orphans.ts";
 import { envoyErrorSummary, EnvoyOutput } from "./output.ts";
 import { mergeEnvoyArgs, resolveEnvoyBinary } from "./process.ts";
+import { delay } from "../util/async.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** What the supervisor is doing. */
 export type EnvoyState = "stopped" | "starting" | "ready" | "restarting" | "stopping";
@@ -37,7 +38,7 @@ export interface EnvoySupervisorOptions {
   env?: (name: string) => string | undefined;
   /** Envoy worker threads, `--concurrency` (default 2). */
   concurrency?: number;
-  /** Envoy's drain period in seconds, `--drain-time-s` (default 15, tailvoy's drain timeout). */
+  /** Envoy's drain period in seconds, `--drain-time-s` (default 15, the Go tailvoy's drain timeout). */
   drainTimeS?: number;
   /** `--drain-strategy` (default `immediate`: idle connections close at once when draining, as Envoy Gateway does). */
   drainStrategy?: "immediate" | "gradual";
@@ -84,21 +85,20 @@ interface Instance {
   exitExpected?: "stop" | "signal";
 }
 
-interface Deferred {
-  promise: Promise<void>;
-  resolve: () => void;
-  reject: (error: unknown) => void;
+interface Deferred extends PromiseWithResolvers<void> {
   settled: boolean;
 }
 
 function deferred(): Deferred {
-  const d = { settled: false } as Deferred;
-  d.promise = new Promise<void>((resolve, reject) => {
-    d.resolve = () => (d.settled = true, resolve());
-    d.reject = (error) => (d.settled = true, reject(error));
-  });
+  const { promise, resolve, reject } = Promise.withResolvers<void>();
   // Nobody may be waiting; a rejection must not become an unhandled one.
-  d.promise.catch(() => {});
+  promise.catch(() => {});
+  const d: Deferred = {
+    promise,
+    settled: false,
+    resolve: () => (d.settled = true, resolve()),
+    reject: (error) => (d.settled = true, reject(error)),
+  };
   return d;
 }
 
@@ -233,7 +233,7 @@ export class EnvoySupervisor {
 
   /**
    * Starts Envoy with no bootstrap of ours: its configuration comes entirely from the extra arguments
-   * (Envoy Gateway's `--config-yaml`, service node and cluster…), as when tailvoy replaces Envoy
+   * (Envoy Gateway's `--config-yaml`, service node and cluster…), as when the Go tailvoy replaces Envoy
    * Gateway's data-plane image. Resolves once `/ready` answers `LIVE`; errors as {@link start}.
    */
   startExternal(): Promise<void> {
@@ -306,7 +306,7 @@ export class EnvoySupervisor {
   #spawnError(error: unknown): EnvoyError {
     const why = error instanceof Deno.errors.NotFound
       ? "was not found: install Envoy, or set tailvoy.envoyBinary or ENVOY_BIN"
-      : `could not be run: ${error instanceof Error ? error.message : error}`;
+      : `could not be run: ${errorMessage(error)}`;
     return new EnvoyError("spawn", `Envoy binary "${this.#binary}" ${why}`, { cause: error });
   }
 
@@ -324,7 +324,7 @@ export class EnvoySupervisor {
       callback();
     } catch (error) {
       this.#log.error("An Envoy state callback failed: {error}", {
-        error: error instanceof Error ? error.message : String(error),
+        error: errorMessage(error),
       });
     }
   }
@@ -455,7 +455,7 @@ export class EnvoySupervisor {
       instance.admin ??= (await Deno.readTextFile(instance.adminPath).catch(() => "")).trim() || undefined;
       const admin = this.#adminOf(instance);
       if (admin && await admin.readyState().catch(() => undefined) === "LIVE") return;
-      await delay(50, instance.status);
+      await delay(50, { until: instance.status });
     }
   }
 
@@ -530,7 +530,7 @@ export class EnvoySupervisor {
       const delayMs = this.#nextBackoff(performance.now() - startedAt);
       this.#log.error("Envoy restart {restarts} failed: {error}; retrying in {delayMs} ms", {
         restarts: this.#restarts,
-        error: error instanceof Error ? error.message : String(error),
+        error: errorMessage(error),
         delayMs,
       });
       this.#scheduleRestart(delayMs);
@@ -570,7 +570,7 @@ export class EnvoySupervisor {
   async #terminate(instance: Instance): Promise<void> {
     if (instance.exit) return void await instance.status;
     this.#signal(instance, "SIGTERM");
-    await delay(KILL_AFTER_MS, instance.status);
+    await delay(KILL_AFTER_MS, { until: instance.status });
     if (!instance.exit) {
       this.#log.warn("Envoy (pid {pid}) did not exit within {ms} ms of SIGTERM: sending SIGKILL", {
         pid: instance.pid,

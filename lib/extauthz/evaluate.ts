@@ -28,15 +28,16 @@
 import { z } from "zod";
 import { authorize } from "../access/mod.ts";
 import type { ListenerConfig } from "../config/mod.ts";
-import { L7_PROTOCOLS } from "../config/mod.ts";
+import { DEFAULT_CAPABILITY, L7_PROTOCOLS } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import type { TokenSigner } from "../identity_token/mod.ts";
 import { getLogger } from "../log.ts";
-import { own } from "../own.ts";
-import { type Decision, type DecisionCode, DEFAULT_CAP_NAMES, formatExplanation } from "../policy/mod.ts";
-import { type AddressKind, classifyAddress, joinHostPort } from "./address.ts";
+import { own } from "../util/own.ts";
+import { type Decision, type DecisionCode, formatExplanation } from "../policy/mod.ts";
+import { type AddressKind, classifyAddress, joinHostPort } from "../net/address.ts";
 import { forwardingHeaders, identityHeaders, identityTokenHeader, spoofedHeaders } from "./headers.ts";
 import { CheckRequestSchema, type CheckResponse, type HeaderValueOption } from "./schema.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** What evaluation needs to know about a listener. */
 export type ListenerSettings = Pick<ListenerConfig, "protocol" | "acceptAppCaps" | "shadow"> & {
@@ -120,7 +121,7 @@ export interface AuthzDeps {
    * from the port the connection reached (the discovered Envoy listener's).
    */
   listenerForPort?: (port: number) => string | undefined;
-  /** Capabilities forwarded on `acceptAppCaps: true` listeners (default tailvoy's); a list names its own. */
+  /** Capabilities forwarded on `acceptAppCaps: true` listeners (default {@link DEFAULT_CAPABILITY}); a list names its own. */
   appCapNames?: readonly string[];
   /** Signs identity tokens for `identityToken` listeners; without it their requests are denied. */
   tokens?: TokenSigner;
@@ -184,7 +185,7 @@ export interface Verdict extends CheckAnswer {
   record: DecisionRecord;
 }
 
-/** Body of a denied HTTP request, as tailvoy sends it. */
+/** Body of a denied HTTP request, as the Go tailvoy sends it. */
 export const DENY_BODY = '{"error":"forbidden","message":"access denied by tailvoy policy"}';
 
 /** Message of a denied gRPC request (Envoy sends the body as `grpc-message`). */
@@ -300,13 +301,13 @@ function acceptedCaps(
   ours: readonly string[] | undefined,
 ): readonly string[] | undefined {
   if (Array.isArray(accept)) return accept;
-  return accept ? ours ?? DEFAULT_CAP_NAMES : undefined;
+  return accept ? ours ?? [DEFAULT_CAPABILITY] : undefined;
 }
 
 function internalError(error: unknown): Outcome {
   return refuse(
     "internal_error",
-    `internal error: ${error instanceof Error ? error.message : String(error)}`,
+    `internal error: ${errorMessage(error)}`,
   );
 }
 

@@ -19,6 +19,7 @@
 
 import * as grpc from "@grpc/grpc-js";
 import { getLogger } from "../log.ts";
+import { joinHostPort, splitHostPort } from "../net/address.ts";
 import { loadAuthzProtos } from "./protos.ts";
 import type { CheckResponse } from "./schema.ts";
 
@@ -43,16 +44,13 @@ export interface AuthzServer {
 
 const log = getLogger("extauthz");
 
-/** Splits `addr` into host and port; `:port` means every interface (Go's convention, as in tailvoy). */
+/** Splits `addr` into host and port; `:port` means every interface (Go's convention, kept from the Go tailvoy). */
 export function parseListenAddress(addr: string): { host: string; port: number; target: string } {
   if (addr.startsWith("unix:/")) return { host: addr, port: 0, target: addr };
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(addr);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) {
-    throw new Error(`Authz address "${addr}" is not host:port (e.g. 127.0.0.1:9001)`);
-  }
-  const host = m[1] ?? (m[2] || "0.0.0.0");
-  return { host, port, target: host.includes(":") ? `[${host}]:${port}` : `${host}:${port}` };
+  const split = splitHostPort(addr);
+  if (!split) throw new Error(`Authz address "${addr}" is not host:port (e.g. 127.0.0.1:9001)`);
+  const host = split.host || "0.0.0.0";
+  return { host, port: split.port, target: joinHostPort(host, split.port) };
 }
 
 /** Creates the gRPC ext_authz server. Throws at once on missing protos. */

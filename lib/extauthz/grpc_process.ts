@@ -7,8 +7,9 @@
  * @module
  */
 
-import { lineSplitter } from "../lines.ts";
+import { lineSplitter } from "../util/lines.ts";
 import { getLogger, loggingArgs } from "../log.ts";
+import { joinHostPort } from "../net/address.ts";
 import { selfCommand } from "../self.ts";
 import { ServiceIndex } from "../wire.ts";
 import type { AuthzDeps } from "./evaluate.ts";
@@ -20,7 +21,7 @@ export interface GrpcAuthzOptions extends AuthzDeps {
   startTimeoutMs?: number;
 }
 
-/** tailvoy's default `-authz-addr` (Envoy Gateway mode). */
+/** The Go tailvoy's default `-authz-addr` (Envoy Gateway mode). */
 export const DEFAULT_AUTHZ_ADDRESS = "127.0.0.1:9001";
 
 const log = getLogger("extauthz");
@@ -128,9 +129,7 @@ export class GrpcAuthzProcess {
         }): see its log lines above; check that the address is free and valid`,
       );
     }
-    this.#address = bound.host.includes(":")
-      ? `[${bound.host}]:${bound.port}`
-      : `${bound.host}:${bound.port}`;
+    this.#address = joinHostPort(bound.host, bound.port);
     // Keep reading so the pipe never fills; nothing more is expected.
     (async () => {
       for await (const _ of lines) { /* drain */ }

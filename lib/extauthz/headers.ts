@@ -1,5 +1,5 @@
 /**
- * Identity headers for an allowed request: tailvoy's `X-Tailscale-*` set, plus the headers
+ * Identity headers for an allowed request: the Go tailvoy's `X-Tailscale-*` set, plus the headers
  * `tailscale serve` sends (`Tailscale-User-Login`, `Tailscale-User-Name`, and with `acceptAppCaps`
  * `Tailscale-App-Capabilities`), so an app written for either works unchanged behind us.
  *
@@ -195,7 +195,7 @@ export interface IdentityHeaderOptions {
 /**
  * Header mutations for an allowed request:
  * - `X-Tailscale-User` (login; `""` for a tagged node), `X-Tailscale-Node` (MagicDNS name without the
- *   trailing dot), `X-Tailscale-IP` (caller IP), `X-Tailscale-Tags` (comma-joined), raw as tailvoy sent them;
+ *   trailing dot), `X-Tailscale-IP` (caller IP), `X-Tailscale-Tags` (comma-joined), raw as the Go tailvoy sent them;
  * - for user nodes only, `Tailscale-User-Login` and `Tailscale-User-Name`, Q-encoded, as serve does
  *   (serve sends no user headers for tagged nodes; its profile-picture and info headers are not sent:
  *   WhoIs data we keep has no picture URL, and the info link documents serve, not us);

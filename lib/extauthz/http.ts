@@ -14,7 +14,7 @@
 
 import { getLogger } from "../log.ts";
 import { AUTHZ_HEADERS, CHECK_PATH_PREFIX, type ServiceIndex } from "../wire.ts";
-import { splitAddr } from "../identity/mod.ts";
+import { splitAddr } from "../net/address.ts";
 import {
   type AuthzDeps,
   type CheckAnswer,

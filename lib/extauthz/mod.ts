@@ -69,4 +69,4 @@ export {
   type HeaderValueOption,
   HeaderValueOptionSchema,
 } from "./schema.ts";
-export { type AddressKind, classifyAddress } from "./address.ts";
+export { type AddressKind, classifyAddress } from "../net/address.ts";

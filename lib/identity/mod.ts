@@ -11,8 +11,10 @@
  * @module
  */
 
+import { isLoopbackIp, splitAddr } from "../net/address.ts";
 import { LocalApiError, type WhoIsOptions, type WhoIsResponse } from "../localapi/mod.ts";
 import { parseCapRules, type ParsedRule, type RuleIssue } from "../policy/mod.ts";
+import { delay } from "../util/async.ts";
 
 /** Who a caller is, as tailvoy uses it for decisions, headers and logs. */
 export interface Identity {
@@ -91,19 +93,6 @@ export function identityFromWhoIs(
   };
 }
 
-/** Splits `IP`, `IP:port` or `[v6]:port` into the IP and the optional port. */
-export function splitAddr(addr: string): { ip: string; port?: number } {
-  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(addr);
-  if (v6) return { ip: v6[1], port: v6[2] ? Number(v6[2]) : undefined };
-  const v4 = /^([^:]+):(\d+)$/.exec(addr);
-  if (v4) return { ip: v4[1], port: Number(v4[2]) };
-  return { ip: addr };
-}
-
-function isLoopback(ip: string): boolean {
-  return ip.startsWith("127.") || ip === "::1" || ip.startsWith("::ffff:127.");
-}
-
 interface Entry {
   identity: Identity;
   expires: number;
@@ -144,8 +133,8 @@ export class IdentityResolver {
   resolve(addr: string, options: ResolveOptions = {}): Promise<Identity> {
     const { ip } = splitAddr(addr);
     // Only a loopback address needs its port (and protocol): for a tailnet IP the answer is per node.
-    const lookup = isLoopback(ip) ? addr : ip;
-    const key = `${options.svcName ?? ""}|${isLoopback(ip) ? options.proto ?? "" : ""}|${lookup}`;
+    const lookup = isLoopbackIp(ip) ? addr : ip;
+    const key = `${options.svcName ?? ""}|${isLoopbackIp(ip) ? options.proto ?? "" : ""}|${lookup}`;
     const now = this.#now();
     const hit = this.#cache.get(key);
     if (hit && hit.expires > now) {
@@ -161,7 +150,7 @@ export class IdentityResolver {
       return pending;
     }
     this.stats.misses++;
-    const call = this.#lookup(lookup, isLoopback(ip), options).then((identity) => {
+    const call = this.#lookup(lookup, isLoopbackIp(ip), options).then((identity) => {
       if (this.#ttlMs > 0) this.#store(key, identity);
       return identity;
     }, (err) => {
@@ -184,7 +173,7 @@ export class IdentityResolver {
 
   async #lookup(addr: string, loopback: boolean, options: ResolveOptions): Promise<Identity> {
     const deadline = this.#now() + (loopback ? this.#loopbackRetryMs : 0);
-    let delay = 5;
+    let backoffMs = 5;
     while (true) {
       this.stats.calls++;
       const t0 = performance.now();
@@ -197,10 +186,10 @@ export class IdentityResolver {
       } catch (err) {
         this.#observer?.call(performance.now() - t0, err);
         const retry = err instanceof LocalApiError && err.kind === "not-found" &&
-          this.#now() + delay < deadline;
+          this.#now() + backoffMs < deadline;
         if (!retry) throw err;
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 50);
+        await delay(backoffMs);
+        backoffMs = Math.min(backoffMs * 2, 50);
       }
     }
   }

@@ -19,6 +19,7 @@ import {
   type JWK,
 } from "jose";
 import type { TOKEN_ALGORITHMS } from "../config/mod.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** A signature algorithm of identity tokens. */
 export type TokenAlgorithm = typeof TOKEN_ALGORITHMS[number];
@@ -116,7 +117,7 @@ async function readKeyFile(file: string, alg: TokenAlgorithm): Promise<string> {
           "make it readable by the user tailvoy runs as",
       );
     }
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = errorMessage(error);
     throw new TokenKeyError(
       file,
       `Identity token key file ${
@@ -195,7 +196,7 @@ export async function loadSigningKey(file: string, alg: TokenAlgorithm): Promise
     exportable = await importPKCS8(pem, alg, { extractable: true });
     privateKey = await importPKCS8(pem, alg);
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = errorMessage(error);
     throw new TokenKeyError(
       file,
       `Identity token key file ${JSON.stringify(file)} holds ${kind} that cannot be imported (${reason}): ` +

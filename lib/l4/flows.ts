@@ -9,6 +9,8 @@ import { authorize, type Caller } from "../access/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation, listenerGrants } from "../policy/mod.ts";
+import { delay } from "../util/async.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** One open flow. */
 export interface Flow {
@@ -84,13 +86,6 @@ export class FlowTable {
     return this.#flows.size;
   }
 
-  /** Open flows per listener. */
-  countBy(listener: string): number {
-    let n = 0;
-    for (const f of this.#flows.values()) if (f.listener === listener) n++;
-    return n;
-  }
-
   /** Starts re-checking every `intervalMs` (0 = never). */
   startRecheck(intervalMs: number): void {
     this.stopRecheck();
@@ -158,7 +153,7 @@ export class FlowTable {
     } catch (err) {
       return {
         allow: false,
-        explanation: `identity lookup failed: ${err instanceof Error ? err.message : err}`,
+        explanation: `identity lookup failed: ${errorMessage(err)}`,
       };
     }
   }
@@ -166,8 +161,8 @@ export class FlowTable {
   /** Waits up to `timeoutMs` for flows to end by themselves, then closes the rest. */
   async drain(timeoutMs: number): Promise<void> {
     const deadline = performance.now() + timeoutMs;
-    while (this.#flows.size && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (this.#flows.size && performance.now() < deadline) await delay(50);
     for (const flow of this.#flows.values()) flow.abort.abort("shutting down");
-    while (this.#flows.size) await new Promise((r) => setTimeout(r, 10));
+    while (this.#flows.size) await delay(10);
   }
 }

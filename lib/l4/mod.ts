@@ -17,6 +17,7 @@ import { SockDiag } from "../sockdiag/mod.ts";
 import { FlowTable } from "./flows.ts";
 import { type Ingress, type L7Target, type ListenerDeps, TcpListener, type TcpListenerSpec } from "./tcp.ts";
 import { UdpListener } from "./udp.ts";
+import { errorMessage } from "../util/error.ts";
 
 export { BACKEND_TLV_TYPES, identityTlvs } from "./backend_proxy.ts";
 export { FlowTable } from "./flows.ts";
@@ -258,7 +259,7 @@ export class DataPlane {
     } catch (err) {
       throw new Error(
         `Serve ingress must check that connections come from tailscaled, and cannot: ${
-          err instanceof Error ? err.message : err
+          errorMessage(err)
         }. Fix that, use tailvoy.ingress: direct, or set tailvoy.servePeerCheck: false (then any local process that finds a serve port can name any caller)`,
       );
     }
@@ -273,7 +274,7 @@ export class DataPlane {
           port: local.port,
         });
       } catch (err) {
-        return `cannot tell who opened the connection (${err instanceof Error ? err.message : err})`;
+        return `cannot tell who opened the connection (${errorMessage(err)})`;
       }
       if (!owner) {
         return "the connecting socket is gone (or unknown to the kernel): cannot tell it is tailscaled";

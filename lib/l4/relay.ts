@@ -6,6 +6,10 @@
  * @module
  */
 
+import { closeQuietly } from "../util/async.ts";
+import { writeAll } from "../util/bytes.ts";
+import { errorMessage } from "../util/error.ts";
+
 /** Why a relay ended. */
 export type RelayEnd = "done" | "idle" | "lifetime" | "aborted" | "error";
 
@@ -66,12 +70,6 @@ function resize(buf: Uint8Array<ArrayBuffer>, length: number): Uint8Array<ArrayB
   return new Uint8Array(length);
 }
 
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* already closed */ }
-}
-
 /** Relays bytes between `caller` and `backend` until both directions end or it is stopped. */
 export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptions = {}): Relay {
   const size = options.bufferSize ?? 256 * 1024;
@@ -101,15 +99,14 @@ export function relay(caller: RelayConn, backend: RelayConn, options: RelayOptio
         if (n === null) break;
         state[count] += n;
         if (trackIdle) state.lastActivity = performance.now();
-        let off = 0;
-        while (off < n) off += await to.write(buf.subarray(off, n));
+        await writeAll(to, buf.subarray(0, n));
         if (n === buf.length && buf.length < size) buf = resize(buf, Math.min(buf.length * 4, size));
         else if (n <= buf.length / 16 && buf.length > first) buf = resize(buf, Math.max(first, n * 4));
       }
       if (!closed) await to.closeWrite().catch(() => {});
     } catch (err) {
       // A read or write on a connection we closed ourselves is not an error.
-      if (!closed) stop("error", err instanceof Error ? err.message : String(err));
+      if (!closed) stop("error", errorMessage(err));
     } finally {
       // Every read and write of this direction has settled: nothing holds the buffer any more.
       release(buf);

@@ -11,8 +11,9 @@
 import { authorize, type Caller } from "../access/mod.ts";
 import type { BackendProxyConfig } from "../config/mod.ts";
 import type { Identity, IdentityResolver } from "../identity/mod.ts";
-import { splitAddr } from "../identity/mod.ts";
+import { formatAddr, isLoopbackIp, joinHostPort, splitAddr } from "../net/address.ts";
 import { getLogger } from "../log.ts";
+import { concat, writeAll } from "../util/bytes.ts";
 import { formatExplanation } from "../policy/mod.ts";
 import { encodeProxyV2, type ProxyTlv, readProxyHeader } from "../proxy_protocol/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
@@ -23,6 +24,8 @@ import { type FlowTable, type L7Recheck, l7Recheck } from "./flows.ts";
 import { relay, type RelayConn } from "./relay.ts";
 
 import { SECRET_TLV_TYPE, type ServiceIndex } from "../wire.ts";
+import { closeQuietly, delay } from "../util/async.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** How connections reach a listener. */
 export type Ingress = "serve" | "direct";
@@ -115,14 +118,6 @@ export interface ListenerDeps {
 
 const log = getLogger("l4");
 
-function isLoopback(ip: string): boolean {
-  return ip.startsWith("127.") || ip === "::1" || ip.startsWith("::ffff:127.");
-}
-
-function formatAddr(ip: string, port: number): string {
-  return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
-}
-
 /** The tls route for `sni`: exact name first, then the longest `*.` wildcard. */
 export function sniRoute<R extends { hostname: string }>(routes: readonly R[], sni: string): R | undefined {
   const name = sni.toLowerCase();
@@ -155,18 +150,6 @@ async function dial(addr: string, timeoutMs: number): Promise<Deno.TcpConn> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
 }
 
 /** A running TCP listener. */
@@ -208,14 +191,10 @@ export class TcpListener {
   close(): void {
     this.#closed = true;
     for (const l of this.#listeners) {
-      try {
-        l.close();
-      } catch { /* closed */ }
+      closeQuietly(l);
     }
     for (const c of this.#pending) {
-      try {
-        c.close();
-      } catch { /* closed */ }
+      closeQuietly(c);
     }
   }
 
@@ -231,10 +210,10 @@ export class TcpListener {
         // E.g. out of file descriptors: the listener is fine, keep accepting once there is room.
         log.error("listener {listener}: accept failed ({error}); retrying in {ms} ms", {
           listener: this.spec.name,
-          error: err instanceof Error ? err.message : String(err),
+          error: errorMessage(err),
           ms: backoff,
         });
-        await new Promise((r) => setTimeout(r, backoff));
+        await delay(backoff);
         backoff = Math.min(backoff * 2, 1000);
         continue;
       }
@@ -245,9 +224,7 @@ export class TcpListener {
           error: err instanceof Error ? err.stack : String(err),
         });
         this.#pending.delete(conn);
-        try {
-          conn.close();
-        } catch { /* closed */ }
+        closeQuietly(conn);
       });
     }
   }
@@ -255,9 +232,7 @@ export class TcpListener {
   #refuse(conn: Deno.Conn, why: string, fields: Record<string, unknown> = {}): void {
     this.refused++;
     this.#pending.delete(conn);
-    try {
-      conn.close();
-    } catch { /* closed */ }
+    closeQuietly(conn);
     log.info("refused on {listener}: {why}", { listener: this.spec.name, why, ...fields });
   }
 
@@ -300,17 +275,17 @@ export class TcpListener {
     const remote = conn.remoteAddr;
     if (this.spec.ingress === "direct") {
       return {
-        caller: { addr: formatAddr(remote.hostname, remote.port), proto: "tcp" },
+        caller: { addr: formatAddr(remote), proto: "tcp" },
         rest: new Uint8Array(0),
       };
     }
-    if (!isLoopback(remote.hostname)) {
+    if (!isLoopbackIp(remote.hostname)) {
       this.#refuse(conn, `non-loopback peer ${remote.hostname}`);
       return undefined;
     }
     const notTailscaled = this.#deps.servePeer?.(conn);
     if (notTailscaled) {
-      this.#refuse(conn, notTailscaled, { peer: formatAddr(remote.hostname, remote.port) });
+      this.#refuse(conn, notTailscaled, { peer: formatAddr(remote) });
       return undefined;
     }
     try {
@@ -321,12 +296,12 @@ export class TcpListener {
       }
       const source = got.header.source;
       return {
-        caller: { addr: formatAddr(source.address, source.port), proto: "tcp", svcName: this.spec.svcName },
+        caller: { addr: joinHostPort(source.address, source.port), proto: "tcp", svcName: this.spec.svcName },
         rest: got.rest,
       };
     } catch (err) {
-      this.#refuse(conn, `no valid PROXY header: ${err instanceof Error ? err.message : err}`, {
-        peer: formatAddr(remote.hostname, remote.port),
+      this.#refuse(conn, `no valid PROXY header: ${errorMessage(err)}`, {
+        peer: formatAddr(remote),
       });
       return undefined;
     }
@@ -349,7 +324,7 @@ export class TcpListener {
       try {
         hello = await readClientHello(conn, { timeoutMs: this.#deps.timeouts.tlsHello, initial: rest });
       } catch (err) {
-        this.#refuse(conn, `no usable TLS ClientHello: ${err instanceof Error ? err.message : err}`, {
+        this.#refuse(conn, `no usable TLS ClientHello: ${errorMessage(err)}`, {
           caller: caller.addr,
         });
         return undefined;
@@ -373,12 +348,12 @@ export class TcpListener {
       };
     }
     const l7 = spec.l7!;
-    if (!(l7.proxyProtocol ?? true)) return { backend: formatAddr(l7.hostname, l7.port), payload: rest };
+    if (!(l7.proxyProtocol ?? true)) return { backend: formatAddr(l7), payload: rest };
     // Our Envoy: the destination port tells ext_authz the Service, to scope WhoIs to it.
     const dstPort = l7.secret && l7.services ? l7.services.portOf(spec.svcName) : l7.port;
     const tlvs = l7.secret ? [{ type: SECRET_TLV_TYPE, value: l7.secret }] : [];
     return {
-      backend: formatAddr(l7.hostname, l7.port),
+      backend: formatAddr(l7),
       payload: rest,
       header: (identity) => identity && this.#proxyHeader(caller, identity, { port: dstPort }, tlvs),
     };
@@ -411,7 +386,7 @@ export class TcpListener {
     try {
       identity = await this.#deps.resolver.resolve(caller.addr, { proto: "tcp", svcName: caller.svcName });
     } catch (err) {
-      this.#refuse(conn, `caller unknown: ${err instanceof Error ? err.message : err}`, {
+      this.#refuse(conn, `caller unknown: ${errorMessage(err)}`, {
         caller: caller.addr,
       });
       return undefined;
@@ -453,7 +428,7 @@ export class TcpListener {
     tlvs: ProxyTlv[],
   ): Uint8Array | undefined {
     const { ip, port } = splitAddr(caller.addr);
-    const srcIp = isLoopback(ip) ? identity.ips.find((a) => !a.includes(":")) ?? identity.ips[0] : ip;
+    const srcIp = isLoopbackIp(ip) ? identity.ips.find((a) => !a.includes(":")) ?? identity.ips[0] : ip;
     if (!srcIp) return undefined;
     const v6 = srcIp.includes(":");
     const self = destination.tailnet ? this.#deps.selfIps?.find((a) => a.includes(":") === v6) : undefined;
@@ -492,7 +467,7 @@ export class TcpListener {
     } catch (err) {
       return this.#refuse(
         conn,
-        `backend ${flowInfo.backend} unreachable: ${err instanceof Error ? err.message : err}`,
+        `backend ${flowInfo.backend} unreachable: ${errorMessage(err)}`,
         {
           caller: flowInfo.caller.addr,
         },

@@ -10,11 +10,12 @@
 import dgram from "node:dgram";
 import { authorize, type Caller } from "../access/mod.ts";
 import type { Identity } from "../identity/mod.ts";
-import { splitAddr } from "../identity/mod.ts";
+import { joinHostPort, splitAddr } from "../net/address.ts";
 import { getLogger } from "../log.ts";
 import { formatExplanation } from "../policy/mod.ts";
 import { admit } from "./admit.ts";
 import type { ListenerDeps } from "./tcp.ts";
+import { closeQuietly } from "../util/async.ts";
 
 /** State of one peer's session. */
 export type SessionState = "pending" | "open" | "denied";
@@ -217,17 +218,13 @@ export class UdpListener {
   close(): void {
     clearInterval(this.#sweep);
     for (const s of this.#sockets) {
-      try {
-        s.close();
-      } catch { /* closed */ }
+      closeQuietly(s);
     }
     for (const s of this.#table.clear()) this.#closeBackend(s.value);
   }
 
   #onPacket(socket: dgram.Socket, msg: Uint8Array, rinfo: dgram.RemoteInfo): void {
-    const key = rinfo.family === "IPv6"
-      ? `[${rinfo.address}]:${rinfo.port}`
-      : `${rinfo.address}:${rinfo.port}`;
+    const key = joinHostPort(rinfo.address, rinfo.port);
     const { action, session } = this.#table.packet(key, msg);
     if (action === "drop") this.dropped++;
     if (action === "forward") {
@@ -342,8 +339,6 @@ export class UdpListener {
   #closeBackend(backend?: Backend): void {
     if (!backend) return;
     backend.remove();
-    try {
-      backend.socket.close();
-    } catch { /* closed */ }
+    closeQuietly(backend.socket);
   }
 }

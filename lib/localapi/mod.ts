@@ -7,9 +7,7 @@
  */
 
 import { z } from "zod";
-
-/** Default tailscaled socket on Linux. */
-export const DEFAULT_SOCKET = "/var/run/tailscale/tailscaled.sock";
+import { DEFAULT_LOCALAPI_SOCKET } from "../config/constants.ts";
 
 /** Default timeout of one LocalAPI call, in milliseconds. */
 export const DEFAULT_TIMEOUT_MS = 1000;
@@ -173,7 +171,7 @@ export class LocalApiClient {
   #http: Deno.HttpClient;
 
   /** Creates a client of the tailscaled listening on `socket`. No connection is made yet. */
-  constructor(socket: string = DEFAULT_SOCKET, options: { timeoutMs?: number } = {}) {
+  constructor(socket: string = DEFAULT_LOCALAPI_SOCKET, options: { timeoutMs?: number } = {}) {
     this.socket = socket;
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#http = Deno.createHttpClient({ proxy: { transport: "unix", path: socket } });

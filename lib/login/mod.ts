@@ -1,6 +1,6 @@
 /**
  * Logging tailscaled in from tailvoy: when tailscaled is not logged in, use `TS_AUTHKEY`, or exchange
- * `TS_CLIENT_ID`/`TS_CLIENT_SECRET` (an OAuth client, tailvoy's way) for an ephemeral, pre-authorized,
+ * `TS_CLIENT_ID`/`TS_CLIENT_SECRET` (an OAuth client, the Go tailvoy's way) for an ephemeral, pre-authorized,
  * tagged auth key through the Tailscale API, then `POST /start` with the key, hostname, tags and control
  * URL from the config. A node that is already logged in is left alone (with a warning if its tags
  * differ from the config). Secrets never reach a log line or an error message.
@@ -11,6 +11,7 @@
 import type { Credentials } from "../config/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
+import { delay } from "../util/async.ts";
 
 /** Logging in failed; the message says why and what to do, without any secret. */
 export class LoginError extends Error {
@@ -23,7 +24,7 @@ export interface MintOptions {
   baseUrl: string;
   /** Tags of the new node; required for OAuth-minted keys. */
   tags: readonly string[];
-  /** Ephemeral node (default true, as tailvoy and the CLI). */
+  /** Ephemeral node (default true, as the Go tailvoy and the CLI). */
   ephemeral?: boolean;
   /** Pre-authorized node (default true: a proxy cannot wait for approval). */
   preauthorized?: boolean;
@@ -187,7 +188,7 @@ export async function ensureLoggedIn(api: LocalApiClient, options: LoginOptions)
       return s;
     }
     last = s.BackendState;
-    await new Promise((r) => setTimeout(r, 200));
+    await delay(200);
   }
   throw new LoginError(
     `tailscaled did not come up after login (state ${last}); check the key (expired? used? tags allowed?) and the control server`,

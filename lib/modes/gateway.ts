@@ -30,6 +30,7 @@ import { getLogger } from "../log.ts";
 import { TailnetListeners } from "./listeners.ts";
 import { type Mode, type ModeDeps, StartError } from "./mod.ts";
 import { planDiscovered } from "./plan.ts";
+import { errorMessage } from "../util/error.ts";
 
 /**
  * What Envoy Gateway mode is started with: `authzAddr` is the gRPC ext_authz listen address (default
@@ -130,7 +131,7 @@ export class GatewayMode implements Mode {
       await envoy?.stop({ drainMs: 0 }).catch(() => {});
       await authz.close();
       throw new StartError(
-        `could not start discovery mode: ${err instanceof Error ? err.message : String(err)}`,
+        `could not start discovery mode: ${errorMessage(err)}`,
         {
           exitCode: 1,
           cause: err,
@@ -216,7 +217,7 @@ export class GatewayMode implements Mode {
       this.#lastError.listeners = "";
     } catch (err) {
       telemetry?.discoveryPolls.inc({ what: "listeners", result: "error" });
-      const message = err instanceof Error ? err.message : String(err);
+      const message = errorMessage(err);
       // Keep serving what we have: an admin API hiccup must not take the tailnet listeners down.
       if (message !== this.#lastError.listeners) {
         log.warn("discovery: {error}; keeping the current listeners and retrying", { error: message });
@@ -240,7 +241,7 @@ export class GatewayMode implements Mode {
         this.#lastError.apply = "";
       } catch (err) {
         // Health keeps being tracked; the listeners are planned again at the next poll.
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorMessage(err);
         if (message !== this.#lastError.apply) {
           log.error("applying the discovered listeners failed: {error}; retrying at the next poll", {
             error: message,
@@ -344,8 +345,8 @@ export class GatewayMode implements Mode {
         this.#lastError.clusters = "";
       } catch (err) {
         this.#deps.telemetry?.discoveryPolls.inc({ what: "clusters", result: "error" });
-        const message = err instanceof Error ? err.message : String(err);
-        // Unknown health changes nothing (tailvoy counted it as healthy, re-advertising dead Services).
+        const message = errorMessage(err);
+        // Unknown health changes nothing (the Go tailvoy counted it as healthy, re-advertising dead Services).
         if (message !== this.#lastError.clusters) {
           log.warn("cluster health unavailable: {error}; Service advertisement left as it is", {
             error: message,
@@ -391,7 +392,7 @@ export class GatewayMode implements Mode {
       this.#applied = new Set(wanted);
     } catch (err) {
       log.warn("updating AdvertiseServices failed: {error}; retrying at the next poll", {
-        error: err instanceof Error ? err.message : String(err),
+        error: errorMessage(err),
       });
     }
   }

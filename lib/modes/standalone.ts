@@ -14,6 +14,7 @@ import { getLogger } from "../log.ts";
 import { TailnetListeners } from "./listeners.ts";
 import { type Mode, type ModeDeps, type ReloadSummary, StartError } from "./mod.ts";
 import { planListeners } from "./plan.ts";
+import { errorMessage } from "../util/error.ts";
 
 const log = getLogger();
 
@@ -35,7 +36,7 @@ export class StandaloneMode implements Mode {
       try {
         deps.tokens.use(deps.firstKey, tokenContext(deps.status, config.tailvoy.identityToken?.issuer));
       } catch (err) {
-        throw new StartError(err instanceof Error ? err.message : String(err), { exitCode: 2, cause: err });
+        throw new StartError(errorMessage(err), { exitCode: 2, cause: err });
       }
     }
     let l7: L7Stack | undefined;
@@ -44,7 +45,7 @@ export class StandaloneMode implements Mode {
     } catch (err) {
       const { isConfigRejected } = await import("../l7/mod.ts");
       throw new StartError(
-        `could not start Envoy and ext_authz: ${err instanceof Error ? err.message : String(err)}`,
+        `could not start Envoy and ext_authz: ${errorMessage(err)}`,
         { exitCode: isConfigRejected(err) ? 2 : 1, cause: err },
       );
     }
@@ -59,7 +60,7 @@ export class StandaloneMode implements Mode {
       await listeners?.close({ drain: 0, unadvertiseGrace: 0 });
       await l7?.close(0);
       throw new StartError(
-        `could not start the listeners: ${err instanceof Error ? err.message : String(err)}`,
+        `could not start the listeners: ${errorMessage(err)}`,
         { exitCode: 1, cause: err },
       );
     }

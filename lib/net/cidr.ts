@@ -4,7 +4,7 @@
  * @module
  */
 
-import { formatIp, type IpBytes, parseIp } from "../proxy_protocol/ip.ts";
+import { formatIp, type IpBytes, parseIp } from "./ip.ts";
 
 /** A parsed prefix: its address bytes (4 or 16) and length. */
 export interface Cidr {

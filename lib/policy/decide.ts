@@ -97,14 +97,14 @@ function allowed(
   base: Pick<Decision, "listener" | "host" | "canonicalPath" | "method">,
 ): Decision {
   const { matched, l4Caveat } = rule.matcher.text;
-  // tailvoy's L4 check ignores routes (engine.go ruleMatchesL4); say so when it mattered.
+  // The Go tailvoy's L4 check ignores routes (engine.go ruleMatchesL4); say so when it mattered.
   const reasons = layer === "l4" && l4Caveat !== undefined ? [matched, l4Caveat] : [matched];
   return { allow: true, layer, code: "allow", matched: rule.ref, reasons, ...base };
 }
 
 /**
  * L4 decision for a connection (TCP, TLS passthrough, UDP): a rule matches when its listener and
- * hostname (against the SNI) dimensions match. Routes and methods are not checked, as in tailvoy
+ * hostname (against the SNI) dimensions match. Routes and methods are not checked, as in the Go tailvoy
  * (`internal/policy/engine.go` `ruleMatchesL4`): a connection carries no path, so a routes-only
  * rule grants L4 access to any listener its grant reaches (a caveat is added to `reasons`).
  * No rules → deny.

@@ -1,5 +1,5 @@
 /**
- * Host canonicalisation and the three pattern languages of a rule: route patterns (tailvoy's
+ * Host canonicalisation and the three pattern languages of a rule: route patterns (the Go tailvoy's
  * `/*`, `/prefix/*`, exact), hostname patterns (exact or `*.domain`) and HTTP methods.
  *
  * @module
@@ -152,7 +152,7 @@ export function matchRoutePattern(pattern: RoutePattern, path: string): boolean 
 }
 
 /**
- * Matches a route pattern against a path with tailvoy's exact string semantics
+ * Matches a route pattern against a path with the Go tailvoy's exact string semantics
  * (`internal/policy/engine.go` `matchPath`): `/*` everything, `/p/*` is `/p` or a `/p/` prefix,
  * else equality. The path is compared as given; pass a canonical path ({@link canonicalizePath}).
  */

@@ -5,7 +5,7 @@
  * Pure: no I/O, no Deno APIs, no logging. Parse a CapMap once per identity with
  * {@link parseCapRules}, then call {@link decideL4} per connection or {@link decideL7} per request.
  *
- * Semantics (tailvoy's README): AND within a rule, OR across rules, an omitted dimension is
+ * Semantics (the Go tailvoy's README): AND within a rule, OR across rules, an omitted dimension is
  * unrestricted, `{}` allows everything, no valid rule denies everything.
  *
  * @example
@@ -31,7 +31,6 @@ export {
   type CapMap,
   type CapRule,
   CapRuleSchema,
-  DEFAULT_CAP_NAMES,
   type EmptyListMode,
   parseCapRules,
   type ParsedRule,

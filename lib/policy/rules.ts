@@ -13,10 +13,8 @@ import {
   methodError,
   type RoutePattern,
 } from "./match.ts";
+import { DEFAULT_CAPABILITY } from "../config/constants.ts";
 import { safeJson } from "./text.ts";
-
-/** Capability names read by default: tailvoy's. */
-export const DEFAULT_CAP_NAMES: readonly string[] = Object.freeze(["rajsingh.info/cap/tailvoy"]);
 
 // Element validators report why a pattern could never match, so the rule is reported as
 // malformed instead of silently granting less (or, for a typo'd key, more) than intended.
@@ -35,8 +33,8 @@ const methodName = z.string().superRefine((value, ctx) => {
 
 /**
  * One tailvoy cap rule. AND within a rule, OR across rules; an omitted dimension is unrestricted.
- * `methods` is ours (tailvoy has no method dimension), compared case-insensitively. Unknown keys
- * are an error: tailvoy (Go `encoding/json`) ignores them, so a typo such as `"route"` would
+ * `methods` is ours (the Go tailvoy has no method dimension), compared case-insensitively. Unknown keys
+ * are an error: the Go tailvoy (`encoding/json`) ignores them, so a typo such as `"route"` would
  * silently widen a grant.
  */
 export const CapRuleSchema = z.object({
@@ -113,11 +111,11 @@ export type EmptyListMode = "unrestricted" | "nothing";
 
 /** Options of {@link parseCapRules}. */
 export interface ParseOptions {
-  /** Capability names to read, in order (default {@link DEFAULT_CAP_NAMES}). */
+  /** Capability names to read, in order (default the one {@link DEFAULT_CAPABILITY}). */
   capNames?: readonly string[];
   /**
    * `"unrestricted"` (default): an empty list is the same as an omitted dimension, exactly as
-   * tailvoy (`engine.go` checks `len(values) == 0`), and a warning is reported. `"nothing"`: an
+   * the Go tailvoy (`engine.go` checks `len(values) == 0`), and a warning is reported. `"nothing"`: an
    * empty list matches nothing (fail closed).
    */
   emptyList?: EmptyListMode;
@@ -142,7 +140,7 @@ function describeIssues(error: z.ZodError): string {
 }
 
 function ruleLabel(capName: string, index: number): string {
-  return DEFAULT_CAP_NAMES.includes(capName) ? `rule ${index}` : `rule ${index} (${capName})`;
+  return capName === DEFAULT_CAPABILITY ? `rule ${index}` : `rule ${index} (${capName})`;
 }
 
 function compile(
@@ -197,7 +195,7 @@ export function parseCapRules(capMap: CapMap | null | undefined, options: ParseO
   const result: ParseResult = { rules: [], malformed: [], warnings: [] };
   if (capMap == null) return result;
   const emptyList = options.emptyList ?? "unrestricted";
-  for (const capName of new Set(options.capNames ?? DEFAULT_CAP_NAMES)) {
+  for (const capName of new Set(options.capNames ?? [DEFAULT_CAPABILITY])) {
     if (!Object.hasOwn(capMap, capName)) continue;
     const values = capMap[capName];
     if (values == null) continue; // a capability with no values carries no rules

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { formatIp, parseIpv4, parseIpv6 } from "./ip.ts";
+import { formatIp, parseIpv4, parseIpv6 } from "../net/ip.ts";
 import { type ProxyDecodeResult, type ProxyHeaderInit, ProxyProtocolError } from "./types.ts";
 import { checkKind, endpointBytes } from "./validate.ts";
 

@@ -5,7 +5,8 @@
  */
 
 import { crc32c } from "./crc32c.ts";
-import { formatIp } from "./ip.ts";
+import { formatIp } from "../net/ip.ts";
+import { hex } from "../util/bytes.ts";
 import { checkKind, checkTlvs, endpointBytes } from "./validate.ts";
 import {
   type ProxyAddress,
@@ -252,8 +253,4 @@ function encodeAddresses(header: ProxyHeaderInit): { familyByte: number; block: 
   view.setUint16(2 * src.length + 2, destination.port);
   const family = src.length === 4 ? AF_INET : AF_INET6;
   return { familyByte: family << 4 | TRANSPORTS.indexOf(transport), block };
-}
-
-function hex(n: number): string {
-  return n.toString(16).padStart(2, "0");
 }

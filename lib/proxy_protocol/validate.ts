@@ -5,7 +5,7 @@
  * @module
  */
 
-import { parseIp } from "./ip.ts";
+import { parseIp } from "../net/ip.ts";
 import type { ProxyAddress, ProxyHeaderInit, ProxyTlv } from "./types.ts";
 
 function addressBytes(address: string): Uint8Array {

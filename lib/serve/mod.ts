@@ -9,6 +9,7 @@
 
 import { type LocalApiClient, LocalApiError, NOTIFY, type ServeConfig } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
+import { delay } from "../util/async.ts";
 
 /** One forward: tailnet port → our loopback listener. */
 export interface Forward {
@@ -71,15 +72,6 @@ export function withEntries(
   };
 }
 
-/** The serve config with our foreground entries set to exactly `forwards` (no Services). */
-export function withForwards(
-  config: ServeConfig,
-  sessionId: string,
-  forwards: readonly Forward[],
-): ServeConfig {
-  return withEntries(config, sessionId, { node: forwards, services: {} });
-}
-
 /** Ports in `ours` that someone else already serves on this node, with who. */
 export function conflicts(
   config: ServeConfig,
@@ -117,8 +109,6 @@ export class ServeSession {
   readonly sessionId: string;
   /** Resolves when tailscaled ends the bus stream (e.g. it restarted): our entries are gone then. */
   readonly lost: Promise<void>;
-  /** Serve-config writes made, for metrics. */
-  writes = 0;
   readonly #api: LocalApiClient;
   readonly #abort: AbortController;
   #entries: Entries = NONE;
@@ -171,14 +161,9 @@ export class ServeSession {
   }
 
   /**
-   * Makes our node-level entries exactly `forwards` (keeping our Service entries), read-modify-write
-   * with the ETag, retried when someone else wrote in between. Throws if a port is taken by someone else.
+   * Makes all our entries (node-level and Service) exactly `entries`, read-modify-write with the ETag,
+   * retried when someone else wrote in between. Throws if a port is taken by someone else.
    */
-  setForwards(forwards: readonly Forward[], options: { retries?: number } = {}): Promise<void> {
-    return this.setEntries({ node: forwards, services: this.#entries.services }, options);
-  }
-
-  /** Makes all our entries (node-level and Service) exactly `entries`; see {@link setForwards}. */
   async setEntries(entries: Entries, options: { retries?: number } = {}): Promise<void> {
     const retries = options.retries ?? 10;
     for (let attempt = 0;; attempt++) {
@@ -193,7 +178,6 @@ export class ServeSession {
       }
       try {
         await this.#api.setServeConfig(withEntries(config, this.sessionId, entries, this.#entries), { etag });
-        this.writes++;
         this.onWrite?.();
         this.#entries = { node: [...entries.node], services: { ...entries.services } };
         getLogger("serve").info("serve config: {count} tailnet ports forwarded to us ({ports})", {
@@ -209,7 +193,7 @@ export class ServeSession {
       } catch (err) {
         const raced = err instanceof LocalApiError && err.kind === "precondition-failed";
         if (!raced || attempt >= retries) throw err;
-        await new Promise((r) => setTimeout(r, 10 * (attempt + 1)));
+        await delay(10 * (attempt + 1));
       }
     }
   }

@@ -11,6 +11,7 @@ import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { type Entries, ServeSession } from "./mod.ts";
+import { delay } from "../util/async.ts";
 
 const log = getLogger("serve");
 
@@ -90,7 +91,7 @@ export class Publisher {
       await this.unadvertise().catch((err) =>
         log.warn("unadvertising failed: {error}", { error: String(err) })
       );
-      await new Promise((r) => setTimeout(r, options.graceMs ?? 0));
+      await delay(options.graceMs ?? 0);
     }
     await this.#serve?.close();
   }
@@ -117,7 +118,7 @@ export class Publisher {
   // The control server must approve a Service host (autoApprovers.services or the admin console);
   // until it does, the Service's address does not reach us. Say so instead of failing silently.
   async #checkApproved(services: string[]): Promise<void> {
-    await new Promise((r) => setTimeout(r, APPROVAL_CHECK_MS));
+    await delay(APPROVAL_CHECK_MS);
     if (this.#closing) return;
     try {
       const status = await this.#api.status();
@@ -150,7 +151,7 @@ export class Publisher {
           return;
         } catch (err) {
           log.warn("re-registering serve entries failed: {error}; retrying", { error: String(err) });
-          await new Promise((r) => setTimeout(r, 1000));
+          await delay(1000);
         }
       }
     });

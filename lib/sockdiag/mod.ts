@@ -1,3 +1,4 @@
+import { errorMessage } from "../util/error.ts";
 /**
  * Who owns the other end of a loopback TCP connection: the kernel's socket diagnostics (netlink
  * `NETLINK_SOCK_DIAG`, `inet_diag_req_v2`) asked for exactly one socket by its 4-tuple, through libc
@@ -100,7 +101,7 @@ export class SockDiag {
     } catch (error) {
       const why = error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
         ? "run with --allow-ffi (the compiled binary has it)"
-        : `libc.so.6 could not be loaded: ${error instanceof Error ? error.message : error}`;
+        : `libc.so.6 could not be loaded: ${errorMessage(error)}`;
       throw new SockDiagError(`Socket diagnostics are unavailable: ${why}`);
     }
     const fd = libc.symbols.socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);

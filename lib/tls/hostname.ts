@@ -4,7 +4,7 @@
  * @module
  */
 
-import { parseIp, parseIpv6 } from "../proxy_protocol/ip.ts";
+import { parseIp, parseIpv6 } from "../net/ip.ts";
 import { ClientHelloError } from "./errors.ts";
 
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;

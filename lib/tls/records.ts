@@ -8,6 +8,7 @@
  */
 
 import { ClientHelloError } from "./errors.ts";
+import { hex } from "../util/bytes.ts";
 
 /** TLS record content type `handshake`. */
 const HANDSHAKE_RECORD = 22;
@@ -266,8 +267,4 @@ function handshakeLength(head: Uint8Array, maxBytes: number): number {
     );
   }
   return length;
-}
-
-function hex(n: number): string {
-  return n.toString(16).padStart(2, "0");
 }

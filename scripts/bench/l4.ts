@@ -23,6 +23,7 @@ import type { LoadCommand, LoadResult, ProxyHeaderSpec } from "./l4_protocol.ts"
 import { cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./l4_procs.ts";
 import { sourceRunArgs } from "../harness/cache.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "../harness/peers.ts";
+import { delay } from "../../lib/util/async.ts";
 
 /** Receives each figure: name, value, unit, and the name of the figure it is compared with. */
 export type RecordFigure = (name: string, value: number, unit: string, baseline?: string) => void;
@@ -495,7 +496,7 @@ async function benchMemory(
     return { at, open: r.open };
   };
   const ours = await hold(tailvoy);
-  await new Promise((r) => setTimeout(r, 1000));
+  await delay(1000);
   report.row(
     "RSS 1 s after closing them: tailvoy",
     mb(await rssMiB(tailvoy.pid!)),
@@ -562,7 +563,7 @@ async function sendHello(t: Target, hello: Uint8Array, dribble: boolean): Promis
     for (const chunk of chunks) {
       if (closed) break;
       for (let at = 0; at < chunk.length;) at += await conn.write(chunk.subarray(at));
-      if (dribble) await new Promise((r) => setTimeout(r, 1));
+      if (dribble) await delay(1);
     }
     await closing;
   } catch {

@@ -7,24 +7,16 @@
  */
 
 import { encodeProxyV2 } from "../../lib/proxy_protocol/mod.ts";
+import { closeQuietly } from "../../lib/util/async.ts";
+import { writeAll } from "../../lib/util/bytes.ts";
 import { type LoadCommand, type LoadResult, type ProxyHeaderSpec, REQ } from "./l4_protocol.ts";
+import { errorMessage } from "../../lib/util/error.ts";
 
 /** Size of each write of the throughput rows: large, so per-op overhead is not what we measure. */
 const WRITE_SIZE = 256 * 1024;
 const payload = new Uint8Array(WRITE_SIZE);
 /** How long one held connection may take to be answered. */
 const HOLD_TIMEOUT_MS = 5000;
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* closed */ }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
-}
 
 async function readByte(conn: Deno.Conn, buf: Uint8Array): Promise<void> {
   const n = await conn.read(buf.subarray(0, 1));
@@ -155,7 +147,7 @@ async function run(cmd: LoadCommand): Promise<LoadResult> {
           } catch (err) {
             if (conn) closeQuietly(conn);
             errors++;
-            firstError ??= err instanceof Error ? err.message : String(err);
+            firstError ??= errorMessage(err);
           }
         }
       }));
@@ -182,7 +174,7 @@ if (import.meta.main) {
       try {
         result = await run(JSON.parse(line) as LoadCommand);
       } catch (err) {
-        result = { ok: false, error: err instanceof Error ? err.message : String(err) };
+        result = { ok: false, error: errorMessage(err) };
       }
       await Deno.stdout.write(out.encode(JSON.stringify(result) + "\n"));
     }

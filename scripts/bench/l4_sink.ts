@@ -7,21 +7,12 @@
  * @module
  */
 
+import { closeQuietly } from "../../lib/util/async.ts";
+import { writeAll } from "../../lib/util/bytes.ts";
 import { REQ } from "./l4_protocol.ts";
 
 const SINK_BUFFER = 256 * 1024;
 const HEADER = 9; // request byte + u64 length
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* closed */ }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
-}
 
 async function serve(conn: Deno.TcpConn): Promise<void> {
   conn.setNoDelay(true);

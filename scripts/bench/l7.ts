@@ -46,6 +46,8 @@ import type { CapturedCheck } from "./l7_authz.ts";
 import type { HttpTarget, L7LoadCommand, L7LoadResult, Latency } from "./l7_protocol.ts";
 import { sourceRunArgs } from "../harness/cache.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "../harness/peers.ts";
+import { delay } from "../../lib/util/async.ts";
+import { errorMessage } from "../../lib/util/error.ts";
 
 /** Options of {@link benchL7}. */
 export interface BenchL7Options {
@@ -294,7 +296,7 @@ async function ensureWrk(): Promise<boolean> {
       const error = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" | ");
       return { ok: out.success, error: error || `exit ${out.code}` };
     } catch (err) {
-      return { ok: false, error: err instanceof Error ? err.message : String(err) };
+      return { ok: false, error: errorMessage(err) };
     }
   };
   console.log("wrk is not installed: apt-get install -y wrk");
@@ -456,7 +458,7 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
     });
     const tailvoy = await startTailvoy(spawn, { dir, tailnet, configText });
     // Idle: nothing has reached it yet but tailscaled's and our own polls.
-    await new Promise((r) => setTimeout(r, 1000));
+    await delay(1000);
     const idleRss = await rssMiB(tailvoy.child.pid);
     const idleEnvoyRss = await rssMiB(tailvoy.envoyPid);
 
@@ -726,7 +728,7 @@ export async function benchL7(options: BenchL7Options = {}): Promise<void> {
 
     // ---- memory
     console.log(`\n## memory (RSS; the proxy = the main.ts process: relay, ext_authz, admin)`);
-    await new Promise((r) => setTimeout(r, 1000));
+    await delay(1000);
     const afterRss = await rssMiB(tailvoy.child.pid);
     report.row("RSS: proxy, idle after start", `${idleRss.toFixed(1)} MiB`, "(one L7 listener)");
     report.row("RSS: proxy, idle after the runs above", `${afterRss.toFixed(1)} MiB`);

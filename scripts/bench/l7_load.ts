@@ -12,6 +12,8 @@
  */
 
 import { type HttpTarget, type L7LoadCommand, type L7LoadResult, latencyOf } from "./l7_protocol.ts";
+import { delay } from "../../lib/util/async.ts";
+import { errorMessage } from "../../lib/util/error.ts";
 
 const enc = new TextEncoder();
 const latin1 = new TextDecoder("latin1");
@@ -127,14 +129,12 @@ async function oneRequest(conn: HttpConn, tally: Tally): Promise<void> {
     if (status < 200 || status > 299) tally.non2xx++;
   } catch (err) {
     tally.errors++;
-    tally.firstError ??= err instanceof Error ? err.message : String(err);
+    tally.firstError ??= errorMessage(err);
     conn.close();
     // Do not spin on a target that refuses everything.
-    await new Promise((r) => setTimeout(r, 10));
+    await delay(10);
   }
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** `connections` connections from `open`, each sending its next request on the response, until the deadline. */
 async function closed(
@@ -178,7 +178,7 @@ async function openLoop(cmd: Extract<L7LoadCommand, { op: "open" }>): Promise<L7
     try {
       while (next < deadline) {
         const wait = next - performance.now();
-        if (wait > 0) await sleep(wait);
+        if (wait > 0) await delay(wait);
         await oneRequest(conn, tally);
         next += interval;
       }
@@ -228,7 +228,7 @@ for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream(
     try {
       result = await run(JSON.parse(line) as L7LoadCommand);
     } catch (err) {
-      result = { ok: false, error: err instanceof Error ? err.message : String(err) };
+      result = { ok: false, error: errorMessage(err) };
     }
     console.log(JSON.stringify(result));
   }

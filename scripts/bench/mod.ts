@@ -34,7 +34,7 @@ import { benchPeer } from "./peer.ts";
 import { benchSoak } from "./soak.ts";
 import { benchToken } from "./token.ts";
 import { cacheDependencies } from "../harness/cache.ts";
-import { own } from "../../lib/own.ts";
+import { own } from "../../lib/util/own.ts";
 import { ensurePeers } from "../harness/peers.ts";
 
 interface Figure {

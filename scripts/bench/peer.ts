@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { SockDiag } from "../../lib/sockdiag/mod.ts";
 import { sourceRunArgs } from "../harness/cache.ts";
 import { PROJECT_ROOT } from "../harness/peers.ts";
+import { closeQuietly } from "../../lib/util/async.ts";
 
 /** Options of {@link benchPeer}. */
 export interface BenchPeerOptions {
@@ -96,9 +97,7 @@ export async function benchPeer(options: BenchPeerOptions = {}): Promise<void> {
   } finally {
     diag.close();
     for (const c of accepted) c.close();
-    try {
-      listener.close();
-    } catch { /* closed when the accept loop returned */ }
+    closeQuietly(listener);
     try {
       child.kill("SIGKILL");
     } catch { /* exited */ }

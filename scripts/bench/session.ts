@@ -12,6 +12,7 @@ import { Tailnet } from "../harness/tailnet.ts";
 import { sourceRunArgs } from "../harness/cache.ts";
 import { PROJECT_ROOT } from "../harness/peers.ts";
 import { Child } from "./l4_procs.ts";
+import { delay } from "../../lib/util/async.ts";
 
 /** Starts a tracked child process. */
 export type Spawn = (name: string, argv: string[], stdin?: boolean) => Child;
@@ -91,7 +92,7 @@ export async function waitUntil(
     if (await options.check().catch(() => false)) return;
     const why = child.exited ? "it exited" : performance.now() > deadline ? "timed out" : "";
     if (why) throw new Error(`${child.name}: ${why} waiting for ${what}; stderr:\n${child.stderrTail()}`);
-    await new Promise((r) => setTimeout(r, 50));
+    await delay(50);
   }
 }
 

@@ -26,6 +26,7 @@ import { FD_LIMIT, freePort, rssMiB } from "./l4_procs.ts";
 import { openBenchSession, type Spawn, startBenchProxy } from "./session.ts";
 import { sourceRunArgs } from "../harness/cache.ts";
 import { ensurePeers, PROJECT_ROOT } from "../harness/peers.ts";
+import { delay } from "../../lib/util/async.ts";
 
 /** Options of {@link benchSoak}. */
 export interface BenchSoakOptions {
@@ -94,7 +95,6 @@ async function fdLimitOf(pid: number): Promise<string> {
   return /^Max open files\s+(\S+)/m.exec(limits)?.[1] ?? "?";
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MB = (mib: number) => (mib * 1024 * 1024) / 1e6;
 const fmtMB = (mib: number) => `${MB(mib).toFixed(1)} MB`;
 const signed = (n: number, digits = 0) => `${n >= 0 ? "+" : ""}${n.toFixed(digits)}`;
@@ -227,9 +227,9 @@ export async function benchSoak(options: BenchSoakOptions = {}): Promise<void> {
           settleMs = performance.now() - t0;
           break;
         }
-        await sleep(100);
+        await delay(100);
       }
-      await sleep(RSS_DELAY_MS);
+      await delay(RSS_DELAY_MS);
       return { fds: await openFds(pid), rss: await rssMiB(pid), settleMs };
     };
 
@@ -244,7 +244,7 @@ export async function benchSoak(options: BenchSoakOptions = {}): Promise<void> {
       const recent: number[] = [];
       let s = 0;
       while (s < plan.idleMs / 1000) {
-        await sleep(t0 + ++s * 1000 - performance.now());
+        await delay(t0 + ++s * 1000 - performance.now());
         const rss = await rssMiB(pid);
         if (fellAt === undefined && rss <= from * 0.9) fellAt = s;
         recent.push(rss);
@@ -265,7 +265,7 @@ export async function benchSoak(options: BenchSoakOptions = {}): Promise<void> {
     const warmHeld = Math.min(500, plan.holdCount);
     await shortBurst(warmShort);
     await holdRounds(1, warmHeld);
-    await sleep(RSS_DELAY_MS);
+    await delay(RSS_DELAY_MS);
     // V8 may not shrink its heap after so small a warm-up (no full collection yet): the baseline is the
     // proxy right after it, as each pass's first figure is; the idle figures are also compared with cold.
     const base = { fds: await openFds(pid), rss: await rssMiB(pid) };

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { closeQuietly } from "../../lib/util/async.ts";
+import { writeAll } from "../../lib/util/bytes.ts";
 import type { Tailnet } from "./tailnet.ts";
 
 const enc = new TextEncoder();
@@ -112,9 +114,7 @@ export async function http(
       raw += dec.decode(buf.subarray(0, n));
     }
   } catch { /* reset after the response */ }
-  try {
-    conn.close();
-  } catch { /* closed */ }
+  closeQuietly(conn);
   const [headText, ...rest] = raw.split("\r\n\r\n");
   const [statusLine, ...lines] = headText.split("\r\n");
   const headers = Object.fromEntries(lines.map((l) => {
@@ -147,13 +147,6 @@ export function echoBackend(): { port: number; close: () => Promise<void> } {
   return { port: server.addr.port, close: () => server.shutdown() };
 }
 
-/** Closes `conn`, ignoring that it may be closed already. */
-export function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* closed */ }
-}
-
 /** Copies `from` to `to` until EOF, then half-closes `to`. */
 export async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
   const buf = new Uint8Array(32 * 1024);
@@ -161,8 +154,7 @@ export async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
     while (true) {
       const n = await from.read(buf);
       if (n === null) break;
-      let off = 0;
-      while (off < n) off += await to.write(buf.subarray(off, n));
+      await writeAll(to, buf.subarray(0, n));
     }
     await to.closeWrite();
   } catch { /* reset or closed */ }
@@ -201,9 +193,7 @@ export function bridge(
   return {
     port: listener.addr.port,
     close: () => {
-      try {
-        listener.close();
-      } catch { /* closed */ }
+      closeQuietly(listener);
       for (const c of open) closeQuietly(c);
     },
   };

@@ -11,6 +11,7 @@
 
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { errorMessage } from "../../lib/util/error.ts";
 
 /** Pinned versions of every test peer. Bump here only, then run `deno task peers`. */
 export const PEER_VERSIONS = {
@@ -211,7 +212,7 @@ export async function ensurePeers(options: { log?: (msg: string) => void } = {})
   const errors = results.flatMap((r) => r.status === "rejected" ? [r.reason] : []);
   if (errors.length === 1) throw errors[0];
   if (errors.length > 1) {
-    throw new PeerInstallError(errors.map((e) => e instanceof Error ? e.message : String(e)).join("\n\n"));
+    throw new PeerInstallError(errors.map((e) => errorMessage(e)).join("\n\n"));
   }
 }
 
@@ -220,7 +221,7 @@ if (import.meta.main) {
   try {
     await ensurePeers();
   } catch (err) {
-    console.error(`peers: ${err instanceof Error ? err.message : err}`);
+    console.error(`peers: ${errorMessage(err)}`);
     Deno.exit(1);
   }
   const versions = Object.entries(PEER_VERSIONS).map(([k, v]) => `${k} ${v}`).join(", ");

@@ -7,10 +7,11 @@
  */
 
 import { join } from "node:path";
-import { lineSplitter } from "../../lib/lines.ts";
+import { lineSplitter } from "../../lib/util/lines.ts";
 import { sourceRunArgs } from "./cache.ts";
 import { PROJECT_ROOT } from "./peers.ts";
 import { waitFor } from "./tailnet.ts";
+import { closeQuietly } from "../../lib/util/async.ts";
 
 const enc = new TextEncoder();
 
@@ -118,9 +119,7 @@ export function tcpEcho(): { port: number; close: () => void } {
             await c.write(new Uint8Array([...enc.encode("echo:"), ...buf.subarray(0, n)]));
           }
         } catch { /* reset */ }
-        try {
-          c.close();
-        } catch { /* closed */ }
+        closeQuietly(c);
       })();
     }
   })();

@@ -16,6 +16,7 @@ import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { PEER_BINS } from "./peers.ts";
 import { isRunning } from "./procs.ts";
 import { socks5Connect, socks5UdpAssociate, type UdpAssociation } from "./socks5.ts";
+import { delay } from "../../lib/util/async.ts";
 
 /**
  * A capability {@link Tailnet.setPolicy} grants to everyone with a fresh value each time, to see when a
@@ -129,7 +130,7 @@ export async function waitFor<T>(
     if (Date.now() > deadline) {
       throw new Error(`Timed out waiting for ${options.what}${last ? `: ${last}` : ""}`);
     }
-    await new Promise((r) => setTimeout(r, options.intervalMs ?? 100));
+    await delay(options.intervalMs ?? 100);
   }
 }
 

@@ -23,6 +23,7 @@ import {
 import { descendants, isRunning } from "../../scripts/harness/procs.ts";
 import { Proxy, tcpEcho } from "../../scripts/harness/proxy.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Policy, waitFor } from "../../scripts/harness/tailnet.ts";
+import { delay } from "../../lib/util/async.ts";
 
 const enc = new TextEncoder();
 
@@ -53,7 +54,7 @@ async function send(port: number, ...chunks: (Uint8Array | number)[]): Promise<v
   const c = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
     for (const chunk of chunks) {
-      if (typeof chunk === "number") await new Promise((r) => setTimeout(r, chunk));
+      if (typeof chunk === "number") await delay(chunk);
       else await c.write(chunk).catch(() => {});
     }
     await readSome(c, 500).catch(() => null);

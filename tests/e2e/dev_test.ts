@@ -6,10 +6,11 @@
  */
 
 import assert from "node:assert/strict";
-import { lineSplitter } from "../../lib/lines.ts";
+import { lineSplitter } from "../../lib/util/lines.ts";
 import { PROJECT_ROOT } from "../../scripts/harness/peers.ts";
 import { descendants, type ProcessEntry, stillRunning } from "../../scripts/harness/procs.ts";
 import { waitFor } from "../../scripts/harness/tailnet.ts";
+import { delay } from "../../lib/util/async.ts";
 
 /** `deno task dev` with its output collected line by line. */
 function startDev(): { child: Deno.ChildProcess; lines: string[]; done: Promise<unknown> } {
@@ -56,7 +57,7 @@ async function stopDev(
   // Processes may still be started while it stops (a signal during start-up): keep looking.
   while (!exited) {
     await record();
-    await new Promise((r) => setTimeout(r, 50));
+    await delay(50);
   }
   clearTimeout(timer);
   await dev.done;

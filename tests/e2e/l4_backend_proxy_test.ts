@@ -18,6 +18,7 @@ import { makeCert } from "../../scripts/harness/certs.ts";
 import { readSome, tlsBackend, tlsVia } from "../../scripts/harness/clients.ts";
 import { Proxy, tcpEcho } from "../../scripts/harness/proxy.ts";
 import { acquireTailnet, CAP, defaultPolicy, type Policy, waitFor } from "../../scripts/harness/tailnet.ts";
+import { delay } from "../../lib/util/async.ts";
 
 const enc = new TextEncoder();
 const ENVOY = join(PROJECT_ROOT, ".peers", "bin", "envoy");
@@ -280,7 +281,7 @@ Deno.test({
           b.close();
         } catch { /* closed */ }
         await proxy!.waitLog(/refused on .*pp-db/, "bob refused");
-        await new Promise((r) => setTimeout(r, 300));
+        await delay(300);
         assert.equal((await entries()).length, before, "Envoy logged no connection for bob");
       });
     } finally {

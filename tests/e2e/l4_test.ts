@@ -18,6 +18,7 @@ import {
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../../lib/proxy_protocol/mod.ts";
 import { acquireTailnet, waitFor } from "../../scripts/harness/tailnet.ts";
+import { delay } from "../../lib/util/async.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -115,7 +116,7 @@ const external = () => Deno.memoryUsage().external;
 
 /** Polls `ok` for up to a second (the relay resizes after its write has resolved). */
 async function eventually(ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 100 && !ok(); i++) await delay(10);
 }
 
 // 16 flows that each relay 1 MiB: their upstream buffers grow to the 256 KiB maximum (4 MiB in all).

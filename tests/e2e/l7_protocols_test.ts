@@ -10,7 +10,8 @@
  * - faults: a backend that is down, and a gateway tailscaled that hangs (SIGSTOP) under ext_authz.
  */
 
-import { bridge, closeQuietly, pump, readSome, tlsBackend, tlsVia } from "../../scripts/harness/clients.ts";
+import { bridge, pump, readSome, tlsBackend, tlsVia } from "../../scripts/harness/clients.ts";
+import { closeQuietly, delay } from "../../lib/util/async.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -736,7 +737,7 @@ Deno.test({
               { what: "gwslow's tailscaled to be stopped", timeoutMs: 5000, intervalMs: 10 },
             );
             // Let the cached identity (whoisCacheTtl 1 s) expire: the next Check needs a WhoIs.
-            await new Promise((r) => setTimeout(r, 1300));
+            await delay(1300);
             let t0 = performance.now();
             const denied = await ask();
             const deniedMs = performance.now() - t0;

@@ -27,6 +27,7 @@ import {
 } from "../../lib/tls/client_hello.ts";
 import { reframe } from "../../scripts/harness/tls.ts";
 import type { Target } from "./mod.ts";
+import { concat } from "../../lib/util/bytes.ts";
 
 const REASONS: readonly ClientHelloErrorReason[] = [
   "timeout",
@@ -45,12 +46,6 @@ const HELLOS: readonly { file: string; bytes: Uint8Array }[] = (JSON.parse(
 ) as { file: string }[])
   .filter((entry) => entry.file !== "go_multi_record.bin")
   .map((entry) => ({ file: entry.file, bytes: Deno.readFileSync(new URL(entry.file, FIXTURES)) }));
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  parts.reduce((at, p) => (out.set(p, at), at + p.length), 0);
-  return out;
-}
 
 /** Records in a framed hello (headers walked; the input is well-formed). */
 function recordCount(framed: Uint8Array): number {

@@ -19,16 +19,16 @@ import {
   decideL4,
   decideL7,
   type Decision,
-  DEFAULT_CAP_NAMES,
   type EmptyListMode,
   formatExplanation,
   matchRoute,
   parseCapRules,
   type ParsedRule,
 } from "../../lib/policy/mod.ts";
+import { DEFAULT_CAPABILITY } from "../../lib/config/mod.ts";
 import type { Target } from "./mod.ts";
 
-const CAP = DEFAULT_CAP_NAMES[0];
+const CAP = DEFAULT_CAPABILITY;
 
 const PROTOTYPE_KEYS = ["valueOf", "toString", "constructor", "__proto__", "hasOwnProperty", "isPrototypeOf"];
 

@@ -29,9 +29,10 @@ import {
   readProxyHeader,
   V2_SIGNATURE,
 } from "../../lib/proxy_protocol/mod.ts";
-import { formatIp } from "../../lib/proxy_protocol/ip.ts";
+import { formatIp } from "../../lib/net/ip.ts";
 import { V2_MAX_LENGTH } from "../../lib/proxy_protocol/v2.ts";
 import type { Target } from "./mod.ts";
+import { concat } from "../../lib/util/bytes.ts";
 
 const REASONS: readonly ProxyProtocolErrorReason[] = [
   "timeout",
@@ -41,12 +42,6 @@ const REASONS: readonly ProxyProtocolErrorReason[] = [
   "too-large",
   "not-proxy",
 ];
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  parts.reduce((at, p) => (out.set(p, at), at + p.length), 0);
-  return out;
-}
 
 const latin1 = (text: string) => Uint8Array.from(text, (c) => c.charCodeAt(0) & 0xff);
 

@@ -20,6 +20,7 @@ import {
   readClientHello,
 } from "../../lib/tls/client_hello.ts";
 import { reframe } from "../../scripts/harness/tls.ts";
+import { delay } from "../../lib/util/async.ts";
 
 interface Fixture {
   file: string;
@@ -381,8 +382,6 @@ Deno.test("random corruption of real hellos never escapes as anything but a Clie
 
 // --- readClientHello over real loopback TCP ---
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 async function rejectsWith(
   promise: Promise<unknown>,
   reason: ClientHelloErrorReason,
@@ -405,7 +404,7 @@ async function writeSlowly(
 ): Promise<void> {
   for (let at = 0; at < bytes.length; at += chunk) {
     await conn.write(bytes.subarray(at, at + chunk));
-    await sleep(delayMs);
+    await delay(delayMs);
   }
 }
 
@@ -440,7 +439,7 @@ Deno.test("readClientHello: after a PROXY header, with its leftover bytes as ini
     const proxied = await readProxyHeader(server);
     assert.equal(proxied.rest.length, 100);
     const reading = readClientHello(server, { initial: proxied.rest });
-    await sleep(10);
+    await delay(10);
     await client.write(hello.subarray(100));
     const { hello: parsedHello, bytes } = await reading;
     assert.equal(parsedHello.sni, "app.example.com");

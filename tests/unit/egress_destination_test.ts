@@ -13,7 +13,7 @@ import {
   tailnetView,
 } from "../../lib/egress/destination.ts";
 import { StatusSchema } from "../../lib/localapi/mod.ts";
-import { parseIp } from "../../lib/proxy_protocol/ip.ts";
+import { parseIp } from "../../lib/net/ip.ts";
 
 const status = StatusSchema.parse({
   BackendState: "Running",

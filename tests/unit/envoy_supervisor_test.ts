@@ -32,6 +32,7 @@ import { encodeProxyV2 } from "../../lib/proxy_protocol/mod.ts";
 import { generateSecret, SECRET_TLV_TYPE, ServiceIndex } from "../../lib/wire.ts";
 import { PEER_BINS, PROJECT_ROOT } from "../../scripts/harness/peers.ts";
 import { grpcHealthBackend, healthService } from "../../scripts/harness/grpc_health.ts";
+import { delay } from "../../lib/util/async.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -104,7 +105,7 @@ async function waitFor(what: string, check: () => boolean, timeoutMs = 10_000): 
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
     if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
+    await delay(20);
   }
 }
 
@@ -338,7 +339,7 @@ Deno.test("crash: kill -9 of Envoy → not ready, restarted with backoff, ready 
     // A crash loop backs off (doubling, capped); a long enough healthy run resets the delay.
     await crash();
     await crash();
-    await new Promise((r) => setTimeout(r, 1600));
+    await delay(1600);
     await crash();
     assert.deepEqual(crashes().map((r) => r.delayMs), [50, 100, 150, 50]);
     assert.equal(envoy.restarts, 4);
@@ -380,11 +381,11 @@ Deno.test("forward: SIGUSR1 passes through; SIGTERM is a stop, not a crash", asy
     const pid = envoy.pid!;
     assert.equal(envoy.forward("SIGUSR1"), true); // Envoy reopens its access logs
     assert.equal(envoy.forward("SIGHUP"), true); // Envoy ignores it
-    await new Promise((r) => setTimeout(r, 200));
+    await delay(200);
     assert.ok(envoy.isReady && envoy.pid === pid, "still the same Envoy");
     assert.equal(envoy.forward("SIGTERM"), true);
     await waitFor("Envoy to exit", () => envoy.state === "stopped");
-    await new Promise((r) => setTimeout(r, 100));
+    await delay(100);
     assert.equal(envoy.restarts, 0);
     assert.equal(envoy.state, "stopped");
     assert.equal(alive(pid), false);
@@ -552,7 +553,7 @@ Deno.test({
     const backend = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
       const entry = { path: new URL(req.url).pathname, headers: Object.fromEntries(req.headers) };
       seen.push(entry);
-      if (entry.path === "/slow") await new Promise((r) => setTimeout(r, 600));
+      if (entry.path === "/slow") await delay(600);
       return Response.json(entry);
     });
     const secret = generateSecret();
@@ -911,7 +912,7 @@ Deno.test({
           mode = next;
           if (next !== "down" && !server) {
             server = Deno.serve({ path: socket, onListen: () => {} }, async () => {
-              if (mode === "hang") await new Promise((r) => setTimeout(r, 1000));
+              if (mode === "hang") await delay(1000);
               return new Response("boom", { status: mode === "500" ? 500 : 200 });
             });
           }

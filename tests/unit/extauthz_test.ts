@@ -46,6 +46,8 @@ import {
 } from "../../lib/wire.ts";
 import { PEER_BINS, PROJECT_ROOT } from "../../scripts/harness/peers.ts";
 import { CACHED_ONLY } from "../../scripts/harness/cache.ts";
+import { closeQuietly, delay } from "../../lib/util/async.ts";
+import { concat } from "../../lib/util/bytes.ts";
 
 const FIXTURES = join(PROJECT_ROOT, "tests", "fixtures", "extauthz");
 const CAP = "rajsingh.info/cap/tailvoy";
@@ -876,12 +878,6 @@ function proxyV2(
   ]);
 }
 
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  chunks.reduce((at, c) => (out.set(c, at), at + c.length), 0);
-  return out;
-}
-
 /**
  * Reads one HTTP/1.1 response: the head, then `content-length` bytes (or to EOF without one). Not
  * waiting for EOF matters: after a 400 Envoy holds the connection for its 1s delayed-close timeout.
@@ -890,7 +886,7 @@ async function readResponse(conn: Deno.Conn): Promise<string> {
   const chunks: Uint8Array[] = [];
   const buf = new Uint8Array(16384);
   while (true) {
-    const text = decoder.decode(concat(chunks));
+    const text = decoder.decode(concat(...chunks));
     const end = text.indexOf("\r\n\r\n");
     const length = /\r\ncontent-length:\s*(\d+)/i.exec(text.slice(0, end));
     if (end >= 0 && length && encoder.encode(text).length >= end + 4 + Number(length[1])) return text;
@@ -1021,7 +1017,7 @@ async function startEnvoy(vars: Record<string, number>): Promise<EnvoyProcess> {
           return { ports, stderr: () => stderr, stop };
         }
       }
-      await new Promise((r) => setTimeout(r, 25));
+      await delay(25);
     }
   } catch (error) {
     await stop();
@@ -1108,9 +1104,7 @@ Deno.test({
           await conn.write(encoder.encode(`${head.join("\r\n")}\r\n\r\n`));
           return parseResponse(await readResponse(conn));
         } finally {
-          try {
-            conn.close();
-          } catch { /* already closed by the peer */ }
+          closeQuietly(conn);
         }
       };
       const echoOf = (r: RawResponse): Echo => {

@@ -13,6 +13,7 @@ import { IdentityResolver } from "../../lib/identity/mod.ts";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { PROJECT_ROOT } from "../../scripts/harness/peers.ts";
 import { FakeLocalApi } from "../../scripts/harness/fake_localapi.ts";
+import { delay } from "../../lib/util/async.ts";
 
 /** A fake Envoy admin API serving the fixture's `default/eg/tcp` listener, with a settable `/ready`. */
 async function fakeAdmin() {
@@ -79,13 +80,13 @@ Deno.test({
   fn: () =>
     withGateway(async ({ gateway, admin, fake, config }) => {
       assert.deepEqual(advertised(fake), ["svc:a"]);
-      let release!: () => void;
-      admin.state.hold = new Promise((r) => release = r);
+      const release = Promise.withResolvers<void>();
+      admin.state.hold = release.promise;
       const inFlight = gateway.poll(); // held in /ready with the old config
-      await new Promise((r) => setTimeout(r, 50));
+      await delay(50);
       const reloaded = gateway.reload(config("b"));
       admin.state.hold = undefined;
-      release();
+      release.resolve();
       await inFlight;
       await reloaded;
       assert.deepEqual(advertised(fake), ["svc:b"]);

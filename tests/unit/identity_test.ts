@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { IdentityResolver, splitAddr } from "../../lib/identity/mod.ts";
+import { IdentityResolver } from "../../lib/identity/mod.ts";
 import { LocalApiError, type WhoIsOptions, type WhoIsResponse } from "../../lib/localapi/mod.ts";
 
 const CAP = "rajsingh.info/cap/tailvoy";
@@ -26,13 +26,6 @@ class StubSource {
     return this.answer(addr, options);
   }
 }
-
-Deno.test("splitAddr handles IPv4, IPv6 and bare IPs", () => {
-  assert.deepEqual(splitAddr("100.64.0.1:443"), { ip: "100.64.0.1", port: 443 });
-  assert.deepEqual(splitAddr("[fd7a::1]:80"), { ip: "fd7a::1", port: 80 });
-  assert.deepEqual(splitAddr("fd7a::1"), { ip: "fd7a::1" });
-  assert.deepEqual(splitAddr("100.64.0.1"), { ip: "100.64.0.1" });
-});
 
 Deno.test("identity fields: user node vs tagged node", async () => {
   const src = new StubSource();
@@ -79,15 +72,14 @@ Deno.test("cache: ttl 0 disables caching", async () => {
 
 Deno.test("concurrent misses for one key share one WhoIs call", async () => {
   const src = new StubSource();
-  let release!: () => void;
-  const gate = new Promise<void>((r) => release = r);
+  const gate = Promise.withResolvers<void>();
   src.answer = async () => {
-    await gate;
+    await gate.promise;
     return whoisAnswer("alice", [{}]);
   };
   const r = new IdentityResolver(src);
   const all = Promise.all(Array.from({ length: 50 }, () => r.resolve("100.64.0.9")));
-  release();
+  gate.resolve();
   const ids = await all;
   assert.equal(src.calls.length, 1);
   assert.ok(ids.every((i) => i === ids[0]));

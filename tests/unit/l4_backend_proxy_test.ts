@@ -13,6 +13,7 @@ import type { TcpListenerSpec } from "../../lib/l4/tcp.ts";
 import type { WhoIsResponse } from "../../lib/localapi/mod.ts";
 import { encodeProxyV2, type ProxyHeader, readProxyHeader } from "../../lib/proxy_protocol/mod.ts";
 import { SECRET_TLV_TYPE } from "../../lib/wire.ts";
+import { closeQuietly } from "../../lib/util/async.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -167,9 +168,7 @@ function headerBackend(payloadBytes: number): { port: number; received: Received
           received.push({ header, payload: dec.decode(payload) });
           await c.write(enc.encode("ok"));
         } catch { /* the test fails on what is missing */ }
-        try {
-          c.close();
-        } catch { /* closed */ }
+        closeQuietly(c);
       })();
     }
   })();

@@ -9,15 +9,15 @@ import {
   decideL4,
   decideL7,
   type Decision,
-  DEFAULT_CAP_NAMES,
   formatExplanation,
   matchHostname,
   matchRoute,
   parseCapRules,
   type ParsedRule,
 } from "../../lib/policy/mod.ts";
+import { DEFAULT_CAPABILITY } from "../../lib/config/mod.ts";
 
-const CAP = DEFAULT_CAP_NAMES[0];
+const CAP = DEFAULT_CAPABILITY;
 
 /** Parses rules that must all be valid. */
 function rules(...values: unknown[]): ParsedRule[] {

@@ -18,6 +18,7 @@ import {
 } from "../../lib/proxy_protocol/mod.ts";
 import { crc32c } from "../../lib/proxy_protocol/crc32c.ts";
 import { PEER_BINS } from "../../scripts/harness/peers.ts";
+import { delay } from "../../lib/util/async.ts";
 
 const text = (s: string) => new TextEncoder().encode(s);
 const hex = (s: string) => Uint8Array.from(s.replace(/\s+/g, "").match(/../g)!.map((b) => parseInt(b, 16)));
@@ -435,8 +436,6 @@ Deno.test("encoders refuse headers they cannot express", () => {
 
 // --- readProxyHeader over real loopback TCP ---
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 async function rejectsWith(
   promise: Promise<unknown>,
   reason: ProxyProtocolErrorReason,
@@ -458,7 +457,7 @@ Deno.test("readProxyHeader: a header split across many tiny writes", async () =>
       const reading = readProxyHeader(server, { timeoutMs: 2000 });
       for (const b of bytes) {
         await client.write(Uint8Array.of(b));
-        await sleep(1);
+        await delay(1);
       }
       const { header, rest } = await reading;
       assert.deepEqual(header, expectHeader(bytes[0] === 0x0d ? TCP6 : TCP4, bytes[0] === 0x0d ? 2 : 1));
@@ -502,7 +501,7 @@ Deno.test("readProxyHeader: the deadline covers the whole header, not each read"
         } catch {
           return;
         }
-        await sleep(20);
+        await delay(20);
       }
     })();
     await rejectsWith(reading, "timeout");
@@ -710,7 +709,7 @@ async function envoyListenerPort(
       const port = body?.listener_statuses?.[0]?.local_address?.socket_address?.port_value;
       if (port) return port;
     }
-    await sleep(50);
+    await delay(50);
   }
   assert.fail(`Envoy did not start its listener within 15 s:\n${stderr()}`);
 }

@@ -7,12 +7,12 @@
  */
 
 import { L7_PROTOCOLS } from "./constants.ts";
-import { patternError } from "./formats.ts";
+import { jsonQuote, patternError } from "./formats.ts";
 import { compileMappingEntry, type MappingEntry } from "./services.ts";
 import { closest } from "./suggest.ts";
 
-/** A problem found by {@linkcode checkRules}. */
-export interface RuleIssue {
+/** A problem found by {@linkcode checkCrossField}. */
+export interface CrossFieldIssue {
   /** Path of the field at fault. */
   path: (string | number)[];
   /** Sentence-case description quoting the offending value. */
@@ -30,10 +30,9 @@ const isObject = (value: unknown): value is Data =>
   typeof value === "object" && value !== null && !Array.isArray(value);
 const isString = (value: unknown): value is string => typeof value === "string";
 const has = (object: Data, key: string) => object[key] !== undefined && object[key] !== null;
-const quote = (value: unknown) => JSON.stringify(value);
 
 /** Reports every cross-field problem in `config` (parsed or raw) through `report`. */
-export function checkRules(config: unknown, report: (issue: RuleIssue) => void): void {
+export function checkCrossField(config: unknown, report: (issue: CrossFieldIssue) => void): void {
   if (!isObject(config)) return;
   const listeners = isObject(config.listeners) ? config.listeners : undefined;
   const listenerNames = listeners ? Object.keys(listeners) : [];
@@ -84,7 +83,7 @@ export function checkRules(config: unknown, report: (issue: RuleIssue) => void):
   }, report);
 }
 
-function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) => void): void {
+function checkListener(path: Path, listener: Data, report: (issue: CrossFieldIssue) => void): void {
   const protocol = listener.protocol;
   if (!isString(protocol)) return;
   const routes = Array.isArray(listener.routes) ? listener.routes : undefined;
@@ -213,7 +212,7 @@ function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) =>
   }
 }
 
-function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: RuleIssue) => void): void {
+function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: CrossFieldIssue) => void): void {
   const seen = new Map<string, number>();
   routes.forEach((route, index) => {
     if (!isObject(route)) return;
@@ -230,7 +229,7 @@ function checkTlsRoutes(path: Path, routes: unknown[], report: (issue: RuleIssue
       if (first !== undefined) {
         report({
           path: at("hostname"),
-          message: `${quote(route.hostname)} is already routed by routes[${first}]`,
+          message: `${jsonQuote(route.hostname)} is already routed by routes[${first}]`,
           hint: "remove the duplicate route",
         });
       } else seen.set(route.hostname.toLowerCase(), index);
@@ -264,7 +263,7 @@ function checkHttpRoutes(
   path: Path,
   protocol: string,
   routes: unknown[],
-  report: (issue: RuleIssue) => void,
+  report: (issue: CrossFieldIssue) => void,
 ): void {
   routes.forEach((route, index) => {
     if (!isObject(route)) return;
@@ -310,8 +309,8 @@ function checkHttpRoutes(
   });
 }
 
-function checkPorts(listeners: Data, report: (issue: RuleIssue) => void): void {
-  // UDP and TCP ports are separate namespaces (DNS wants both on 53); tailvoy rejected that.
+function checkPorts(listeners: Data, report: (issue: CrossFieldIssue) => void): void {
+  // UDP and TCP ports are separate namespaces (DNS wants both on 53); the Go tailvoy rejected that.
   const used = new Map<string, string>();
   for (const [name, listener] of Object.entries(listeners)) {
     if (!isObject(listener) || typeof listener.port !== "number") continue;
@@ -322,7 +321,7 @@ function checkPorts(listeners: Data, report: (issue: RuleIssue) => void): void {
     else {
       report({
         path: ["listeners", name, "port"],
-        message: `${transport} port ${listener.port} is already used by listener ${quote(owner)}`,
+        message: `${transport} port ${listener.port} is already used by listener ${jsonQuote(owner)}`,
         hint: "give each listener its own port",
       });
     }
@@ -341,12 +340,12 @@ interface MappingContext {
 function checkServiceMappings(
   mappings: unknown,
   context: MappingContext,
-  report: (issue: RuleIssue) => void,
+  report: (issue: CrossFieldIssue) => void,
 ): void {
   const path: Path = ["tailscale", "serviceMappings"];
   const services = isObject(mappings) ? Object.keys(mappings) : [];
   if (services.length === 0) {
-    // A leftover tailvoy `service:` key gets its own migration message; don't pile on.
+    // A leftover `service:` key of the Go tailvoy gets its own migration message; don't pile on.
     if (context.mappingsNeeded && !context.hasRemovedServiceKey) {
       const example = context.discoveryMode
         ? 'web: [".*http.*"]'
@@ -355,7 +354,7 @@ function checkServiceMappings(
         path,
         message: context.discoveryMode
           ? "required in discovery mode"
-          : `required: listeners ${context.servedListeners.map(quote).join(", ")} use serve ingress`,
+          : `required: listeners ${context.servedListeners.map(jsonQuote).join(", ")} use serve ingress`,
         hint: `map each Tailscale Service to its listeners, e.g. serviceMappings: {${example}}` +
           (context.discoveryMode ? "" : ", or set tailvoy.ingress: direct"),
       });
@@ -378,8 +377,8 @@ function checkServiceMappings(
         report({
           path: [...path, service, index],
           message: staticListeners
-            ? `${quote(pattern)} is neither a listener name nor a valid regex (${reason})`
-            : `invalid regex ${quote(pattern)}: ${reason}`,
+            ? `${jsonQuote(pattern)} is neither a listener name nor a valid regex (${reason})`
+            : `invalid regex ${jsonQuote(pattern)}: ${reason}`,
           hint: staticListeners
             ? listenerHint(pattern, context.listenerNames)
             : "in discovery mode entries are regexes; escape special characters with \\",
@@ -390,7 +389,7 @@ function checkServiceMappings(
       if (staticListeners && !context.listenerNames.some((name) => entry.matches(name))) {
         report({
           path: [...path, service, index],
-          message: `${quote(pattern)} matches no listener`,
+          message: `${jsonQuote(pattern)} matches no listener`,
           hint: listenerHint(pattern, context.listenerNames),
         });
       }
@@ -402,7 +401,7 @@ function checkServiceMappings(
     if (entries.some((entry) => entry.matches(name))) continue;
     report({
       path: ["listeners", name],
-      message: `listener ${quote(name)} is not in any tailscale.serviceMappings entry`,
+      message: `listener ${jsonQuote(name)} is not in any tailscale.serviceMappings entry`,
       hint: `add it to a service, e.g. serviceMappings: {${
         services[0]
       }: [..., ${name}]}, or set ingress: direct`,
@@ -412,8 +411,8 @@ function checkServiceMappings(
 
 function listenerHint(pattern: string, listenerNames: string[]): string {
   const suggestion = closest(pattern, listenerNames);
-  if (suggestion) return `did you mean ${quote(suggestion)}?`;
+  if (suggestion) return `did you mean ${jsonQuote(suggestion)}?`;
   return listenerNames.length > 0
-    ? `listeners are ${listenerNames.map(quote).join(", ")}`
+    ? `listeners are ${listenerNames.map(jsonQuote).join(", ")}`
     : "define the listener under listeners first";
 }
