@@ -60,7 +60,7 @@ export function splitHostPort(addr: string): { host: string; port: number } | un
 export function splitAddr(addr: string): { ip: string; port?: number } {
   const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(addr);
   if (v6) return { ip: v6[1], port: v6[2] ? Number(v6[2]) : undefined };
-  const v4 = /^([^:]+):(\d+)$/.exec(addr);
+  const v4 = /^([^:]*):(\d+)$/.exec(addr);
   if (v4) return { ip: v4[1], port: Number(v4[2]) };
   return { ip: addr };
 }

@@ -10,6 +10,8 @@ Deno.test("splitAddr handles IPv4, IPv6 and bare IPs", () => {
   assert.deepEqual(splitAddr("100.64.0.1:443"), { ip: "100.64.0.1", port: 443 });
   assert.deepEqual(splitAddr("[fd7a::1]:80"), { ip: "fd7a::1", port: 80 });
   assert.deepEqual(splitAddr("fd7a::1"), { ip: "fd7a::1" });
+  // An empty host (the admin address's "all interfaces") keeps its port.
+  assert.deepEqual(splitAddr(":9002"), { ip: "", port: 9002 });
   assert.deepEqual(splitAddr("100.64.0.1"), { ip: "100.64.0.1" });
 });
 
