@@ -48,6 +48,37 @@ export interface FlowCloseEvent {
   reason?: string;
 }
 
+/**
+ * One egress flow, logged once: at refusal, or at close with bytes and duration. `result` is `allow` for
+ * a flow that was relayed, else why it was refused.
+ */
+export interface EgressEvent {
+  listener: string;
+  requestId: string;
+  /** Client address, `IP:port`. */
+  client: string;
+  /** Proxy user, when credentials are required. */
+  user?: string;
+  /** `http`, `socks5`, or `target` (port-mapped). */
+  protocol: string;
+  /** Destination as asked (`host:port`), when the handshake got that far. */
+  asked?: string;
+  /** The alias used. */
+  alias?: string;
+  /** Resolved address dialed (or refused), `IP:port`. */
+  resolved?: string;
+  /** The tailnet node (or subnet router) behind it. */
+  peer?: string;
+  via?: string;
+  result: "allow" | "source" | "handshake" | "unauthorized" | "destination" | "dial" | "draining";
+  /** The rule that allowed it, or why not. */
+  rule: string;
+  bytesUp?: number;
+  bytesDown?: number;
+  durationMs?: number;
+  end?: string;
+}
+
 const decisionLog = getLogger("decision");
 
 function who(identity?: Identity): Record<string, unknown> {
@@ -106,6 +137,18 @@ export class Telemetry {
     name: "tailvoy_flow_bytes_total",
     help: "Bytes relayed by listener and direction (up = caller to backend).",
     labelNames: ["listener", "direction"] as const,
+    registers: [this.registry],
+  });
+  readonly egressFlows = new client.Counter({
+    name: "tailvoy_egress_flows_total",
+    help: "Egress flows by listener and result (allow, or the stage that refused: source, handshake, unauthorized, destination, dial, draining).",
+    labelNames: ["listener", "result"] as const,
+    registers: [this.registry],
+  });
+  readonly egressOpen = new client.Gauge({
+    name: "tailvoy_egress_open_flows",
+    help: "Open egress flows by listener.",
+    labelNames: ["listener"] as const,
     registers: [this.registry],
   });
   readonly revoked = new client.Counter({
@@ -222,6 +265,41 @@ export class Telemetry {
       end: event.end,
       ...(event.reason ? { reason: event.reason } : {}),
     });
+  }
+
+  /** Records an egress flow: counted, and logged once (allowed flows at close, with their bytes). */
+  egress(event: EgressEvent): void {
+    this.egressFlows.inc({ listener: event.listener, result: event.result });
+    if (event.bytesUp !== undefined) {
+      this.flowBytes.inc({ listener: event.listener, direction: "up" }, event.bytesUp);
+      this.flowBytes.inc({ listener: event.listener, direction: "down" }, event.bytesDown ?? 0);
+    }
+    const record = {
+      event: "egress",
+      requestId: event.requestId,
+      listener: event.listener,
+      layer: "egress",
+      client: event.client,
+      user: event.user ?? null,
+      protocol: event.protocol,
+      asked: event.asked ?? null,
+      alias: event.alias ?? null,
+      resolved: event.resolved ?? null,
+      peer: event.peer ?? null,
+      via: event.via ?? null,
+      decision: event.result === "allow" ? "allow" : "deny",
+      result: event.result,
+      rule: event.rule,
+      ...(event.bytesUp !== undefined
+        ? {
+          bytesUp: event.bytesUp,
+          bytesDown: event.bytesDown ?? 0,
+          durationMs: Math.round(event.durationMs ?? 0),
+          end: event.end ?? null,
+        }
+        : {}),
+    };
+    decisionLog.info("egress {decision} {listener} {client} → {asked}: {rule}", record);
   }
 
   /** The identity resolver's observer: cache hits, WhoIs calls, errors by kind, latency. */
