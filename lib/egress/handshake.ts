@@ -221,6 +221,10 @@ export async function readHandshake(conn: HandshakeConn, options: HandshakeOptio
   if (!(timeoutMs > 0 && Number.isFinite(timeoutMs))) {
     throw new RangeError(`timeoutMs must be a positive number of ms, got ${timeoutMs}`);
   }
+  const maxHead = options.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES;
+  if (!(Number.isSafeInteger(maxHead) && maxHead >= 64)) {
+    throw new RangeError(`maxHeadBytes must be an integer of at least 64, got ${maxHead}`);
+  }
   const reader = new Reader(conn, timeoutMs);
   if (protocols.size === 1) reader.protocol = [...protocols][0];
   try {
@@ -257,7 +261,9 @@ async function httpHandshake(
   let result = parseHttpProxyRequest(buffer.subarray(0, length), options);
   while ("need" in result) {
     if (length === buffer.length) {
-      // The parser refuses a full cap, so a full buffer is below the cap: grow towards it.
+      // The parser refuses a full cap, so this is unreachable; were it reached, a zero-byte read
+      // would spin forever.
+      if (length >= cap) throw new Error(`HTTP head buffer full at ${length} bytes without a verdict`);
       const grown = new Uint8Array(Math.min(cap, buffer.length * 4));
       grown.set(buffer);
       buffer = grown;

@@ -411,5 +411,6 @@ Deno.test("bad options are programming errors, thrown before any I/O", async () 
   const conn = new Firehose(text("x"));
   await assert.rejects(readHandshake(conn, { protocols: [] }), RangeError);
   await assert.rejects(readHandshake(conn, { protocols: ["http"], timeoutMs: 0 }), RangeError);
+  await assert.rejects(readHandshake(conn, { protocols: ["http"], maxHeadBytes: 10 }), RangeError);
   assert.equal(conn.largestRead, 0);
 });
