@@ -12,6 +12,7 @@
 import fc from "fast-check";
 import { PROPERTIES as CLIENT_HELLO } from "./client_hello.ts";
 import { PROPERTIES as CONFIG } from "./config.ts";
+import { PROPERTIES as EGRESS } from "./egress.ts";
 import { PROPERTIES as POLICY } from "./policy.ts";
 import { PROPERTIES as PROXY_PROTOCOL } from "./proxy_protocol.ts";
 
@@ -29,7 +30,7 @@ export interface Target {
  * module that is still loading.
  */
 export function allTargets(): Target[] {
-  return [...PROXY_PROTOCOL, ...CLIENT_HELLO, ...CONFIG, ...POLICY];
+  return [...PROXY_PROTOCOL, ...CLIENT_HELLO, ...CONFIG, ...POLICY, ...EGRESS];
 }
 
 /** Options of {@link runBounded}. */
