@@ -36,6 +36,7 @@ import {
   type Socks5Request,
   type Socks5Result,
 } from "./socks5.ts";
+import { errorMessage } from "../util/error.ts";
 
 /** Default deadline for the whole handshake, in ms. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -166,7 +167,7 @@ class Reader {
       n = await this.deadline.race(pending);
     } catch (error) {
       if (error instanceof HandshakeError) throw error;
-      throw new HandshakeError("closed", `Reading the handshake failed: ${errorText(error)}`, {
+      throw new HandshakeError("closed", `Reading the handshake failed: ${errorMessage(error)}`, {
         protocol: this.protocol,
         cause: error,
       });
@@ -191,10 +192,6 @@ class Reader {
   get pending(): Promise<number | null> | undefined {
     return this.#pending;
   }
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 async function writeAll(conn: HandshakeConn, bytes: Uint8Array, deadline: Deadline): Promise<void> {
@@ -236,7 +233,7 @@ export async function readHandshake(conn: HandshakeConn, options: HandshakeOptio
   } catch (error) {
     const failure = error instanceof HandshakeError
       ? error
-      : new HandshakeError("closed", `The handshake failed: ${errorText(error)}`, {
+      : new HandshakeError("closed", `The handshake failed: ${errorMessage(error)}`, {
         protocol: reader.protocol,
         cause: error,
       });

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { formatIp, parseIpv4, parseIpv6 } from "../proxy_protocol/ip.ts";
+import { formatIp, parseIpv4, parseIpv6 } from "../net/ip.ts";
 
 /** A destination a client asked for. Not resolved and not checked against any policy yet. */
 export interface Destination {
