@@ -12,7 +12,7 @@
  * @module
  */
 
-import { formatIp, parseIp } from "../proxy_protocol/ip.ts";
+import { formatIp, parseIp } from "../net/ip.ts";
 import { type Credentials, type Destination, parseHost, type RefusalReason } from "./request.ts";
 
 /** The protocol version byte of SOCKS5 messages. */

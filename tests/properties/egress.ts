@@ -41,7 +41,7 @@ import {
   readHandshake,
 } from "../../lib/egress/handshake.ts";
 import type { Credentials, Destination } from "../../lib/egress/request.ts";
-import { formatIp } from "../../lib/proxy_protocol/ip.ts";
+import { formatIp } from "../../lib/net/ip.ts";
 import type { Target } from "./mod.ts";
 
 const latin1 = (text: string) => Uint8Array.from(text, (c) => c.charCodeAt(0) & 0xff);
