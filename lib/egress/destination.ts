@@ -15,10 +15,10 @@ import { type Cidr, cidrContains, neverDial, parseCidr, unmap } from "../net/cid
 import { formatIp, type IpBytes, parseIp } from "../net/ip.ts";
 import type { Status } from "../localapi/mod.ts";
 
-/** A destination rule as configured (`egress.rules[]`). */
+/** A destination rule as configured (`egress.rules[]`, ports parsed). */
 export interface DestinationRule {
-  /** Shown in logs as the rule that allowed a flow. */
-  name: string;
+  /** Shown in logs as the rule that allowed a flow (default `rules[i]`). */
+  name?: string;
   listeners?: readonly string[];
   /** Destination node names: MagicDNS short name or FQDN. */
   hosts?: readonly string[];
@@ -30,8 +30,8 @@ export interface DestinationRule {
   routes?: readonly string[];
   /** Non-tailnet prefixes (the only way to reach them). */
   external?: readonly string[];
-  /** Ports, or `a-b` ranges. */
-  ports?: readonly (number | string)[];
+  /** Inclusive port ranges. */
+  ports?: readonly { from: number; to: number }[];
 }
 
 /** One tailnet peer as tailscaled sees it. */
@@ -72,8 +72,8 @@ export function tailnetView(
   return { peers, own };
 }
 
-/** Host aliases: `name` or `name:port` → `target` or `target:port`. */
-export type Aliases = Readonly<Record<string, string>>;
+/** Host aliases: `name` or `name:port` (lower case, no trailing dot) → a host and, optionally, a port. */
+export type Aliases = Readonly<Record<string, { host: string; port?: number }>>;
 
 /** `host:port` after the aliases (an alias naming no port keeps the asked one); `alias` is the key used. */
 export function applyAliases(
@@ -84,20 +84,9 @@ export function applyAliases(
   for (const key of [`${host}:${asked.port}`, host]) {
     const target = Object.hasOwn(aliases, key) ? aliases[key] : undefined;
     if (target === undefined) continue;
-    const split = splitTarget(target);
-    return { host: split.host, port: split.port ?? asked.port, alias: key };
+    return { host: target.host.toLowerCase(), port: target.port ?? asked.port, alias: key };
   }
   return { host, port: asked.port };
-}
-
-function splitTarget(target: string): { host: string; port?: number } {
-  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(target);
-  if (v6) return { host: v6[1], port: v6[2] ? Number(v6[2]) : undefined };
-  const colon = target.lastIndexOf(":");
-  if (colon > 0 && target.indexOf(":") === colon && /^\d+$/.test(target.slice(colon + 1))) {
-    return { host: target.slice(0, colon).toLowerCase(), port: Number(target.slice(colon + 1)) };
-  }
-  return { host: target.toLowerCase() };
 }
 
 /** Where a name or address leads on the tailnet. */
@@ -132,38 +121,33 @@ export interface CompiledRule {
   ports?: [number, number][];
 }
 
-/** Parses every rule's prefixes and ports; throws naming the rule and the bad value. */
+/** Parses every rule's prefixes once; throws naming the rule and the bad value. */
 export function compileRules(rules: readonly DestinationRule[]): CompiledRule[] {
-  const cidrs = (rule: string, values?: readonly string[]) =>
-    values?.map((v) => {
-      const c = parseCidr(v);
-      if (!c) {
-        throw new Error(`Egress rule ${rule}: ${JSON.stringify(v)} is not an IP prefix (like 100.64.0.0/10)`);
-      }
-      return c;
-    });
-  const lower = (values?: readonly string[]) =>
-    values && new Set(values.map((v) => v.toLowerCase().replace(/\.$/, "")));
-  return rules.map((r) => ({
-    name: r.name,
-    listeners: r.listeners && new Set(r.listeners),
-    hosts: lower(r.hosts),
-    tags: r.tags && new Set(r.tags),
-    addresses: cidrs(r.name, r.addresses),
-    routes: cidrs(r.name, r.routes),
-    external: cidrs(r.name, r.external),
-    ports: r.ports?.map((p) => portRange(r.name, p)),
-  }));
-}
-
-function portRange(rule: string, p: number | string): [number, number] {
-  const m = typeof p === "number" ? [String(p), String(p), String(p)] : /^(\d+)(?:-(\d+))?$/.exec(p);
-  const lo = Number(m?.[1]);
-  const hi = Number(m?.[2] ?? m?.[1]);
-  if (!m || !(lo >= 1 && hi <= 65535 && lo <= hi)) {
-    throw new Error(`Egress rule ${rule}: port ${JSON.stringify(p)} is not a port or a range like 8000-8100`);
-  }
-  return [lo, hi];
+  return rules.map((r, i) => {
+    const name = r.name ?? `rules[${i}]`;
+    const cidrs = (values?: readonly string[]) =>
+      values?.map((v) => {
+        const c = parseCidr(v);
+        if (!c) {
+          throw new Error(
+            `Egress rule ${name}: ${JSON.stringify(v)} is not an IP prefix (like 100.64.0.0/10)`,
+          );
+        }
+        return c;
+      });
+    const lower = (values?: readonly string[]) =>
+      values && new Set(values.map((v) => v.toLowerCase().replace(/\.$/, "")));
+    return {
+      name,
+      listeners: r.listeners && new Set(r.listeners),
+      hosts: lower(r.hosts),
+      tags: r.tags && new Set(r.tags),
+      addresses: cidrs(r.addresses),
+      routes: cidrs(r.routes),
+      external: cidrs(r.external),
+      ports: r.ports?.map((p) => [p.from, p.to] as [number, number]),
+    };
+  });
 }
 
 /** A resolved destination and the verdict on it. */
