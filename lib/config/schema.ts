@@ -38,9 +38,9 @@ import {
   TOKEN_LIFETIME,
 } from "./constants.ts";
 import { joinMessage } from "./errors.ts";
+import { checked, duration, nonEmpty, port } from "./fields.ts";
 import {
   checkCapabilityName,
-  checkDuration,
   checkHost,
   checkHostname,
   checkHostPort,
@@ -51,67 +51,11 @@ import {
   checkPattern,
   checkServiceName,
   checkTag,
-  parseDuration,
-  type Problem,
 } from "./formats.ts";
 import { checkRules } from "./rules.ts";
 
-/** A string that must pass `check`; its problem becomes the issue message. */
-function checked(check: (value: string) => Problem | undefined) {
-  return z.string().superRefine((value, ctx) => {
-    const problem = check(value);
-    if (problem) {
-      ctx.addIssue({ code: "custom", message: joinMessage(problem.message, problem.hint), input: value });
-    }
-  });
-}
-
-const nonEmpty = (what: string) =>
-  z.string().min(1, { error: joinMessage("must not be empty", `give ${what}`) });
-
-// Go's decoder (tailvoy) read `pollInterval: 5` as the string "5"; do the same so the duration check explains it.
-const numberAsString = (value: unknown) => typeof value === "number" ? String(value) : value;
-
-/** Inclusive bounds of a duration, written as durations. */
-type DurationRange = { min: string; max: string };
-
-/**
- * A duration string parsed to milliseconds, with a default also written as a duration string;
- * `range` bounds it.
- */
-function duration(defaultValue: string, options: { allowZero?: boolean; range?: DurationRange } = {}) {
-  const outOfRange = (ms: number, range: DurationRange) =>
-    ms < (parseDuration(range.min) ?? 0) || ms > (parseDuration(range.max) ?? Infinity);
-  const text = checked((value) =>
-    checkDuration(value) ??
-      (!options.allowZero && parseDuration(value) === 0
-        ? { message: "must be greater than 0", hint: `e.g. "${defaultValue}"` }
-        : options.range && outOfRange(parseDuration(value) ?? 0, options.range)
-        ? {
-          message: `must be between ${options.range.min} and ${options.range.max}, got "${value}"`,
-          hint: `e.g. "${defaultValue}"`,
-        }
-        : undefined)
-  );
-  return z.preprocess(numberAsString, text.transform((value) => parseDuration(value) ?? 0))
-    .default(parseDuration(defaultValue) ?? 0);
-}
-
 // tailvoy (Go) treated "" like an absent key; keep accepting it.
 const emptyAsUnset = (value: unknown) => value === "" ? undefined : value;
-
-const port = z.number().superRefine((value, ctx) => {
-  if (!Number.isInteger(value) || value < 1 || value > 65535) {
-    ctx.addIssue({
-      code: "custom",
-      message: joinMessage(
-        `must be between 1 and 65535, got ${value}`,
-        "use a whole port number in that range",
-      ),
-      input: value,
-    });
-  }
-});
 
 const backend = checked(checkHostPort);
 
