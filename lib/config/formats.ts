@@ -7,6 +7,7 @@
  */
 
 import { RE2JS } from "re2js";
+import { formatIp, type IpBytes, parseIp } from "../proxy_protocol/ip.ts";
 
 /** What is wrong with a value, and what to do about it. */
 export interface Problem {
@@ -308,6 +309,95 @@ export function checkNodeName(value: string): Problem | undefined {
     return {
       message: `invalid node hostname ${quote(value)}`,
       hint: "use one DNS label: letters, digits and dashes, at most 63 characters",
+    };
+  }
+  return undefined;
+}
+
+/** An IP prefix: the address as written and the prefix length. */
+export interface Cidr {
+  /** Network-order address bytes (4 for IPv4, 16 for IPv6), host bits as written. */
+  address: IpBytes;
+  /** Prefix length: 0–32 for IPv4, 0–128 for IPv6. */
+  bits: number;
+}
+
+/**
+ * Parses `10.0.0.0/8`, `fd7a:115c:a1e0::/48`, or a bare IP (a prefix of its full length), strictly
+ * (see {@linkcode parseIp}); undefined if it is not one. Host bits are kept as written.
+ */
+export function parseCidr(value: string): Cidr | undefined {
+  const slash = value.indexOf("/");
+  const address = parseIp(slash < 0 ? value : value.slice(0, slash));
+  if (!address) return undefined;
+  if (slash < 0) return { address, bits: address.length * 8 };
+  const bits = value.slice(slash + 1);
+  if (!/^(0|[1-9][0-9]{0,2})$/.test(bits) || Number(bits) > address.length * 8) return undefined;
+  return { address, bits: Number(bits) };
+}
+
+/** The prefix with its host bits cleared. */
+export function networkOf(cidr: Cidr): Cidr {
+  const address = cidr.address.map((byte, i) => {
+    const kept = Math.min(8, Math.max(0, cidr.bits - i * 8));
+    return byte & (0xff << (8 - kept)) & 0xff;
+  });
+  return { address, bits: cidr.bits };
+}
+
+/** Checks an IP prefix (`10.0.0.0/8`, `fd7a:115c:a1e0::/48`) or a bare IP; host bits must be zero. */
+export function checkCidr(value: string): Problem | undefined {
+  const cidr = parseCidr(value);
+  if (!cidr) {
+    return {
+      message: `invalid CIDR ${quote(value)}`,
+      hint: "use an IP address or a prefix, e.g. 10.0.0.0/8, 100.64.0.7 or fd7a:115c:a1e0::/48",
+    };
+  }
+  const network = networkOf(cidr);
+  if (network.address.some((byte, i) => byte !== cidr.address[i])) {
+    const written = `${formatIp(network.address)}/${cidr.bits}`;
+    return {
+      message: `CIDR ${quote(value)} has host bits set`,
+      hint: `write ${quote(written)} for the network, or a bare address for one host`,
+    };
+  }
+  return undefined;
+}
+
+/** Options for {@linkcode checkDnsName}. */
+export interface DnsNameOptions {
+  /** What to do instead when the value is an IP address. */
+  ipHint?: string;
+}
+
+/**
+ * Checks a DNS name such as `pg-primary` or `pg-primary.tail1234.ts.net`; one trailing dot is allowed
+ * (a fully qualified name). IP addresses are not names.
+ */
+export function checkDnsName(value: string, options: DnsNameOptions = {}): Problem | undefined {
+  const name = value.endsWith(".") ? value.slice(0, -1) : value;
+  if (parseIp(name.replace(/^\[(.*)\]$/, "$1"))) {
+    return {
+      message: `expected a DNS name, got IP address ${quote(value)}`,
+      hint: options.ipHint ?? "give a name here",
+    };
+  }
+  if (name === "" || !isHostName(name)) {
+    return {
+      message: `invalid DNS name ${quote(value)}`,
+      hint: "use letters, digits and dashes in dot-separated labels, e.g. pg-primary or db.corp.internal",
+    };
+  }
+  return undefined;
+}
+
+/** Checks an environment variable name such as `TAILVOY_EGRESS_USERS`. */
+export function checkEnvName(value: string): Problem | undefined {
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(value)) {
+    return {
+      message: `invalid environment variable name ${quote(value)}`,
+      hint: "use letters, digits and underscores, not starting with a digit, e.g. TAILVOY_EGRESS_USERS",
     };
   }
   return undefined;

@@ -7,6 +7,7 @@
  */
 
 import { L7_PROTOCOLS } from "./constants.ts";
+import { checkEgress } from "./egress.ts";
 import { patternError } from "./formats.ts";
 import { compileMappingEntry, type MappingEntry } from "./services.ts";
 import { closest } from "./suggest.ts";
@@ -55,7 +56,9 @@ export function checkRules(config: unknown, report: (issue: RuleIssue) => void):
     });
   }
   const listenersMistyped = has(config, "listeners") && !listeners; // reported by the schema
-  if (!has(config, "discovery") && listenerNames.length === 0 && !listenersMistyped) {
+  // An egress-only proxy needs no tailnet listeners.
+  const egressOnly = has(config, "egress");
+  if (!has(config, "discovery") && listenerNames.length === 0 && !listenersMistyped && !egressOnly) {
     report({
       path: ["listeners"],
       message: "at least one listener is required",
@@ -82,6 +85,7 @@ export function checkRules(config: unknown, report: (issue: RuleIssue) => void):
     mappingsNeeded: discoveryMode ? defaultIngress === "serve" : servedListeners.length > 0,
     hasRemovedServiceKey: has(tailscale, "service"),
   }, report);
+  checkEgress(config, report);
 }
 
 function checkListener(path: Path, listener: Data, report: (issue: RuleIssue) => void): void {

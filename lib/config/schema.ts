@@ -5,7 +5,8 @@
  * spelling, so a tailvoy config parses unchanged. Our process-wide additions live under one
  * top-level `tailvoy:` block (a single place to look, and no risk of colliding with keys tailvoy
  * may add later). Per-listener additions (`acceptAppCaps`, `shadow`, `ingress`) sit on the
- * listener they affect. Every addition is optional and defaulted.
+ * listener they affect. The egress proxy (cluster → tailnet) is its own optional top-level block,
+ * `egress:` (see `egress.ts`). Every addition is optional and defaulted.
  *
  * Differences from tailvoy, all deliberate:
  * - unknown keys are errors (tailvoy ignored them);
@@ -37,6 +38,7 @@ import {
   TOKEN_ALGORITHMS,
   TOKEN_LIFETIME,
 } from "./constants.ts";
+import { EgressSchema } from "./egress.ts";
 import { joinMessage } from "./errors.ts";
 import { checked, duration, nonEmpty, port } from "./fields.ts";
 import {
@@ -292,6 +294,8 @@ const ConfigShape = z.strictObject({
   discovery: DiscoverySchema.optional(),
   /** Our additions. */
   tailvoy: TailvoySchema,
+  /** Our addition: a policy-controlled proxy from the cluster into the tailnet (see `egress.ts`). */
+  egress: EgressSchema.optional(),
 });
 
 type ParsedShape = z.output<typeof ConfigShape>;
@@ -311,7 +315,10 @@ function normalize(config: ParsedShape) {
       }];
     }),
   );
-  return { ...config, listeners };
+  if (!config.egress) return { ...config, listeners };
+  const { egress, tailvoy } = config;
+  const timeouts = { ...egress.timeouts, dial: egress.timeouts.dial ?? tailvoy.timeouts.dial };
+  return { ...config, listeners, egress: { ...egress, timeouts } };
 }
 
 /**
@@ -360,3 +367,17 @@ export type TailvoyConfig = Config["tailvoy"];
 export type Protocol = ListenerConfig["protocol"];
 /** Ingress mode. */
 export type IngressMode = ListenerConfig["ingress"];
+/** Parsed `egress:` block, with `timeouts.dial` resolved. */
+export type EgressConfig = NonNullable<Config["egress"]>;
+/** One parsed egress listener: a proxy (`protocols`) or port-mapped (`target`). */
+export type EgressListenerConfig = EgressConfig["listeners"][string];
+/** What an egress proxy listener speaks. */
+export type EgressProtocol = NonNullable<EgressListenerConfig["protocols"]>[number];
+/** Parsed `credentials:` of an egress listener: `file` or `env`. */
+export type EgressCredentialsConfig = NonNullable<EgressListenerConfig["credentials"]>;
+/** One parsed egress destination rule. */
+export type EgressRuleConfig = EgressConfig["rules"][number];
+/** An inclusive port range of `egress.rules[].ports`. */
+export type PortRange = NonNullable<EgressRuleConfig["ports"]>[number];
+/** A parsed alias target: `port` absent means the port the client asked for. */
+export type AliasTarget = EgressConfig["aliases"][string];
