@@ -145,10 +145,9 @@ const EgressListenerSchema = z.strictObject({
     .optional(),
   /**
    * Port-mapped: every connection goes to this `host:port` (resolved like a proxy request, aliases
-   * first; rules still apply), parsed to `{host, port}`.
+   * first; rules still apply); `{host, port}` after normalizing.
    */
-  target: checked(checkHostPort).transform((value) => splitDestination(value) as Required<Destination>)
-    .optional(),
+  target: checked(checkHostPort).optional(),
   /** Client CIDRs allowed to connect (default loopback only). */
   sources: cidrs.default([...DEFAULT_EGRESS_SOURCES]),
   /** Users who may use the proxy (HTTP Basic, SOCKS5 RFC 1929); omitted: no credentials asked. */
@@ -169,14 +168,8 @@ const EgressTimeoutsSchema = z.strictObject({
 
 /** The `egress:` block (see the module documentation for the decisions it makes). */
 export const EgressSchema = z.strictObject({
-  /** Name or `name:port` → tailnet target (name or IP, optional port), parsed to `{host, port?}`. */
-  aliases: z.record(checked(checkAliasName), checked(checkAliasTarget))
-    .default({})
-    .transform((aliases) =>
-      Object.fromEntries(
-        Object.entries(aliases).map(([key, value]) => [aliasKey(key), splitDestination(value)]),
-      )
-    ),
+  /** Name or `name:port` → tailnet target (name or IP, optional port); `{host, port?}` after normalizing. */
+  aliases: z.record(checked(checkAliasName), checked(checkAliasTarget)).default({}),
   /** Destination policy: OR across rules. Required: no rule allows nothing. */
   rules: z.array(EgressRuleSchema, {
     error: (issue) =>
@@ -199,12 +192,37 @@ export const EgressSchema = z.strictObject({
   timeouts: EgressTimeoutsSchema,
 });
 
+/**
+ * The parsed block with what the runtime should not recompute: alias keys canonical (lowercase, no
+ * trailing dot) and alias and `target` destinations split into `{host, port}`, and `timeouts.dial`
+ * defaulted to `dial` (`tailvoy.timeouts.dial`). Run after {@linkcode checkEgress} passed.
+ */
+export function normalizeEgress(egress: z.output<typeof EgressSchema>, defaults: { dial: number }) {
+  const aliases = Object.fromEntries(
+    Object.entries(egress.aliases).map(([key, value]) => [aliasKey(key), splitDestination(value)]),
+  );
+  const listeners = Object.fromEntries(
+    Object.entries(egress.listeners).map(([name, { target, ...listener }]) => [
+      name,
+      target === undefined
+        ? listener
+        : { ...listener, target: splitDestination(target) as Required<Destination> },
+    ]),
+  );
+  const timeouts = { ...egress.timeouts, dial: egress.timeouts.dial ?? defaults.dial };
+  return { ...egress, aliases, listeners, timeouts };
+}
+
 type Data = Record<string, unknown>;
 type Path = (string | number)[];
 
 const isObject = (value: unknown): value is Data =>
   typeof value === "object" && value !== null && !Array.isArray(value);
 const has = (object: Data, key: string) => object[key] !== undefined && object[key] !== null;
+
+// "a", "a and b", "a, b and c".
+const listing = (items: string[]) =>
+  items.length > 1 ? `${items.slice(0, -1).join(", ")} and ${items[items.length - 1]}` : items.join("");
 
 // Rule keys that match tailnet destinations, which `external` by definition is not.
 const TAILNET_KEYS = ["hosts", "tags", "addresses", "routes"];
@@ -333,7 +351,7 @@ function checkEgressRules(
     if (has(rule, "external") && tailnetKeys.length > 0) {
       report({
         path: [...path, "external"],
-        message: `cannot be combined with ${tailnetKeys.join(", ")} in one rule`,
+        message: `cannot be combined with ${listing(tailnetKeys)} in one rule`,
         hint: "external matches destinations off the tailnet, the others tailnet ones; " +
           "put external in a rule of its own",
       });

@@ -38,7 +38,7 @@ import {
   TOKEN_ALGORITHMS,
   TOKEN_LIFETIME,
 } from "./constants.ts";
-import { EgressSchema } from "./egress.ts";
+import { EgressSchema, normalizeEgress } from "./egress.ts";
 import { joinMessage } from "./errors.ts";
 import { checked, duration, nonEmpty, port } from "./fields.ts";
 import {
@@ -316,9 +316,11 @@ function normalize(config: ParsedShape) {
     }),
   );
   if (!config.egress) return { ...config, listeners };
-  const { egress, tailvoy } = config;
-  const timeouts = { ...egress.timeouts, dial: egress.timeouts.dial ?? tailvoy.timeouts.dial };
-  return { ...config, listeners, egress: { ...egress, timeouts } };
+  return {
+    ...config,
+    listeners,
+    egress: normalizeEgress(config.egress, { dial: config.tailvoy.timeouts.dial }),
+  };
 }
 
 /**
@@ -367,7 +369,7 @@ export type TailvoyConfig = Config["tailvoy"];
 export type Protocol = ListenerConfig["protocol"];
 /** Ingress mode. */
 export type IngressMode = ListenerConfig["ingress"];
-/** Parsed `egress:` block, with `timeouts.dial` resolved. */
+/** Parsed `egress:` block, normalized (see `normalizeEgress`). */
 export type EgressConfig = NonNullable<Config["egress"]>;
 /** One parsed egress listener: a proxy (`protocols`) or port-mapped (`target`). */
 export type EgressListenerConfig = EgressConfig["listeners"][string];
