@@ -56,3 +56,9 @@ export const OVERRIDE_HEADERS = [
 
 /** One of {@link OVERRIDE_HEADERS}. */
 export type OverrideHeader = typeof OVERRIDE_HEADERS[number];
+
+/** What an egress proxy listener speaks: HTTP proxy (CONNECT and absolute-form) and SOCKS5. */
+export const EGRESS_PROTOCOLS = ["http", "socks5"] as const;
+
+/** Clients an egress listener accepts when it names no `sources`: this host only. */
+export const DEFAULT_EGRESS_SOURCES: readonly string[] = Object.freeze(["127.0.0.0/8", "::1/128"]);

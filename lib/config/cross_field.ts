@@ -7,6 +7,7 @@
  */
 
 import { L7_PROTOCOLS } from "./constants.ts";
+import { checkEgress } from "./egress.ts";
 import { jsonQuote, patternError } from "./formats.ts";
 import { compileMappingEntry, type MappingEntry } from "./services.ts";
 import { closest } from "./suggest.ts";
@@ -54,7 +55,9 @@ export function checkCrossField(config: unknown, report: (issue: CrossFieldIssue
     });
   }
   const listenersMistyped = has(config, "listeners") && !listeners; // reported by the schema
-  if (!has(config, "discovery") && listenerNames.length === 0 && !listenersMistyped) {
+  // An egress-only proxy needs no tailnet listeners.
+  const egressOnly = has(config, "egress");
+  if (!has(config, "discovery") && listenerNames.length === 0 && !listenersMistyped && !egressOnly) {
     report({
       path: ["listeners"],
       message: "at least one listener is required",
@@ -81,6 +84,7 @@ export function checkCrossField(config: unknown, report: (issue: CrossFieldIssue
     mappingsNeeded: discoveryMode ? defaultIngress === "serve" : servedListeners.length > 0,
     hasRemovedServiceKey: has(tailscale, "service"),
   }, report);
+  checkEgress(config, report);
 }
 
 function checkListener(path: Path, listener: Data, report: (issue: CrossFieldIssue) => void): void {

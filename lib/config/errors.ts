@@ -91,3 +91,32 @@ export function sortIssues(issues: readonly ConfigIssue[]): ConfigIssue[] {
     issue.line === undefined ? Infinity : issue.line * 1e6 + (issue.column ?? 0);
   return [...issues].sort((a, b) => rank(a) - rank(b));
 }
+
+/** Options for {@linkcode readFailure}. */
+export interface ReadFailureOptions {
+  /** What the file is, e.g. `config file`. */
+  what: string;
+  /** Advice when the file does not exist. */
+  notFoundHint: string;
+  /** Advice when the path is a directory. */
+  directoryHint: string;
+}
+
+/** Message and hint for a file that could not be read, by the error `Deno.readTextFile` threw. */
+export function readFailure(error: unknown, options: ReadFailureOptions): { message: string; hint: string } {
+  const { what } = options;
+  if (error instanceof Deno.errors.NotFound) {
+    return { message: `${what} not found`, hint: options.notFoundHint };
+  }
+  if (error instanceof Deno.errors.IsADirectory) {
+    return { message: `is a directory, not a ${what}`, hint: options.directoryHint };
+  }
+  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+    return {
+      message: `cannot read ${what}: permission denied`,
+      hint: "run with --allow-read, or fix the file's permissions",
+    };
+  }
+  const reason = error instanceof Error ? error.message : String(error);
+  return { message: `cannot read ${what}: ${reason}`, hint: "check that the file exists and is readable" };
+}

@@ -7,6 +7,8 @@
  */
 
 import { RE2JS } from "re2js";
+import { parseCidr } from "../net/cidr.ts";
+import { parseIp } from "../net/ip.ts";
 
 /** What is wrong with a value, and what to do about it. */
 export interface Problem {
@@ -323,6 +325,62 @@ export function checkNodeName(value: string): Problem | undefined {
     return {
       message: `invalid node hostname ${jsonQuote(value)}`,
       hint: "use one DNS label: letters, digits and dashes, at most 63 characters",
+    };
+  }
+  return undefined;
+}
+
+/** Checks an IP prefix (`10.0.0.0/8`, `fd7a:115c:a1e0::/48`) or a bare IP; host bits must be zero. */
+export function checkCidr(value: string): Problem | undefined {
+  const cidr = parseCidr(value);
+  if (!cidr) {
+    return {
+      message: `invalid CIDR ${jsonQuote(value)}`,
+      hint: "use an IP address or a prefix, e.g. 10.0.0.0/8, 100.64.0.7 or fd7a:115c:a1e0::/48",
+    };
+  }
+  if (!cidr.exact) {
+    return {
+      message: `CIDR ${jsonQuote(value)} has host bits set`,
+      hint: `write ${jsonQuote(cidr.text)} for the network, or a bare address for one host`,
+    };
+  }
+  return undefined;
+}
+
+/** Options for {@linkcode checkDnsName}. */
+export interface DnsNameOptions {
+  /** What to do instead when the value is an IP address. */
+  ipHint?: string;
+}
+
+/**
+ * Checks a DNS name such as `pg-primary` or `pg-primary.tail1234.ts.net`; one trailing dot is allowed
+ * (a fully qualified name). IP addresses are not names.
+ */
+export function checkDnsName(value: string, options: DnsNameOptions = {}): Problem | undefined {
+  const name = value.endsWith(".") ? value.slice(0, -1) : value;
+  if (parseIp(name.replace(/^\[(.*)\]$/, "$1"))) {
+    return {
+      message: `expected a DNS name, got IP address ${jsonQuote(value)}`,
+      hint: options.ipHint ?? "give a name here",
+    };
+  }
+  if (name === "" || !isHostName(name)) {
+    return {
+      message: `invalid DNS name ${jsonQuote(value)}`,
+      hint: "use letters, digits and dashes in dot-separated labels, e.g. pg-primary or db.corp.internal",
+    };
+  }
+  return undefined;
+}
+
+/** Checks an environment variable name such as `TAILVOY_EGRESS_USERS`. */
+export function checkEnvName(value: string): Problem | undefined {
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(value)) {
+    return {
+      message: `invalid environment variable name ${jsonQuote(value)}`,
+      hint: "use letters, digits and underscores, not starting with a digit, e.g. TAILVOY_EGRESS_USERS",
     };
   }
   return undefined;

@@ -1,7 +1,7 @@
 /**
  * tailvoy configuration: schema, parsing with located errors, `${VAR}` expansion, credentials,
  * and Service mapping. Accepts the Go tailvoy's config format unchanged; our additions live under
- * `tailvoy:` and on listeners (see `schema.ts`).
+ * `tailvoy:`, on listeners and in `egress:` (see `schema.ts`).
  *
  * ```ts
  * import { ConfigError, loadConfig } from "./lib/config/mod.ts";
@@ -16,15 +16,22 @@
  */
 
 export {
+  type AliasTarget,
   type BackendProxyConfig,
   type BackendTlv,
   type Config,
   type ConfigInput,
   ConfigSchema,
   type DiscoveryConfig,
+  type EgressConfig,
+  type EgressCredentialsConfig,
+  type EgressListenerConfig,
+  type EgressProtocol,
+  type EgressRuleConfig,
   type IdentityTokenConfig,
   type IngressMode,
   type ListenerConfig,
+  type PortRange,
   type Protocol,
   type RouteConfig,
   type TailscaleConfig,
@@ -47,7 +54,9 @@ export {
   BACKEND_PROXY_TLVS,
   DEFAULT_ADMIN_ADDRESS,
   DEFAULT_CAPABILITY,
+  DEFAULT_EGRESS_SOURCES,
   DEFAULT_LOCALAPI_SOCKET,
+  EGRESS_PROTOCOLS,
   INGRESS_MODES,
   L7_PROTOCOLS,
   PROTOCOLS,

@@ -6,7 +6,7 @@
  */
 
 import { own } from "../util/own.ts";
-import { ConfigError, type ConfigIssue, formatPath } from "./errors.ts";
+import { ConfigError, type ConfigIssue, formatPath, readFailure } from "./errors.ts";
 import { fromCrossFieldIssue, fromZodIssues, GENERIC_MESSAGE, isAboutMisspeltKey } from "./issues.ts";
 import { checkCrossField } from "./cross_field.ts";
 import { type Config, ConfigSchema } from "./schema.ts";
@@ -114,30 +114,15 @@ export async function loadConfig(path: string, options: LoadConfigOptions = {}):
   try {
     text = await Deno.readTextFile(path);
   } catch (error) {
-    throw new ConfigError([{ path: [], source: path, ...readFailure(error) }]);
+    throw new ConfigError([{
+      path: [],
+      source: path,
+      ...readFailure(error, {
+        what: "config file",
+        notFoundHint: "check the path, or pass --config <file> (see examples/config.yaml)",
+        directoryHint: "pass the path of the YAML file",
+      }),
+    }]);
   }
   return parseConfig(text, { ...options, source: path });
-}
-
-function readFailure(error: unknown): { message: string; hint: string } {
-  if (error instanceof Deno.errors.NotFound) {
-    return {
-      message: "config file not found",
-      hint: "check the path, or pass --config <file> (see examples/config.yaml)",
-    };
-  }
-  if (error instanceof Deno.errors.IsADirectory) {
-    return { message: "is a directory, not a config file", hint: "pass the path of the YAML file" };
-  }
-  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-    return {
-      message: "cannot read config file: permission denied",
-      hint: "run with --allow-read, or fix the file's permissions",
-    };
-  }
-  const reason = errorMessage(error);
-  return {
-    message: `cannot read config file: ${reason}`,
-    hint: "check that the file exists and is readable",
-  };
 }

@@ -5,7 +5,8 @@
  * spelling, so its configs parse unchanged. Our process-wide additions live under one
  * top-level `tailvoy:` block (a single place to look, and no risk of colliding with keys the Go tailvoy
  * may add later). Per-listener additions (`acceptAppCaps`, `shadow`, `ingress`) sit on the
- * listener they affect. Every addition is optional and defaulted.
+ * listener they affect. The egress proxy (cluster → tailnet) is its own optional top-level block,
+ * `egress:` (see `egress.ts`). Every addition is optional and defaulted.
  *
  * Differences from the Go tailvoy, all deliberate:
  * - unknown keys are errors (the Go tailvoy ignored them);
@@ -37,10 +38,11 @@ import {
   TOKEN_ALGORITHMS,
   TOKEN_LIFETIME,
 } from "./constants.ts";
+import { EgressSchema, normalizeEgress } from "./egress.ts";
 import { joinMessage } from "./errors.ts";
+import { checked, duration, nonEmpty, port } from "./fields.ts";
 import {
   checkCapabilityName,
-  checkDuration,
   checkHost,
   checkHostname,
   checkHostPort,
@@ -51,67 +53,11 @@ import {
   checkPattern,
   checkServiceName,
   checkTag,
-  parseDuration,
-  type Problem,
 } from "./formats.ts";
 import { checkCrossField } from "./cross_field.ts";
 
-/** A string that must pass `check`; its problem becomes the issue message. */
-function checked(check: (value: string) => Problem | undefined) {
-  return z.string().superRefine((value, ctx) => {
-    const problem = check(value);
-    if (problem) {
-      ctx.addIssue({ code: "custom", message: joinMessage(problem.message, problem.hint), input: value });
-    }
-  });
-}
-
-const nonEmpty = (what: string) =>
-  z.string().min(1, { error: joinMessage("must not be empty", `give ${what}`) });
-
-// Go's decoder (the Go tailvoy) read `pollInterval: 5` as the string "5"; do the same so the duration check explains it.
-const numberAsString = (value: unknown) => typeof value === "number" ? String(value) : value;
-
-/** Inclusive bounds of a duration, written as durations. */
-type DurationRange = { min: string; max: string };
-
-/**
- * A duration string parsed to milliseconds, with a default also written as a duration string;
- * `range` bounds it.
- */
-function duration(defaultValue: string, options: { allowZero?: boolean; range?: DurationRange } = {}) {
-  const outOfRange = (ms: number, range: DurationRange) =>
-    ms < (parseDuration(range.min) ?? 0) || ms > (parseDuration(range.max) ?? Infinity);
-  const text = checked((value) =>
-    checkDuration(value) ??
-      (!options.allowZero && parseDuration(value) === 0
-        ? { message: "must be greater than 0", hint: `e.g. "${defaultValue}"` }
-        : options.range && outOfRange(parseDuration(value) ?? 0, options.range)
-        ? {
-          message: `must be between ${options.range.min} and ${options.range.max}, got "${value}"`,
-          hint: `e.g. "${defaultValue}"`,
-        }
-        : undefined)
-  );
-  return z.preprocess(numberAsString, text.transform((value) => parseDuration(value) ?? 0))
-    .default(parseDuration(defaultValue) ?? 0);
-}
-
 // The Go tailvoy treated "" like an absent key; keep accepting it.
 const emptyAsUnset = (value: unknown) => value === "" ? undefined : value;
-
-const port = z.number().superRefine((value, ctx) => {
-  if (!Number.isInteger(value) || value < 1 || value > 65535) {
-    ctx.addIssue({
-      code: "custom",
-      message: joinMessage(
-        `must be between 1 and 65535, got ${value}`,
-        "use a whole port number in that range",
-      ),
-      input: value,
-    });
-  }
-});
 
 const backend = checked(checkHostPort);
 
@@ -348,6 +294,8 @@ const ConfigShape = z.strictObject({
   discovery: DiscoverySchema.optional(),
   /** Our additions. */
   tailvoy: TailvoySchema,
+  /** Our addition: a policy-controlled proxy from the cluster into the tailnet (see `egress.ts`). */
+  egress: EgressSchema.optional(),
 });
 
 type ParsedShape = z.output<typeof ConfigShape>;
@@ -367,7 +315,12 @@ function normalize(config: ParsedShape) {
       }];
     }),
   );
-  return { ...config, listeners };
+  if (!config.egress) return { ...config, listeners };
+  return {
+    ...config,
+    listeners,
+    egress: normalizeEgress(config.egress, { dial: config.tailvoy.timeouts.dial }),
+  };
 }
 
 /**
@@ -416,3 +369,17 @@ export type TailvoyConfig = Config["tailvoy"];
 export type Protocol = ListenerConfig["protocol"];
 /** Ingress mode. */
 export type IngressMode = ListenerConfig["ingress"];
+/** Parsed `egress:` block, normalized (see `normalizeEgress`). */
+export type EgressConfig = NonNullable<Config["egress"]>;
+/** One parsed egress listener: a proxy (`protocols`) or port-mapped (`target`). */
+export type EgressListenerConfig = EgressConfig["listeners"][string];
+/** What an egress proxy listener speaks. */
+export type EgressProtocol = NonNullable<EgressListenerConfig["protocols"]>[number];
+/** Parsed `credentials:` of an egress listener: `file` or `env`. */
+export type EgressCredentialsConfig = NonNullable<EgressListenerConfig["credentials"]>;
+/** One parsed egress destination rule. */
+export type EgressRuleConfig = EgressConfig["rules"][number];
+/** An inclusive port range of `egress.rules[].ports`. */
+export type PortRange = NonNullable<EgressRuleConfig["ports"]>[number];
+/** A parsed alias target: `port` absent means the port the client asked for. */
+export type AliasTarget = EgressConfig["aliases"][string];

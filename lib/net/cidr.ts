@@ -6,26 +6,37 @@
 
 import { formatIp, type IpBytes, parseIp } from "./ip.ts";
 
-/** A parsed prefix: its address bytes (4 or 16) and length. */
+/** A parsed prefix: its network address bytes (4 or 16) and length. */
 export interface Cidr {
+  /** The network: host bits cleared. */
   bytes: IpBytes;
   bits: number;
-  /** As written, normalised (`100.64.0.0/10`). */
+  /** The network as text (`100.64.0.0/10`). */
   text: string;
+  /** Whether it was written with its host bits clear (`10.1.2.3/8` was not). */
+  exact: boolean;
 }
 
-/** Parses `a.b.c.d/n`, `v6/n`, or a bare address (a /32 or /128); `undefined` when invalid. */
+/**
+ * Parses `a.b.c.d/n`, `v6/n`, or a bare address (a /32 or /128), strictly (see `parseIp`; no leading
+ * zeros in the length); `undefined` when invalid.
+ */
 export function parseCidr(text: string): Cidr | undefined {
   const slash = text.indexOf("/");
   const bytes = parseIp(slash < 0 ? text : text.slice(0, slash));
   if (!bytes) return undefined;
   const max = bytes.length * 8;
   const bitsText = slash < 0 ? String(max) : text.slice(slash + 1);
-  if (!/^\d{1,3}$/.test(bitsText)) return undefined;
+  if (!/^(0|[1-9][0-9]{0,2})$/.test(bitsText)) return undefined;
   const bits = Number(bitsText);
   if (bits > max) return undefined;
   const masked = mask(bytes, bits);
-  return { bytes: masked, bits, text: `${formatIp(masked)}/${bits}` };
+  return {
+    bytes: masked,
+    bits,
+    text: `${formatIp(masked)}/${bits}`,
+    exact: masked.every((b, i) => b === bytes[i]),
+  };
 }
 
 /** Whether `ip` (an address, IPv4-mapped IPv6 counted as IPv4) is inside `cidr`. */

@@ -141,7 +141,8 @@ export class Telemetry {
   });
   readonly egressFlows = new client.Counter({
     name: "tailvoy_egress_flows_total",
-    help: "Egress flows by listener and result (allow, or the stage that refused: source, handshake, unauthorized, destination, dial, draining).",
+    help:
+      "Egress flows by listener and result (allow, or the stage that refused: source, handshake, unauthorized, destination, dial, draining).",
     labelNames: ["listener", "result"] as const,
     registers: [this.registry],
   });

@@ -287,6 +287,33 @@ Deno.test("examples/config.yaml parses to the listeners the dev task uses", asyn
   assert.deepEqual(services("db"), ["svc:db"]);
 });
 
+Deno.test("examples/config.yaml: the commented examples are valid once uncommented", async () => {
+  const text = await Deno.readTextFile(EXAMPLE);
+  const egressAt = text.indexOf("\n# egress:\n");
+  assert.ok(egressAt > 0, "the example has a commented egress block");
+  const options = /^(\s*)# ((?:acceptAppCaps|keepHeaders|identityToken|proxyProtocol|servePeerCheck): )/gm;
+  const uncommented = text.slice(0, egressAt).replace(options, "$1$2") +
+    text.slice(egressAt).replace(/^# ?/gm, "");
+  const config = parseConfig(uncommented, { env: {} });
+  const { web, db } = config.listeners;
+  assert.deepEqual(web.acceptAppCaps, ["example.com/cap/web"]);
+  assert.deepEqual(web.keepHeaders, ["x-original-url"]);
+  assert.deepEqual(web.identityToken, { audience: "web", lifetime: 300_000 });
+  assert.deepEqual(db.proxyProtocol, { version: "v2", tlvs: ["login", "node", "tags"] });
+  assert.equal(config.tailvoy.servePeerCheck, true);
+  assert.deepEqual(config.tailvoy.identityToken, {
+    keyFile: "/etc/tailvoy/token-key.pem",
+    algorithm: "ES256",
+  });
+  assert.deepEqual(Object.keys(config.egress?.listeners ?? {}), ["proxy", "postgres"]);
+  assert.deepEqual(config.egress?.rules.map((rule) => rule.name), ["databases", undefined]);
+  assert.deepEqual(config.egress?.listeners.postgres, {
+    address: "127.0.0.1:15433",
+    target: { host: "pg-primary", port: 5432 },
+    sources: ["127.0.0.0/8", "::1/128"],
+  });
+});
+
 Deno.test("listener backend shorthand on http is the same as a trailing catch-all route", () => {
   const head =
     `tailscale:\n  serviceMappings: {web: [web]}\nlisteners:\n  web:\n    port: 80\n    protocol: http\n`;

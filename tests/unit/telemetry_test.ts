@@ -83,6 +83,8 @@ Deno.test("metrics: the exposed names, types and label names", async () => {
     tailvoy_whois_cache_hits_total: "counter",
     tailvoy_open_flows: "gauge",
     tailvoy_flow_bytes_total: "counter",
+    tailvoy_egress_flows_total: "counter",
+    tailvoy_egress_open_flows: "gauge",
     tailvoy_flows_revoked_total: "counter",
     tailvoy_envoy_restarts_total: "counter",
     tailvoy_envoy_ready: "gauge",
