@@ -315,7 +315,7 @@ function normalize(config: ParsedShape) {
       }];
     }),
   );
-  if (!config.egress) return { ...config, listeners };
+  if (!config.egress) return { ...config, listeners, egress: undefined };
   return {
     ...config,
     listeners,

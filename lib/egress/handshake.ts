@@ -368,15 +368,26 @@ async function socksHandshake(
  * reset can destroy the reply before the client reads it. Then closes.
  */
 async function refuse(reader: Reader, reply: Uint8Array | undefined, lingerMs: number): Promise<void> {
-  const { conn } = reader;
+  await closeWithReply(reader.conn, reply, { lingerMs, pending: reader.pending });
+}
+
+/**
+ * Sends `reply` (if any), half-closes, and drains what the client still sends for up to `lingerMs` (at
+ * most 64 KiB), so that closing does not reset the connection under the reply; then closes `conn`.
+ * `pending` is a read still outstanding on `conn` (a second read would be refused).
+ */
+export async function closeWithReply(
+  conn: HandshakeConn,
+  reply: Uint8Array | undefined,
+  options: { lingerMs?: number; pending?: Promise<number | null> } = {},
+): Promise<void> {
   if (reply) {
-    const grace = new Deadline(lingerMs, () => new Error("linger over"));
+    const grace = new Deadline(options.lingerMs ?? DEFAULT_LINGER_MS, () => new Error("linger over"));
     try {
       await writeAll(conn, reply, grace);
       await grace.race(conn.closeWrite());
       let drained = 0;
-      // A read abandoned at the handshake deadline is still pending; a second read would be refused.
-      if (reader.pending) drained += await grace.race(reader.pending) ?? MAX_DRAIN_BYTES;
+      if (options.pending) drained += await grace.race(options.pending) ?? MAX_DRAIN_BYTES;
       const sink = new Uint8Array(4096);
       while (drained < MAX_DRAIN_BYTES) drained += await grace.race(conn.read(sink)) ?? MAX_DRAIN_BYTES;
     } catch {

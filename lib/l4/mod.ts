@@ -8,8 +8,9 @@
  */
 
 import type { BackendProxyConfig, Config } from "../config/mod.ts";
+import { type EgressListenerSpec, EgressPlane, type EgressPolicy } from "../egress/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
-import type { Status } from "../localapi/mod.ts";
+import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
 import { getLogger } from "../log.ts";
 import type { Entries, Forward } from "../serve/mod.ts";
@@ -52,8 +53,11 @@ export interface DataPlaneDeps {
   resolver: IdentityResolver;
   /** tailscaled's status (own IPs; TUN or userspace). */
   status: Status;
-  /** tailscaled's LocalAPI socket: its owner is the only user whose connections a serve port accepts. */
-  socket: string;
+  /**
+   * tailscaled's LocalAPI: its socket's owner is the only user whose connections a serve port accepts;
+   * egress dials through it in userspace mode.
+   */
+  api: LocalApiClient;
   /** Metrics and decision log. */
   telemetry?: Telemetry;
 }
@@ -87,6 +91,7 @@ export class DataPlane {
   readonly #directHosts: string[];
   readonly #settings: Config["tailvoy"];
   #sockDiag?: SockDiag;
+  #egress?: EgressPlane;
 
   private constructor(settings: Config["tailvoy"], deps: DataPlaneDeps) {
     this.#deps = deps;
@@ -130,12 +135,26 @@ export class DataPlane {
     return plane;
   }
 
+  /** The egress listeners, when the config has any. */
+  get egress(): EgressPlane | undefined {
+    return this.#egress;
+  }
+
   /**
-   * Runs exactly `specs`: listeners whose spec did not change keep running (and their open connections
-   * with them); added ones start, removed ones stop accepting, changed ones are rebuilt. Open flows of
-   * removed or changed listeners are left to finish.
+   * Runs exactly `specs` (and, with `egress`, those egress listeners under that policy): listeners whose
+   * spec did not change keep running (and their open connections with them); added ones start, removed
+   * ones stop accepting, changed ones are rebuilt. Open flows of removed or changed listeners are left to
+   * finish.
    */
-  async apply(specs: readonly ListenerSpec[]): Promise<ReloadSummary> {
+  async apply(
+    specs: readonly ListenerSpec[],
+    options: { egress?: { listeners: EgressListenerSpec[]; policy: EgressPolicy } } = {},
+  ): Promise<ReloadSummary> {
+    const egress = options.egress ?? { listeners: [], policy: undefined };
+    if (egress.policy) {
+      this.#egress ??= new EgressPlane({ ...this.#deps, flows: this.flows }, egress.policy);
+    }
+    await this.#egress?.apply(egress.listeners, egress.policy ?? this.#egress.policy);
     if (specs.some((s) => s.ingress === "serve" && s.protocol !== "udp")) await this.#ensureServePeerCheck();
     const summary: ReloadSummary = { added: [], removed: [], changed: [], kept: [] };
     const next = new Map<string, Entry>();
@@ -244,7 +263,7 @@ export class DataPlane {
    */
   async #ensureServePeerCheck(): Promise<void> {
     if (this.#sockDiag || !this.#settings.servePeerCheck) return;
-    const socket = this.#deps.socket;
+    const socket = this.#deps.api.socket;
     let uid: number | null;
     try {
       uid = (await Deno.stat(socket)).uid;
@@ -292,6 +311,7 @@ export class DataPlane {
     this.flows.stopRecheck();
     for (const e of this.#entries.values()) for (const s of e.services ?? []) s.tcp.close();
     for (const l of this.tcp) l.close();
+    this.#egress?.close();
     await this.flows.drain(drainMs);
     for (const l of this.udp) l.close();
     this.#sockDiag?.close();

@@ -7,7 +7,6 @@
 
 import type { Config } from "../config/mod.ts";
 import { DataPlane, type DataPlaneDeps, type ReloadSummary } from "../l4/mod.ts";
-import type { LocalApiClient } from "../localapi/mod.ts";
 import { getLogger } from "../log.ts";
 import { Publisher } from "../serve/publish.ts";
 import type { Plan } from "./plan.ts";
@@ -25,9 +24,9 @@ export class TailnetListeners {
   /** A data plane without listeners yet; `serve`: set up the serve-ingress peer check now. */
   static async start(
     settings: Config["tailvoy"],
-    deps: Omit<DataPlaneDeps, "socket"> & { api: LocalApiClient; serve: boolean },
+    deps: DataPlaneDeps & { serve: boolean },
   ): Promise<TailnetListeners> {
-    const plane = await DataPlane.start(settings, { ...deps, socket: deps.api.socket });
+    const plane = await DataPlane.start(settings, deps);
     return new TailnetListeners(plane, new Publisher(deps.api, deps));
   }
 
@@ -40,7 +39,7 @@ export class TailnetListeners {
       ((listener, message) => getLogger("l4").error("listener {listener}: {message}", { listener, message }));
     for (const w of plan.warnings) warn(w.listener, w.message);
     try {
-      return await this.plane.apply(plan.specs);
+      return await this.plane.apply(plan.specs, { egress: plan.egress });
     } finally {
       // What runs is published even when part of the plan failed (so it is reachable and later removed).
       await this.publisher.publish(this.plane.serveEntries());

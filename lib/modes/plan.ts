@@ -1,18 +1,22 @@
 /**
  * Planning: what listeners the data plane runs, from the config's static listeners (standalone) or from
- * the listeners a running Envoy reports (Envoy Gateway mode). Pure: no I/O.
+ * the listeners a running Envoy reports (Envoy Gateway mode), plus the config's egress listeners in
+ * either. Pure: no I/O.
  *
  * @module
  */
 
 import { type Config, createServiceMatcher, L7_PROTOCOLS } from "../config/mod.ts";
 import type { DiscoveredListener } from "../discovery/mod.ts";
+import { planEgress } from "../egress/mod.ts";
 import type { L7Target, ListenerSpec } from "../l4/mod.ts";
 import { joinHostPort } from "../net/address.ts";
 
 /** A plan and the problems to tell the operator about, one line per listener. */
 export interface Plan {
   specs: ListenerSpec[];
+  /** The egress listeners and policy, with an `egress:` block. */
+  egress?: ReturnType<typeof planEgress>;
   warnings: { listener: string; message: string }[];
 }
 
@@ -22,7 +26,7 @@ export interface Plan {
  */
 export function planListeners(config: Config, options: { l7Targets?: ReadonlyMap<string, L7Target> }): Plan {
   const servicesOf = createServiceMatcher(config);
-  const plan: Plan = { specs: [], warnings: [] };
+  const plan: Plan = { specs: [], egress: planEgress(config.egress), warnings: [] };
   for (const [name, l] of Object.entries(config.listeners)) {
     const l7 = options.l7Targets?.get(name);
     if (L7_PROTOCOLS.includes(l.protocol) && !l7) {
@@ -62,7 +66,7 @@ export function planListeners(config: Config, options: { l7Targets?: ReadonlyMap
 export function planDiscovered(config: Config, listeners: readonly DiscoveredListener[]): Plan {
   const discovery = config.discovery!;
   const servicesOf = createServiceMatcher(config);
-  const plan: Plan = { specs: [], warnings: [] };
+  const plan: Plan = { specs: [], egress: planEgress(config.egress), warnings: [] };
   for (const l of listeners) {
     const warn = (message: string) => plan.warnings.push({ listener: l.name, message });
     if (l.kind === "udp") {
