@@ -8,6 +8,18 @@
 
 import { z } from "zod";
 import { DEFAULT_LOCALAPI_SOCKET } from "../config/constants.ts";
+import {
+  DEFAULT_DIAL_TIMEOUT_MS,
+  DialedConn,
+  DialHandshakeError,
+  type DialOptions,
+  type DialRefusal,
+  dialTarget,
+  isDialRefusal,
+  openDial,
+} from "./dial.ts";
+
+export { DEFAULT_DIAL_TIMEOUT_MS, DialedConn, type DialOptions, MAX_DIAL_HEAD_BYTES } from "./dial.ts";
 
 /** Default timeout of one LocalAPI call, in milliseconds. */
 export const DEFAULT_TIMEOUT_MS = 1000;
@@ -22,7 +34,10 @@ export type LocalApiErrorKind =
   | "timeout"
   | "precondition-failed"
   | "http"
-  | "bad-response";
+  | "bad-response"
+  | "dial-refused"
+  | "dial-unreachable"
+  | "dial-not-tailnet";
 
 /** A failed LocalAPI call. The message names the socket or request and what to do about it. */
 export class LocalApiError extends Error {
@@ -282,6 +297,29 @@ export class LocalApiClient {
     await this.#call("POST", "login-interactive", { timeoutMs: options.timeoutMs ?? 10_000 });
   }
 
+  /**
+   * Opens a TCP connection to `host:port` on the tailnet through tailscaled (`POST /localapi/v0/dial`),
+   * the way into the tailnet beside a userspace-networking tailscaled. `host` must be an IP address,
+   * already checked by the caller's policy: tailscaled would resolve a name again. Errors:
+   * `dial-refused` (nothing listens there), `dial-unreachable` (tailscaled could not dial it),
+   * `dial-not-tailnet` (not a tailnet destination: tailscaled leaves such dials to the caller, and
+   * tailvoy never makes them), `timeout` (no answer: the node is offline or the tailnet policy drops
+   * the connection). Needs only read access to the socket.
+   */
+  async dial(host: string, port: number, options: DialOptions = {}): Promise<DialedConn> {
+    const what = `Dial ${dialTarget(host, port)}`;
+    const timeoutMs = options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS;
+    let answer: DialedConn | DialRefusal;
+    try {
+      answer = await openDial(this.socket, { host, port }, { ...options, timeoutMs });
+    } catch (err) {
+      if (options.signal?.aborted) throw err;
+      throw await this.#dialError(what, err, timeoutMs);
+    }
+    if (answer instanceof DialedConn) return answer;
+    throw await this.#dialError(what, answer, timeoutMs);
+  }
+
   /** Releases the HTTP client. */
   close(): void {
     this.#http.close();
@@ -363,6 +401,54 @@ export class LocalApiClient {
       );
     }
     return new LocalApiError("http", `${what}: tailscaled answered HTTP ${status}: ${detail}`, { status });
+  }
+
+  // Maps a dial's failure (a thrown error or a non-101 answer) to a LocalApiError naming the target.
+  async #dialError(
+    what: string,
+    failure: unknown,
+    timeoutMs: number,
+  ): Promise<LocalApiError> {
+    if (failure instanceof DialHandshakeError) {
+      if (failure.failure === "timeout") {
+        return new LocalApiError(
+          "timeout",
+          `${what}: tailscaled at ${this.socket} gave no answer within ${timeoutMs} ms; the node is offline or the tailnet policy drops the connection (check \`tailscale status\` and the grants)`,
+          { cause: failure },
+        );
+      }
+      return new LocalApiError("bad-response", `${what}: ${failure.message}; is this tailscaled too old?`, {
+        cause: failure,
+      });
+    }
+    if (!isDialRefusal(failure)) {
+      return await this.#transportError(failure, `${what} (POST /localapi/v0/dial)`, timeoutMs);
+    }
+    const { status, headers, body } = failure;
+    if (status === 200 && headers.get("dial-self") === "true") {
+      return new LocalApiError(
+        "dial-not-tailnet",
+        `${what}: not a tailnet destination (tailscaled would leave ${
+          headers.get("dial-addr") ?? "it"
+        } to the caller); tailvoy dials only tailnet nodes and routes`,
+        { status },
+      );
+    }
+    if (status === 502 && /refused/i.test(body)) {
+      return new LocalApiError(
+        "dial-refused",
+        `${what}: the tailnet node refused the connection (${body}); is the service listening on that port?`,
+        { status },
+      );
+    }
+    if (status === 502) {
+      return new LocalApiError(
+        "dial-unreachable",
+        `${what}: tailscaled could not reach it (${body}); check the address and \`tailscale status\``,
+        { status },
+      );
+    }
+    return this.#httpError(`${what} (POST /localapi/v0/dial)`, status, body);
   }
 
   async #transportError(err: unknown, what: string, timeoutMs: number): Promise<LocalApiError> {

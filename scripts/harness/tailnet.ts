@@ -102,7 +102,8 @@ function freePort(): number {
   return allocatePorts(["port"]).get("port")!;
 }
 
-async function runOk(cmd: string, args: string[], what: string): Promise<string> {
+/** Runs `cmd` to completion; resolves to its stdout, or throws with its stderr when it fails. */
+export async function runOk(cmd: string, args: string[], what: string): Promise<string> {
   const out = await new Deno.Command(cmd, { args, stdin: "null" }).output();
   const dec = new TextDecoder();
   if (!out.success) {
@@ -136,7 +137,8 @@ export async function waitFor<T>(
 
 // Environment that keeps tailscaled on loopback and quiet: no log upload, no portmapper (UPnP/NAT-PMP to
 // the LAN gateway), DERP over plain HTTP to headscale's embedded server, no update or version checks.
-function tailscaledEnv(logsDir: string): Record<string, string> {
+/** Environment of every test tailscaled: quiet, on loopback, logs under `logsDir`. */
+export function tailscaledEnv(logsDir: string): Record<string, string> {
   return {
     TS_NO_LOGS_NO_SUPPORT: "true",
     TS_LOGS_DIR: logsDir,
@@ -200,7 +202,8 @@ function headscaleConfig(dir: string, ports: Record<string, number>): string {
   );
 }
 
-function spawnLogged(
+/** Starts `cmd` with its output appended to `options.logFile`, and adds it to `children`. */
+export function spawnLogged(
   children: Deno.ChildProcess[],
   cmd: string,
   args: string[],
