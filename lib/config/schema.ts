@@ -315,12 +315,14 @@ function normalize(config: ParsedShape) {
       }];
     }),
   );
-  if (!config.egress) return { ...config, listeners, egress: undefined };
-  return {
-    ...config,
+  const { egress: raw, ...rest } = config;
+  // No `egress` key at all without an egress block (as the file had none).
+  const out: typeof rest & { listeners: typeof listeners; egress?: ReturnType<typeof normalizeEgress> } = {
+    ...rest,
     listeners,
-    egress: normalizeEgress(config.egress, { dial: config.tailvoy.timeouts.dial }),
   };
+  if (raw) out.egress = normalizeEgress(raw, { dial: config.tailvoy.timeouts.dial });
+  return out;
 }
 
 /**

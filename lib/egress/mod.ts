@@ -179,7 +179,7 @@ export class EgressPlane {
   view(): Promise<TailnetView> {
     const now = performance.now();
     if (!this.#view || now - this.#view.at > VIEW_TTL_MS) {
-      const view = this.#deps.api.status({ timeoutMs: 2000 }).then((status) =>
+      const view = this.#deps.api.status({ peers: true, timeoutMs: 2000 }).then((status) =>
         tailnetView(status, { localAddresses: localAddresses() })
       );
       // A failed snapshot is not reused: the next connection asks again.

@@ -1,6 +1,6 @@
 /**
- * A minimal SOCKS5 client (RFC 1928, no auth), used to open TCP connections from a test tailnet node
- * through its tailscaled's `--socks5-server` listener: the way a program on that node would reach a peer.
+ * A minimal SOCKS5 client (RFC 1928, no auth or RFC 1929 username/password), used to open TCP
+ * connections through tailscaled's `--socks5-server` listener or tailvoy's egress proxy.
  *
  * @module
  */
@@ -61,12 +61,24 @@ function expandIPv6(host: string): number[] {
 export async function socks5Connect(
   proxy: { hostname: string; port: number },
   target: { host: string; port: number },
+  options: { user?: string; password?: string } = {},
 ): Promise<Deno.TcpConn> {
   const conn = await Deno.connect({ hostname: proxy.hostname, port: proxy.port });
   try {
-    await conn.write(new Uint8Array([5, 1, 0]));
+    const auth = options.user !== undefined;
+    await conn.write(new Uint8Array([5, 1, auth ? 2 : 0]));
     const hello = await readExactly(conn, 2);
-    if (hello[0] !== 5 || hello[1] !== 0) throw new Error(`SOCKS5 proxy refused no-auth (reply ${hello})`);
+    if (hello[0] !== 5 || hello[1] !== (auth ? 2 : 0)) {
+      throw new Error(`SOCKS5 proxy refused ${auth ? "username/password" : "no-auth"} (reply ${hello})`);
+    }
+    if (auth) {
+      // RFC 1929: VER 1, ULEN, UNAME, PLEN, PASSWD; the answer's status 0 is success.
+      const user = new TextEncoder().encode(options.user);
+      const password = new TextEncoder().encode(options.password ?? "");
+      await conn.write(new Uint8Array([1, user.length, ...user, password.length, ...password]));
+      const status = await readExactly(conn, 2);
+      if (status[1] !== 0) throw new Error(`SOCKS5 authentication failed (status ${status[1]})`);
+    }
     await conn.write(new Uint8Array([5, 1, 0, ...encodeAddress(target.host, target.port)]));
     const head = await readExactly(conn, 4);
     if (head[1] !== 0) {
