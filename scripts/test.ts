@@ -74,14 +74,17 @@ async function prepare(): Promise<void> {
   await cacheDependencies();
 }
 
-// One plain "N passed, N failed" line, from deno test's JUnit report, for CI logs.
+// One plain "N passed, N failed" line, from deno test's JUnit report, for CI logs. The report lists tests
+// a filter left out too, each with <skipped/>: they are not counted as passed.
 async function summarize(junitPath: string): Promise<string | undefined> {
   try {
     const xml = await Deno.readTextFile(junitPath);
     const head = /<testsuites\b[^>]*>/.exec(xml)?.[0] ?? "";
     const num = (name: string) => Number(new RegExp(`\\b${name}="(\\d+)"`).exec(head)?.[1] ?? 0);
     const failed = num("failures") + num("errors");
-    return `${num("tests") - failed} passed, ${failed} failed`;
+    const skipped = xml.match(/<skipped\b/g)?.length ?? 0;
+    const summary = `${num("tests") - failed - skipped} passed, ${failed} failed`;
+    return skipped ? `${summary}, ${skipped} not run (filtered out or ignored)` : summary;
   } catch {
     return undefined;
   }
