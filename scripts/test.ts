@@ -1,22 +1,59 @@
 /**
- * `deno task test`: installs the test peers, caches dependencies, then runs the whole suite inside a new
- * network namespace whose only interface is `lo` (so nothing can leave the machine, by construction) and
- * a new PID namespace (so no peer outlives the run), with one tailnet in a box shared by every test file.
+ * `deno task test`: installs the test peers, caches dependencies, then runs the suite (or the part the
+ * arguments name) inside a new network namespace whose only interface is `lo` (so nothing can leave the
+ * machine, by construction) and a new PID namespace (so no peer outlives the run), with one tailnet in a
+ * box shared by every test file.
  *
  * Without the privileges for namespaces (not root, or no `unshare`) it runs on the host's loopback and
- * fails the run if any socket with a non-loopback remote end appears. Extra arguments go to `deno test`
- * (e.g. `deno task test --filter whois`).
+ * fails the run if any socket with a non-loopback remote end appears.
+ *
+ * Extra arguments go to `deno test`, and run only what they ask for: test files or folders named run
+ * alone (`deno task test tests/e2e/l4_test.ts`), `--filter` picks test names (`deno task test --filter
+ * whois` looks through all of `tests/`, `deno task test tests/unit --filter config` through that folder).
+ * Without a file or folder, the whole of `tests/` runs.
  *
  * @module
  */
 
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { CACHED_ONLY, cacheDependencies, sourceRunArgs } from "./harness/cache.ts";
 import { ensurePeers, PROJECT_ROOT } from "./harness/peers.ts";
 import { nonLoopbackSockets, Tailnet, TAILNET_ENV } from "./harness/tailnet.ts";
 import { errorMessage } from "../lib/util/error.ts";
 
 const IN_NETNS = "--in-netns";
+
+// deno test flags whose value is the next argument (not a file to test).
+const VALUE_FLAGS = new Set([
+  "--filter",
+  "--reporter",
+  "--junit-path",
+  "--seed",
+  "--config",
+  "-c",
+  "--import-map",
+  "--lock",
+  "--location",
+  "--cert",
+  "--env-file",
+]);
+
+/** `deno test` arguments for `args`: as given, plus `tests/` when they name no file or folder to run. */
+function testArgs(args: string[]): string[] {
+  const namesPath = args.some((arg, i) =>
+    !arg.startsWith("-") && !VALUE_FLAGS.has(args[i - 1]) && pathExists(resolve(PROJECT_ROOT, arg))
+  );
+  return namesPath ? args : [...args, "tests/"];
+}
+
+function pathExists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function log(msg: string): void {
   console.error(`test: ${msg}`);
@@ -38,14 +75,17 @@ async function prepare(): Promise<void> {
   await cacheDependencies();
 }
 
-// One plain "N passed, N failed" line, from deno test's JUnit report, for CI logs.
+// One plain "N passed, N failed" line, from deno test's JUnit report, for CI logs. The report lists tests
+// a filter left out too, each with <skipped/>: they are not counted as passed.
 async function summarize(junitPath: string): Promise<string | undefined> {
   try {
     const xml = await Deno.readTextFile(junitPath);
     const head = /<testsuites\b[^>]*>/.exec(xml)?.[0] ?? "";
     const num = (name: string) => Number(new RegExp(`\\b${name}="(\\d+)"`).exec(head)?.[1] ?? 0);
     const failed = num("failures") + num("errors");
-    return `${num("tests") - failed} passed, ${failed} failed`;
+    const skipped = xml.match(/<skipped\b/g)?.length ?? 0;
+    const summary = `${num("tests") - failed - skipped} passed, ${failed} failed`;
+    return skipped ? `${summary}, ${skipped} not run (filtered out or ignored)` : summary;
   } catch {
     return undefined;
   }
@@ -69,7 +109,7 @@ async function runSuite(args: string[], isolated: boolean): Promise<number> {
     log(`tailnet up in ${tailnet.description.startupMs} ms; running deno test`);
     const junit = join(tailnet.description.dir, "junit.xml");
     const status = await new Deno.Command(Deno.execPath(), {
-      args: ["test", CACHED_ONLY, "--allow-all", `--junit-path=${junit}`, ...args, "tests/"],
+      args: ["test", CACHED_ONLY, "--allow-all", `--junit-path=${junit}`, ...testArgs(args)],
       cwd: PROJECT_ROOT,
       env: { [TAILNET_ENV]: descFile },
       stdin: "null",

@@ -549,6 +549,20 @@ export class Tailnet {
     }));
   }
 
+  /**
+   * Makes `policy` the tailnet's policy: {@link setPolicy} unless the policy file already holds it (its
+   * generation grant aside). Each test asks for the grants it needs; that costs nothing when an earlier
+   * test left them in place.
+   */
+  async usePolicy(policy: Policy): Promise<void> {
+    const current = JSON.parse(await Deno.readTextFile(this.#desc.policyPath)) as Policy;
+    const grants = (current.grants as { app?: Record<string, unknown> }[] | undefined)
+      ?.filter((g) => !g.app?.[GENERATION_CAP]);
+    const wanted = JSON.stringify(JSON.parse(JSON.stringify(policy)));
+    if (JSON.stringify({ ...current, grants }) === wanted) return;
+    await this.setPolicy(policy);
+  }
+
   /** Opens a TCP connection from node `from` to `host:port` (a tailnet IP or name) through its SOCKS5. */
   dial(from: string, host: string, port: number): Promise<Deno.TcpConn> {
     return socks5Connect({ hostname: "127.0.0.1", port: this.node(from).socksPort }, { host, port });

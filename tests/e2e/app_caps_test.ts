@@ -7,8 +7,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { http } from "../../scripts/harness/clients.ts";
+import { fixture, tailnetFixture, tempDir } from "../../scripts/harness/fixture.ts";
 import { Proxy } from "../../scripts/harness/proxy.ts";
-import { acquireTailnet, CAP, defaultPolicy, type Policy } from "../../scripts/harness/tailnet.ts";
+import { CAP, defaultPolicy, type Policy } from "../../scripts/harness/tailnet.ts";
 import { tscapBackend, tscapDecide } from "../../scripts/harness/tscap.ts";
 
 const APP = "example.com/cap/myapp";
@@ -61,80 +62,71 @@ Deno.test("the tscap-style backend answers as the plugin documents (401, 403, wi
   );
 });
 
-Deno.test({
-  name:
-    "acceptAppCaps: [capability]: the backend gets the caller's values of exactly those, as serve sends them",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async (t) => {
-    const tailnet = await acquireTailnet();
-    const gw = tailnet.node("gw");
-    const backend = tscapBackend(APP);
-    const dir = await Deno.makeTempDir({ prefix: "tailvoy-appcaps-" });
-    const file = join(dir, "caps.yaml");
-    await Deno.writeTextFile(
-      file,
-      [
-        "tailscale:",
-        "  serviceMappings: {gw: [caps]}",
-        "listeners:",
-        `  caps: {port: ${PORT}, protocol: http, backend: "127.0.0.1:${backend.port}", acceptAppCaps: ["${APP}"]}`,
-        "tailvoy:",
-        `  adminAddress: "127.0.0.1:0"`,
-        `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
-        "",
-      ].join("\n"),
-    );
-    await tailnet.setPolicy(policy());
-    const proxy = new Proxy(file, gw.socket);
-    const get = (who: string, path: string, headers: Record<string, string> = {}) =>
-      tailnet.dial(who, gw.ipv4, PORT).then((c) => http(c, path, { headers }));
-    try {
-      await proxy.waitLog(/"message":"ready:/, "ready");
+Deno.test.sanitizer({ ops: false, resources: false });
 
-      await t.step(
-        "alice: read on items/* allowed by the app; write and another resource refused by it",
-        async () => {
-          assert.equal((await get("alice", "/read/items/*")).status, 200);
-          assert.equal((await get("alice", "/write/items/*")).status, 403);
-          assert.equal((await get("alice", "/read/items/123")).status, 403);
-        },
-      );
+const tailnetOnce = tailnetFixture();
 
-      await t.step(
-        "bob: tailvoy lets him through, the app finds no grant of its capability (403)",
-        async () => {
-          const r = await get("bob", "/read/items/*");
-          assert.equal(r.status, 403);
-          assert.equal(JSON.parse(r.body).status, 403, "the app's answer, not ours");
-        },
-      );
+/** The tscap-style backend and the proxy in front of it. */
+const proxyOnce = fixture(async (cleanup) => {
+  const tailnet = await tailnetOnce();
+  const backend = tscapBackend(APP);
+  cleanup.defer(() => backend.close());
+  const dir = await tempDir(cleanup, "tailvoy-appcaps-");
+  const file = join(dir, "caps.yaml");
+  await Deno.writeTextFile(
+    file,
+    [
+      "tailscale:",
+      "  serviceMappings: {gw: [caps]}",
+      "listeners:",
+      `  caps: {port: ${PORT}, protocol: http, backend: "127.0.0.1:${backend.port}", acceptAppCaps: ["${APP}"]}`,
+      "tailvoy:",
+      `  adminAddress: "127.0.0.1:0"`,
+      `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
+      "",
+    ].join("\n"),
+  );
+  const proxy = new Proxy(file, tailnet.node("gw").socket);
+  cleanup.defer(async () => void await proxy.stop());
+  await proxy.waitLog(/"message":"ready:/, "ready");
+  return proxy;
+});
 
-      await t.step(
-        "ci: the app would allow anything, but tailvoy's grant decides first (our 403)",
-        async () => {
-          const r = await get("ci", "/read/items/*");
-          assert.equal(r.status, 403);
-          assert.equal(JSON.parse(r.body).error, "forbidden", "tailvoy's deny body");
-        },
-      );
+/** A request from `who` through the running proxy, with this file's policy in place. */
+async function get(who: string, path: string, headers: Record<string, string> = {}) {
+  await proxyOnce();
+  const tailnet = await tailnetOnce();
+  await tailnet.usePolicy(policy());
+  const c = await tailnet.dial(who, tailnet.node("gw").ipv4, PORT);
+  return await http(c, path, { headers });
+}
 
-      await t.step("a client's own Tailscale-App-Capabilities never reaches the app", async () => {
-        const forged = JSON.stringify({ [APP]: [{ action: ["*"], resources: ["*"] }] });
-        assert.equal(
-          (await get("alice", "/write/items/*", { "Tailscale-App-Capabilities": forged })).status,
-          403,
-        );
-        assert.equal(
-          (await get("bob", "/read/items/*", { "Tailscale-App-Capabilities": forged })).status,
-          403,
-        );
-      });
-    } finally {
-      await proxy.stop();
-      await tailnet.setPolicy(defaultPolicy());
-      await backend.close();
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+Deno.test("acceptAppCaps: alice: read on items/* allowed by the app; write and another resource refused by it", async () => {
+  assert.equal((await get("alice", "/read/items/*")).status, 200);
+  assert.equal((await get("alice", "/write/items/*")).status, 403);
+  assert.equal((await get("alice", "/read/items/123")).status, 403);
+});
+
+Deno.test("acceptAppCaps: bob: tailvoy lets him through, the app finds no grant of its capability (403)", async () => {
+  const r = await get("bob", "/read/items/*");
+  assert.equal(r.status, 403);
+  assert.equal(JSON.parse(r.body).status, 403, "the app's answer, not ours");
+});
+
+Deno.test("acceptAppCaps: ci: the app would allow anything, but tailvoy's grant decides first (our 403)", async () => {
+  const r = await get("ci", "/read/items/*");
+  assert.equal(r.status, 403);
+  assert.equal(JSON.parse(r.body).error, "forbidden", "tailvoy's deny body");
+});
+
+Deno.test("acceptAppCaps: a client's own Tailscale-App-Capabilities never reaches the app", async () => {
+  const forged = JSON.stringify({ [APP]: [{ action: ["*"], resources: ["*"] }] });
+  assert.equal(
+    (await get("alice", "/write/items/*", { "Tailscale-App-Capabilities": forged })).status,
+    403,
+  );
+  assert.equal(
+    (await get("bob", "/read/items/*", { "Tailscale-App-Capabilities": forged })).status,
+    403,
+  );
 });

@@ -13,8 +13,9 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { allocatePorts } from "../../lib/envoy/mod.ts";
 import { loadAuthzProtos } from "../../lib/extauthz/protos.ts";
-import { http, readSome } from "../../scripts/harness/clients.ts";
-import { echoBackend } from "../../scripts/harness/clients.ts";
+import { echoBackend, http, readSome } from "../../scripts/harness/clients.ts";
+import { closeQuietly, delay } from "../../lib/util/async.ts";
+import { fixture, tailnetFixture, tempDir } from "../../scripts/harness/fixture.ts";
 import {
   type GatewayCluster,
   GatewayEnvoyConfig,
@@ -22,8 +23,7 @@ import {
 } from "../../scripts/harness/gateway_envoy.ts";
 import { descendants, isRunning } from "../../scripts/harness/procs.ts";
 import { Proxy, tcpEcho } from "../../scripts/harness/proxy.ts";
-import { acquireTailnet, CAP, defaultPolicy, type Policy, waitFor } from "../../scripts/harness/tailnet.ts";
-import { delay } from "../../lib/util/async.ts";
+import { CAP, defaultPolicy, type Policy, waitFor } from "../../scripts/harness/tailnet.ts";
 
 const enc = new TextEncoder();
 
@@ -65,147 +65,192 @@ async function send(port: number, ...chunks: (Uint8Array | number)[]): Promise<v
   }
 }
 
-Deno.test({
-  name: "Envoy Gateway mode: no gRPC client can take the proxy down; L4 keeps relaying, L7 recovers",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async (t) => {
-    const tailnet = await acquireTailnet();
-    const gw = tailnet.node("gw");
-    await tailnet.setPolicy(policy());
-    const backend = echoBackend();
-    const echo = tcpEcho();
-    const ports = allocatePorts(["admin", "authz", "http", "tcp"]);
-    const port = (name: string) => ports.get(name)!;
-    const eg = await GatewayEnvoyConfig.create({ adminPort: port("admin"), authzPort: port("authz") });
-    const clusters: GatewayCluster[] = [
-      { name: "httproute/default/web/rule/0", port: backend.port },
-      { name: "tcproute/default/echo/rule/-1", port: echo.port },
-    ];
-    const listeners: GatewayListener[] = [
-      {
-        name: "default/eg/http",
-        port: port("http"),
-        kind: "http",
-        routes: [{ prefix: "/", cluster: clusters[0].name, authzListener: "http" }],
-      },
-      { name: "default/eg/tcp", port: port("tcp"), kind: "tcp", cluster: clusters[1].name },
-    ];
-    await eg.write(listeners, clusters);
-    const dir = await Deno.makeTempDir({ prefix: "tailvoy-isolation-" });
-    const file = join(dir, "gateway.yaml");
-    await Deno.writeTextFile(
-      file,
-      [
-        "tailscale:",
-        '  serviceMappings: {gw: ["^default/eg/"]}',
-        "discovery:",
-        `  envoyAdmin: http://127.0.0.1:${port("admin")}`,
-        "  envoyAddress: 127.0.0.1",
-        "  pollInterval: 300ms",
-        "  proxyProtocol: v2",
-        "tailvoy:",
-        `  adminAddress: "127.0.0.1:0"`,
-        `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
-        "  timeouts: {drain: 1s, unadvertiseGrace: 0s}",
-        "",
-      ].join("\n"),
-    );
-    const proxy = new Proxy(file, gw.socket, {
-      args: ["--authz-addr", `127.0.0.1:${port("authz")}`, "--", "-c", eg.bootstrapPath],
-    });
-    const status = (path: string) =>
-      tailnet.dial("alice", gw.ipv4, port("http")).then((c) => http(c, path)).then((r) => r.status);
-    let flow: Deno.TcpConn | undefined;
-    const flowEchoes = async (text: string) => {
-      await flow!.write(enc.encode(text));
-      return await readSome(flow!);
-    };
-    /** After an attack: the proxy runs, the open L4 flow relays, L7 answers alice with 200 again. */
-    const survived = async (what: string) => {
-      assert.ok(await isRunning(proxy.child.pid), `${what}: the proxy process is alive`);
-      assert.equal(await flowEchoes(what), `echo:${what}`, `${what}: the L4 flow keeps relaying`);
-      await waitFor(async () => (await status("/x")) === 200 ? true : undefined, {
-        what: `${what}: alice's HTTP request allowed again`,
-        timeoutMs: 20_000,
-        intervalMs: 200,
-      });
-    };
-    try {
-      await proxy.waitLog(/discovered 2 Envoy listeners/, "discovery");
-      await proxy.waitLog(/gRPC ext_authz process ready/, "the gRPC bridge");
-      flow = await tailnet.dial("alice", gw.ipv4, port("tcp"));
-      assert.equal(await flowEchoes("hi"), "echo:hi");
-      assert.equal(await status("/x"), 200);
-      const firstBridge = await bridgePid(proxy.child.pid);
-      assert.ok(firstBridge, "the gRPC server runs in a child process of the proxy");
+Deno.test.sanitizer({ ops: false, resources: false });
 
-      await t.step("an HTTP/2 session that idles, then sends GOAWAY", async () => {
-        await send(port("authz"), PREFACE, SETTINGS, 3000, GOAWAY, 200);
-        await survived("idle-goaway");
-      });
+const tailnetOnce = tailnetFixture();
 
-      await t.step("garbage: no preface; a preface then random frames", async () => {
-        await send(port("authz"), crypto.getRandomValues(new Uint8Array(4096)));
-        await send(port("authz"), PREFACE, crypto.getRandomValues(new Uint8Array(16384)), GOAWAY);
-        await survived("garbage");
-      });
+/** The tailnet with this file's policy. */
+async function isolationTailnet() {
+  const tailnet = await tailnetOnce();
+  await tailnet.usePolicy(policy());
+  return tailnet;
+}
 
-      await t.step("a channel closed after thousands of calls", async () => {
-        const protos = loadAuthzProtos();
-        const Client = grpc.makeGenericClientConstructor(protos.service, "Authorization");
-        const client = new Client(`127.0.0.1:${port("authz")}`, grpc.credentials.createInsecure());
-        const call = () =>
-          new Promise<void>((resolve) =>
-            // deno-lint-ignore no-explicit-any
-            (client as any).Check({}, () => resolve())
-          );
-        for (let i = 0; i < 3000; i += 50) await Promise.all(Array.from({ length: 50 }, call));
-        client.close();
-        await survived("thousands-of-calls");
-      });
-
-      await t.step("the gRPC process hung: checks are denied, never allowed; L4 unaffected", async () => {
-        const pid = (await bridgePid(proxy.child.pid))!;
-        Deno.kill(pid, "SIGSTOP");
-        try {
-          assert.equal(await status("/x"), 403, "Envoy cannot get an answer: deny");
-          assert.equal(await flowEchoes("during"), "echo:during");
-        } finally {
-          Deno.kill(pid, "SIGCONT");
-        }
-        await survived("stopped");
-      });
-
-      await t.step("the gRPC process aborted (as nghttp2 does): restarted on the same port", async () => {
-        const pid = (await bridgePid(proxy.child.pid))!;
-        Deno.kill(pid, "SIGKILL");
-        await proxy.waitLog(/gRPC ext_authz process exited .*SIGKILL/, "the bridge's death noticed");
-        await survived("killed");
-        const next = await bridgePid(proxy.child.pid);
-        assert.ok(next && next !== pid, "a new gRPC process");
-      });
-
-      await t.step("SIGTERM: the proxy exits 0 and leaves no gRPC process behind", async () => {
-        const pid = (await bridgePid(proxy.child.pid))!;
-        flow?.close();
-        flow = undefined;
-        assert.equal(await proxy.stop(), 0);
-        assert.equal(await isRunning(pid), false);
-      });
-    } catch (err) {
-      console.error(proxy.lines.slice(-30).join("\n"));
-      throw err;
-    } finally {
-      try {
-        flow?.close();
-      } catch { /* closed */ }
-      await proxy.stop().catch(() => {});
-      await tailnet.setPolicy(defaultPolicy());
-      await backend.close();
-      echo.close();
-      await eg.remove();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    }
-  },
+/** Envoy Gateway's config, the backends, the proxy, and alice's L4 flow kept open through every test. */
+const gatewayOnce = fixture(async (cleanup) => {
+  const tailnet = await isolationTailnet();
+  const gw = tailnet.node("gw");
+  const backend = echoBackend();
+  cleanup.defer(() => backend.close());
+  const echo = tcpEcho();
+  cleanup.defer(() => echo.close());
+  const ports = allocatePorts(["admin", "authz", "http", "tcp"]);
+  const port = (name: string) => ports.get(name)!;
+  const eg = await GatewayEnvoyConfig.create({ adminPort: port("admin"), authzPort: port("authz") });
+  cleanup.defer(() => eg.remove());
+  const clusters: GatewayCluster[] = [
+    { name: "httproute/default/web/rule/0", port: backend.port },
+    { name: "tcproute/default/echo/rule/-1", port: echo.port },
+  ];
+  const listeners: GatewayListener[] = [
+    {
+      name: "default/eg/http",
+      port: port("http"),
+      kind: "http",
+      routes: [{ prefix: "/", cluster: clusters[0].name, authzListener: "http" }],
+    },
+    { name: "default/eg/tcp", port: port("tcp"), kind: "tcp", cluster: clusters[1].name },
+  ];
+  await eg.write(listeners, clusters);
+  const dir = await tempDir(cleanup, "tailvoy-isolation-");
+  const file = join(dir, "gateway.yaml");
+  await Deno.writeTextFile(
+    file,
+    [
+      "tailscale:",
+      '  serviceMappings: {gw: ["^default/eg/"]}',
+      "discovery:",
+      `  envoyAdmin: http://127.0.0.1:${port("admin")}`,
+      "  envoyAddress: 127.0.0.1",
+      "  pollInterval: 300ms",
+      "  proxyProtocol: v2",
+      "tailvoy:",
+      `  adminAddress: "127.0.0.1:0"`,
+      `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
+      "  timeouts: {drain: 1s, unadvertiseGrace: 0s}",
+      "",
+    ].join("\n"),
+  );
+  const proxy = new Proxy(file, gw.socket, {
+    args: ["--authz-addr", `127.0.0.1:${port("authz")}`, "--", "-c", eg.bootstrapPath],
+  });
+  cleanup.defer(async () => void await proxy.stop());
+  const status = (path: string) =>
+    tailnet.dial("alice", gw.ipv4, port("http")).then((c) => http(c, path)).then((r) => r.status);
+  try {
+    await proxy.waitLog(/discovered 2 Envoy listeners/, "discovery");
+    await proxy.waitLog(/gRPC ext_authz process ready/, "the gRPC bridge");
+  } catch (err) {
+    console.error(proxy.lines.slice(-30).join("\n"));
+    throw err;
+  }
+  const flow = await tailnet.dial("alice", gw.ipv4, port("tcp"));
+  cleanup.defer(() => closeQuietly(flow));
+  const flowEchoes = async (text: string) => {
+    await flow.write(enc.encode(text));
+    return await readSome(flow);
+  };
+  return { proxy, port, status, flow, flowEchoes };
 });
+
+/** The running gateway with this file's policy in place. */
+async function gateway() {
+  const g = await gatewayOnce();
+  await isolationTailnet();
+  /** After an attack: the proxy runs, the open L4 flow relays, L7 answers alice with 200 again. */
+  const survived = async (what: string) => {
+    assert.ok(await isRunning(g.proxy.child.pid), `${what}: the proxy process is alive`);
+    assert.equal(await g.flowEchoes(what), `echo:${what}`, `${what}: the L4 flow keeps relaying`);
+    await waitFor(async () => (await g.status("/x")) === 200 ? true : undefined, {
+      what: `${what}: alice's HTTP request allowed again`,
+      timeoutMs: 20_000,
+      intervalMs: 200,
+    });
+  };
+  return { ...g, survived };
+}
+
+/** Runs `fn`; on failure prints the proxy's last log lines, as they explain most failures here. */
+function withLog(fn: (g: Awaited<ReturnType<typeof gateway>>) => Promise<void>): () => Promise<void> {
+  return async () => {
+    const g = await gateway();
+    try {
+      await fn(g);
+    } catch (err) {
+      console.error(g.proxy.lines.slice(-30).join("\n"));
+      throw err;
+    }
+  };
+}
+
+const NO_CLIENT = "Envoy Gateway mode: no gRPC client can take the proxy down:";
+
+Deno.test(
+  `${NO_CLIENT} before any attack, L4 relays, L7 allows alice, the gRPC server is a child process`,
+  withLog(async ({ proxy, status, flowEchoes }) => {
+    assert.equal(await flowEchoes("hi"), "echo:hi");
+    assert.equal(await status("/x"), 200);
+    assert.ok(await bridgePid(proxy.child.pid), "the gRPC server runs in a child process of the proxy");
+  }),
+);
+
+Deno.test(
+  `${NO_CLIENT} an HTTP/2 session that idles, then sends GOAWAY`,
+  withLog(async ({ port, survived }) => {
+    await send(port("authz"), PREFACE, SETTINGS, 3000, GOAWAY, 200);
+    await survived("idle-goaway");
+  }),
+);
+
+Deno.test(
+  `${NO_CLIENT} garbage: no preface; a preface then random frames`,
+  withLog(async ({ port, survived }) => {
+    await send(port("authz"), crypto.getRandomValues(new Uint8Array(4096)));
+    await send(port("authz"), PREFACE, crypto.getRandomValues(new Uint8Array(16384)), GOAWAY);
+    await survived("garbage");
+  }),
+);
+
+Deno.test(
+  `${NO_CLIENT} a channel closed after thousands of calls`,
+  withLog(async ({ port, survived }) => {
+    const protos = loadAuthzProtos();
+    const Client = grpc.makeGenericClientConstructor(protos.service, "Authorization");
+    const client = new Client(`127.0.0.1:${port("authz")}`, grpc.credentials.createInsecure());
+    const call = () =>
+      new Promise<void>((resolve) =>
+        // deno-lint-ignore no-explicit-any
+        (client as any).Check({}, () => resolve())
+      );
+    for (let i = 0; i < 3000; i += 50) await Promise.all(Array.from({ length: 50 }, call));
+    client.close();
+    await survived("thousands-of-calls");
+  }),
+);
+
+Deno.test(
+  `${NO_CLIENT} the gRPC process hung: checks are denied, never allowed; L4 unaffected`,
+  withLog(async ({ proxy, status, flowEchoes, survived }) => {
+    const pid = (await bridgePid(proxy.child.pid))!;
+    Deno.kill(pid, "SIGSTOP");
+    try {
+      assert.equal(await status("/x"), 403, "Envoy cannot get an answer: deny");
+      assert.equal(await flowEchoes("during"), "echo:during");
+    } finally {
+      Deno.kill(pid, "SIGCONT");
+    }
+    await survived("stopped");
+  }),
+);
+
+Deno.test(
+  `${NO_CLIENT} the gRPC process aborted (as nghttp2 does): restarted on the same port`,
+  withLog(async ({ proxy, survived }) => {
+    const pid = (await bridgePid(proxy.child.pid))!;
+    Deno.kill(pid, "SIGKILL");
+    await proxy.waitLog(/gRPC ext_authz process exited .*SIGKILL/, "the bridge's death noticed");
+    await survived("killed");
+    const next = await bridgePid(proxy.child.pid);
+    assert.ok(next && next !== pid, "a new gRPC process");
+  }),
+);
+
+Deno.test(
+  `${NO_CLIENT} SIGTERM: the proxy exits 0 and leaves no gRPC process behind`,
+  withLog(async ({ proxy, flow }) => {
+    const pid = (await bridgePid(proxy.child.pid))!;
+    closeQuietly(flow);
+    assert.equal(await proxy.stop(), 0);
+    assert.equal(await isRunning(pid), false);
+  }),
+);

@@ -22,8 +22,9 @@ import {
 } from "jose";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { http } from "../../scripts/harness/clients.ts";
+import { fixture, tailnetFixture, tempDir } from "../../scripts/harness/fixture.ts";
 import { Proxy } from "../../scripts/harness/proxy.ts";
-import { acquireTailnet, CAP, defaultPolicy, type Policy, waitFor } from "../../scripts/harness/tailnet.ts";
+import { CAP, defaultPolicy, type Policy, waitFor } from "../../scripts/harness/tailnet.ts";
 
 const WEB = 17820;
 const OTHER = 17821;
@@ -91,10 +92,10 @@ async function direct(
   return { status: r.status, body: await r.json() };
 }
 
+Deno.test.sanitizer({ ops: false, resources: false });
+
 Deno.test({
   name: "identity token: a bad key file stops the proxy at start (exit 2), naming the file and the fix",
-  sanitizeResources: false,
-  sanitizeOps: false,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "tailvoy-token-bad-" });
     try {
@@ -125,192 +126,227 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "identity token: backends verify it with jose against our JWKS; forged ones are refused",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async (t) => {
-    const tailnet = await acquireTailnet();
-    const gw = tailnet.node("gw");
+const tailnetOnce = tailnetFixture();
+
+/** The verifying backend, the key file, and the proxy signing tokens for its listeners. */
+const gatewayOnce = fixture(async (cleanup) => {
+  const tailnet = await tokenTailnet();
+  const gw = tailnet.node("gw");
+  using api = new LocalApiClient(gw.socket);
+  const issuer = `https://${(await api.status()).Self!.DNSName.replace(/\.$/, "").toLowerCase()}/`;
+  let admin = "";
+  const backend = verifyingBackend({
+    issuer: () => issuer,
+    jwksUrl: () => new URL(`http://${admin}/.well-known/jwks.json`),
+  });
+  cleanup.defer(() => backend.close());
+  const dir = await tempDir(cleanup, "tailvoy-token-");
+  const keyFile = join(dir, "token.pem");
+  // The key the proxy signs with now (a test that rotates it says so here).
+  const key = { pem: await p256Pem() };
+  await Deno.writeTextFile(keyFile, key.pem);
+  const file = join(dir, "token.yaml");
+  const to = `127.0.0.1:${backend.port}`;
+  await Deno.writeTextFile(
+    file,
+    [
+      "tailscale:",
+      "  serviceMappings: {gw: [web, other, plain]}",
+      "listeners:",
+      `  web: {port: ${WEB}, protocol: http, backend: "${to}", identityToken: true}`,
+      `  other: {port: ${OTHER}, protocol: http, backend: "${to}", identityToken: {audience: other-app, lifetime: 1m}}`,
+      `  plain: {port: ${PLAIN}, protocol: http, backend: "${to}"}`,
+      "tailvoy:",
+      `  adminAddress: "127.0.0.1:0"`,
+      `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
+      `  identityToken: {keyFile: ${keyFile}}`,
+      "",
+    ].join("\n"),
+  );
+  const proxy = new Proxy(file, gw.socket);
+  cleanup.defer(async () => void await proxy.stop());
+  admin = JSON.parse(await proxy.waitLog(/"logger":"tailvoy.admin"/, "admin")).addr;
+  await proxy.waitLog(/"message":"ready:/, "ready");
+  const jwks = async () => (await (await fetch(`http://${admin}/.well-known/jwks.json`)).json()).keys;
+  return { proxy, backend, issuer, keyFile, key, jwks };
+});
+
+/** The tailnet with this file's policy, seen by the gateway. */
+async function tokenTailnet() {
+  const tailnet = await tailnetOnce();
+  await tailnet.usePolicy(policy());
+  using api = new LocalApiClient(tailnet.node("gw").socket);
+  await waitFor(async () => {
+    const caps = (await api.whois(tailnet.node("ci").ipv4)).CapMap[CAP];
+    return JSON.stringify(caps) === JSON.stringify([{ listeners: ["web"], methods: ["GET"] }])
+      ? true
+      : undefined;
+  }, { what: "the identity token test policy", timeoutMs: 15_000 });
+  return tailnet;
+}
+
+/** The running gateway with this file's policy in place, and a request from a node. */
+async function gateway() {
+  const g = await gatewayOnce();
+  const tailnet = await tokenTailnet();
+  const gw = tailnet.node("gw");
+  const get = (who: string, port: number, headers: Record<string, string> = {}) =>
+    tailnet.dial(who, gw.ipv4, port).then((c) => http(c, "/whoami", { headers }));
+  /** The token alice's request to web carries to the backend (signed by the current key). */
+  const aliceToken = async () => {
+    assert.equal((await get("alice", WEB)).status, 200);
+    return g.backend.seen.tokens.at(-1)!;
+  };
+  /** The key ids in the JWKS, the current key first. */
+  const kids = async () => (await g.jwks()).map((k: { kid: string }) => k.kid) as string[];
+  return { ...g, tailnet, gw, get, aliceToken, kids };
+}
+
+Deno.test(
+  "identity token: alice: the backend verifies her token; it names her, her node and the rule",
+  async () => {
+    const { tailnet, gw, get, backend, issuer, kids } = await gateway();
     using api = new LocalApiClient(gw.socket);
-    const issuer = `https://${(await api.status()).Self!.DNSName.replace(/\.$/, "").toLowerCase()}/`;
-    let admin = "";
-    const backend = verifyingBackend({
-      issuer: () => issuer,
-      jwksUrl: () => new URL(`http://${admin}/.well-known/jwks.json`),
+    const alice = await api.whois(tailnet.node("alice").ipv4);
+    const r = await get("alice", WEB);
+    assert.equal(r.status, 200, r.body);
+    const { claims, kid } = JSON.parse(r.body) as { claims: JWTPayload; kid: string };
+    assert.equal(kid, (await kids())[0]);
+    assert.equal(claims.iss, issuer);
+    assert.equal(claims.aud, "web", "the listener's name by default");
+    assert.equal(claims.login, alice.UserProfile!.LoginName);
+    assert.equal(claims.sub, `user:${alice.UserProfile!.LoginName}`);
+    assert.equal(claims.node, alice.Node.Name.replace(/\.$/, ""));
+    assert.deepEqual(claims.tags, []);
+    assert.ok((claims.addresses as string[]).includes(tailnet.node("alice").ipv4));
+    assert.deepEqual(claims.rule, {
+      capability: CAP,
+      index: 0,
+      value: { listeners: ["web", "other", "plain"] },
     });
-    const dir = await Deno.makeTempDir({ prefix: "tailvoy-token-" });
-    const keyFile = join(dir, "token.pem");
-    let keyPem = await p256Pem();
-    await Deno.writeTextFile(keyFile, keyPem);
-    const file = join(dir, "token.yaml");
-    const to = `127.0.0.1:${backend.port}`;
-    await Deno.writeTextFile(
-      file,
-      [
-        "tailscale:",
-        "  serviceMappings: {gw: [web, other, plain]}",
-        "listeners:",
-        `  web: {port: ${WEB}, protocol: http, backend: "${to}", identityToken: true}`,
-        `  other: {port: ${OTHER}, protocol: http, backend: "${to}", identityToken: {audience: other-app, lifetime: 1m}}`,
-        `  plain: {port: ${PLAIN}, protocol: http, backend: "${to}"}`,
-        "tailvoy:",
-        `  adminAddress: "127.0.0.1:0"`,
-        `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
-        `  identityToken: {keyFile: ${keyFile}}`,
-        "",
-      ].join("\n"),
-    );
-    await tailnet.setPolicy(policy());
-    const proxy = new Proxy(file, gw.socket);
-    const get = (who: string, port: number, headers: Record<string, string> = {}) =>
-      tailnet.dial(who, gw.ipv4, port).then((c) => http(c, "/whoami", { headers }));
-    const jwks = async () => (await (await fetch(`http://${admin}/.well-known/jwks.json`)).json()).keys;
-    try {
-      const alice = await api.whois(tailnet.node("alice").ipv4);
-      await waitFor(async () => {
-        const caps = (await api.whois(tailnet.node("ci").ipv4)).CapMap[CAP];
-        return JSON.stringify(caps) === JSON.stringify([{ listeners: ["web"], methods: ["GET"] }])
-          ? true
-          : undefined;
-      }, { what: "the identity token test policy", timeoutMs: 15_000 });
-      admin = JSON.parse(await proxy.waitLog(/"logger":"tailvoy.admin"/, "admin")).addr;
-      await proxy.waitLog(/"message":"ready:/, "ready");
-      const firstKid = (await jwks())[0].kid as string;
-      let aliceToken = "";
-
-      await t.step("alice: the backend verifies her token; it names her, her node and the rule", async () => {
-        const r = await get("alice", WEB);
-        assert.equal(r.status, 200, r.body);
-        const { claims, kid } = JSON.parse(r.body) as { claims: JWTPayload; kid: string };
-        assert.equal(kid, firstKid);
-        assert.equal(claims.iss, issuer);
-        assert.equal(claims.aud, "web", "the listener's name by default");
-        assert.equal(claims.login, alice.UserProfile!.LoginName);
-        assert.equal(claims.sub, `user:${alice.UserProfile!.LoginName}`);
-        assert.equal(claims.node, alice.Node.Name.replace(/\.$/, ""));
-        assert.deepEqual(claims.tags, []);
-        assert.ok((claims.addresses as string[]).includes(tailnet.node("alice").ipv4));
-        assert.deepEqual(claims.rule, {
-          capability: CAP,
-          index: 0,
-          value: { listeners: ["web", "other", "plain"] },
-        });
-        assert.equal(claims.exp! - claims.iat!, 300, "5 minutes by default");
-        aliceToken = backend.seen.tokens.at(-1)!;
-        assert.equal((await get("alice", WEB)).status, 200);
-        assert.equal(backend.seen.tokens.at(-1), aliceToken, "reused, not signed per request");
-      });
-
-      await t.step("ci (tagged): node:<stable id>, its tags, no login", async () => {
-        const ci = await api.whois(tailnet.node("ci").ipv4);
-        const r = await get("ci", WEB);
-        assert.equal(r.status, 200, r.body);
-        const { claims } = JSON.parse(r.body) as { claims: JWTPayload };
-        assert.equal(claims.sub, `node:${ci.Node.StableID}`);
-        assert.deepEqual(claims.tags, ["tag:ci"]);
-        assert.equal(claims.login, undefined);
-      });
-
-      await t.step("bob is refused by policy before any token: the backend never sees him", async () => {
-        const before = backend.seen.tokens.length;
-        const r = await get("bob", WEB);
-        assert.equal(r.status, 403);
-        assert.equal(JSON.parse(r.body).error, "forbidden", "tailvoy's deny");
-        assert.equal(backend.seen.tokens.length, before);
-      });
-
-      await t.step("a client's own X-Tailvoy-Jwt-Assertion never reaches the backend", async () => {
-        const forged = await new SignJWT({ login: "admin@example.com" })
-          .setProtectedHeader({ alg: "ES256", kid: firstKid })
-          .setIssuer(issuer).setAudience("web").setSubject("user:admin@example.com").setExpirationTime("5m")
-          .sign(await importPKCS8(await p256Pem(), "ES256"));
-        const r = await get("alice", WEB, { "X-Tailvoy-Jwt-Assertion": forged });
-        assert.equal(r.status, 200, r.body);
-        assert.equal(backend.seen.tokens.at(-1), aliceToken, "ours, not the client's");
-        const plain = await get("alice", PLAIN, { "X-Tailvoy-Jwt-Assertion": forged });
-        assert.equal(plain.status, 401);
-        assert.equal(backend.seen.tokens.at(-1), null, "a listener without tokens passes none on");
-        assert.ok(!backend.seen.tokens.includes(forged));
-      });
-
-      await t.step(
-        "the backend refuses a wrong-audience, an expired, a re-signed and an alg:none token",
-        async () => {
-          const other = await get("alice", OTHER);
-          assert.equal(other.status, 401);
-          assert.equal(JSON.parse(other.body).error, "ERR_JWT_CLAIM_VALIDATION_FAILED", "aud is other-app");
-          const otherToken = backend.seen.tokens.at(-1)!;
-          assert.equal(decodeJwt(otherToken).aud, "other-app");
-          assert.equal(decodeJwt(otherToken).exp! - decodeJwt(otherToken).iat!, 60);
-
-          assert.equal((await direct(backend.port, aliceToken)).status, 200, "the real token, sent directly");
-          const claims = decodeJwt(aliceToken);
-          const now = Math.floor(Date.now() / 1000);
-          // Signed with the real key (the test wrote the key file): only the expiry is wrong.
-          const expired = await new SignJWT({ ...claims, iat: now - 600, nbf: now - 600, exp: now - 300 })
-            .setProtectedHeader({ alg: "ES256", kid: firstKid })
-            .sign(await importPKCS8(keyPem, "ES256"));
-          assert.deepEqual(await direct(backend.port, expired), {
-            status: 401,
-            body: { error: "ERR_JWT_EXPIRED" },
-          });
-          const resigned = await new SignJWT(claims)
-            .setProtectedHeader({ alg: "ES256", kid: firstKid })
-            .sign(await importPKCS8(await p256Pem(), "ES256"));
-          assert.deepEqual(await direct(backend.port, resigned), {
-            status: 401,
-            body: { error: "ERR_JWS_SIGNATURE_VERIFICATION_FAILED" },
-          });
-          const enc = (value: unknown) => base64url.encode(JSON.stringify(value));
-          const none = `${enc({ alg: "none", kid: firstKid })}.${enc(claims)}.`;
-          assert.equal((await direct(backend.port, none)).status, 401);
-          const unsigned = `${aliceToken.split(".").slice(0, 2).join(".")}.`;
-          assert.equal((await direct(backend.port, unsigned)).status, 401, "signature stripped");
-        },
-      );
-
-      await t.step(
-        "SIGHUP re-reads the key file: the new key signs, the previous stays in the JWKS",
-        async () => {
-          keyPem = await p256Pem();
-          await Deno.writeTextFile(keyFile, keyPem);
-          proxy.child.kill("SIGHUP");
-          await proxy.waitLog(/identity tokens: rotated/, "rotation");
-          const kids = (await jwks()).map((k: { kid: string }) => k.kid);
-          assert.equal(kids.length, 2);
-          assert.equal(kids[1], firstKid);
-          const r = await get("alice", WEB);
-          assert.equal(r.status, 200, r.body);
-          assert.equal(JSON.parse(r.body).kid, kids[0], "the new key signs at once");
-          assert.equal(decodeProtectedHeader(backend.seen.tokens.at(-1)!).kid, kids[0]);
-          assert.equal(
-            (await direct(backend.port, aliceToken)).status,
-            200,
-            "a token of the previous key verifies",
-          );
-        },
-      );
-
-      await t.step("a bad key file on SIGHUP is refused; the running key stays", async () => {
-        const kids = (await jwks()).map((k: { kid: string }) => k.kid);
-        await Deno.writeTextFile(keyFile, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
-        const rejected = () => proxy.lines.filter((l) => /reload rejected/.test(l));
-        const before = rejected().length;
-        proxy.child.kill("SIGHUP");
-        const line = await waitFor(() => rejected()[before], { what: "reload rejected", timeoutMs: 20_000 });
-        assert.match(line, /is not a private key/);
-        assert.ok(line.includes(keyFile), "names the file");
-        assert.deepEqual((await jwks()).map((k: { kid: string }) => k.kid), kids);
-        const r = await get("alice", WEB);
-        assert.equal(r.status, 200, r.body);
-        assert.equal(JSON.parse(r.body).kid, kids[0]);
-      });
-    } finally {
-      await proxy.stop();
-      await tailnet.setPolicy(defaultPolicy());
-      await backend.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    assert.equal(claims.exp! - claims.iat!, 300, "5 minutes by default");
+    const aliceToken = backend.seen.tokens.at(-1)!;
+    assert.equal((await get("alice", WEB)).status, 200);
+    assert.equal(backend.seen.tokens.at(-1), aliceToken, "reused, not signed per request");
   },
+);
+
+Deno.test("identity token: ci (tagged): node:<stable id>, its tags, no login", async () => {
+  const { tailnet, gw, get } = await gateway();
+  using api = new LocalApiClient(gw.socket);
+  const ci = await api.whois(tailnet.node("ci").ipv4);
+  const r = await get("ci", WEB);
+  assert.equal(r.status, 200, r.body);
+  const { claims } = JSON.parse(r.body) as { claims: JWTPayload };
+  assert.equal(claims.sub, `node:${ci.Node.StableID}`);
+  assert.deepEqual(claims.tags, ["tag:ci"]);
+  assert.equal(claims.login, undefined);
+});
+
+Deno.test("identity token: bob is refused by policy before any token: the backend never sees him", async () => {
+  const { get, backend } = await gateway();
+  const before = backend.seen.tokens.length;
+  const r = await get("bob", WEB);
+  assert.equal(r.status, 403);
+  assert.equal(JSON.parse(r.body).error, "forbidden", "tailvoy's deny");
+  assert.equal(backend.seen.tokens.length, before);
+});
+
+Deno.test("identity token: a client's own X-Tailvoy-Jwt-Assertion never reaches the backend", async () => {
+  const { get, backend, issuer, kids, aliceToken } = await gateway();
+  const ours = await aliceToken();
+  const forged = await new SignJWT({ login: "admin@example.com" })
+    .setProtectedHeader({ alg: "ES256", kid: (await kids())[0] })
+    .setIssuer(issuer).setAudience("web").setSubject("user:admin@example.com").setExpirationTime("5m")
+    .sign(await importPKCS8(await p256Pem(), "ES256"));
+  const r = await get("alice", WEB, { "X-Tailvoy-Jwt-Assertion": forged });
+  assert.equal(r.status, 200, r.body);
+  assert.equal(backend.seen.tokens.at(-1), ours, "ours, not the client's");
+  const plain = await get("alice", PLAIN, { "X-Tailvoy-Jwt-Assertion": forged });
+  assert.equal(plain.status, 401);
+  assert.equal(backend.seen.tokens.at(-1), null, "a listener without tokens passes none on");
+  assert.ok(!backend.seen.tokens.includes(forged));
+});
+
+Deno.test(
+  "identity token: the backend refuses a wrong-audience, an expired, a re-signed and an alg:none token",
+  async () => {
+    const { get, backend, key, kids, aliceToken } = await gateway();
+    const other = await get("alice", OTHER);
+    assert.equal(other.status, 401);
+    assert.equal(JSON.parse(other.body).error, "ERR_JWT_CLAIM_VALIDATION_FAILED", "aud is other-app");
+    const otherToken = backend.seen.tokens.at(-1)!;
+    assert.equal(decodeJwt(otherToken).aud, "other-app");
+    assert.equal(decodeJwt(otherToken).exp! - decodeJwt(otherToken).iat!, 60);
+
+    const token = await aliceToken();
+    const kid = (await kids())[0];
+    assert.equal((await direct(backend.port, token)).status, 200, "the real token, sent directly");
+    const claims = decodeJwt(token);
+    const now = Math.floor(Date.now() / 1000);
+    // Signed with the real key (the test wrote the key file): only the expiry is wrong.
+    const expired = await new SignJWT({ ...claims, iat: now - 600, nbf: now - 600, exp: now - 300 })
+      .setProtectedHeader({ alg: "ES256", kid })
+      .sign(await importPKCS8(key.pem, "ES256"));
+    assert.deepEqual(await direct(backend.port, expired), {
+      status: 401,
+      body: { error: "ERR_JWT_EXPIRED" },
+    });
+    const resigned = await new SignJWT(claims)
+      .setProtectedHeader({ alg: "ES256", kid })
+      .sign(await importPKCS8(await p256Pem(), "ES256"));
+    assert.deepEqual(await direct(backend.port, resigned), {
+      status: 401,
+      body: { error: "ERR_JWS_SIGNATURE_VERIFICATION_FAILED" },
+    });
+    const enc = (value: unknown) => base64url.encode(JSON.stringify(value));
+    const none = `${enc({ alg: "none", kid })}.${enc(claims)}.`;
+    assert.equal((await direct(backend.port, none)).status, 401);
+    const unsigned = `${token.split(".").slice(0, 2).join(".")}.`;
+    assert.equal((await direct(backend.port, unsigned)).status, 401, "signature stripped");
+  },
+);
+
+Deno.test(
+  "identity token: SIGHUP re-reads the key file: the new key signs, the previous stays in the JWKS",
+  async () => {
+    const { proxy, get, backend, keyFile, key, kids, aliceToken } = await gateway();
+    const previous = await aliceToken();
+    const previousKid = (await kids())[0];
+    const rotations = () => proxy.lines.filter((l) => /identity tokens: rotated/.test(l));
+    const seen = rotations().length;
+    key.pem = await p256Pem();
+    await Deno.writeTextFile(keyFile, key.pem);
+    proxy.child.kill("SIGHUP");
+    await waitFor(() => rotations()[seen], { what: "proxy log: rotation", timeoutMs: 20_000 });
+    const now = await kids();
+    assert.equal(now.length, 2);
+    assert.equal(now[1], previousKid);
+    const r = await get("alice", WEB);
+    assert.equal(r.status, 200, r.body);
+    assert.equal(JSON.parse(r.body).kid, now[0], "the new key signs at once");
+    assert.equal(decodeProtectedHeader(backend.seen.tokens.at(-1)!).kid, now[0]);
+    assert.equal((await direct(backend.port, previous)).status, 200, "a token of the previous key verifies");
+  },
+);
+
+Deno.test("identity token: a bad key file on SIGHUP is refused; the running key stays", async () => {
+  const { proxy, get, keyFile, key, kids } = await gateway();
+  const before = await kids();
+  await Deno.writeTextFile(keyFile, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
+  try {
+    const rejected = () => proxy.lines.filter((l) => /reload rejected/.test(l));
+    const seen = rejected().length;
+    proxy.child.kill("SIGHUP");
+    const line = await waitFor(() => rejected()[seen], { what: "reload rejected", timeoutMs: 20_000 });
+    assert.match(line, /is not a private key/);
+    assert.ok(line.includes(keyFile), "names the file");
+    assert.deepEqual(await kids(), before);
+    const r = await get("alice", WEB);
+    assert.equal(r.status, 200, r.body);
+    assert.equal(JSON.parse(r.body).kid, before[0]);
+  } finally {
+    // The running key's file again, for whatever reads it next.
+    await Deno.writeTextFile(keyFile, key.pem);
+  }
 });

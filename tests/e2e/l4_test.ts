@@ -17,6 +17,7 @@ import {
 } from "../../lib/l4/mod.ts";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { encodeProxyV2 } from "../../lib/proxy_protocol/mod.ts";
+import { fixture } from "../../scripts/harness/fixture.ts";
 import { acquireTailnet, waitFor } from "../../scripts/harness/tailnet.ts";
 import { delay } from "../../lib/util/async.ts";
 
@@ -196,111 +197,135 @@ Deno.test("SNI routing: exact names first, then the longest wildcard, case-insen
   assert.equal(routeBySni(routes, "example.org"), undefined);
 });
 
-Deno.test({
-  name: "serve listener: bad input is refused without crashing or leaking",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async (t) => {
-    const tailnet = await acquireTailnet();
-    using api = new LocalApiClient(tailnet.node("gw").socket);
-    const resolver = new IdentityResolver(api);
-    const flows = new FlowTable(resolver);
-    const backend = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const hanging: Deno.Conn[] = [];
-    (async () => {
-      for await (const c of backend) {
-        hanging.push(c); // accepts and never answers
-      }
-    })();
-    const closedPort = (() => {
-      const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-      const port = (l.addr as Deno.NetAddr).port;
-      l.close();
-      return port;
-    })();
-    const make = (name: string, protocol: "tcp" | "tls", backendPort: number) =>
-      TcpListener.start({
-        name,
-        protocol,
-        ingress: "serve",
-        bind: [{ hostname: "127.0.0.1", port: 0 }],
-        backend: `127.0.0.1:${backendPort}`,
-        routes: [{ hostname: "app.example.com", backend: `127.0.0.1:${backendPort}` }],
-      }, { resolver, flows, timeouts: { proxyHeader: 300, tlsHello: 300, dial: 1000, idle: 400 } });
-    const db = await make("db", "tcp", (backend.addr as Deno.NetAddr).port);
-    const refusing = await make("db", "tcp", closedPort);
-    const tls = await make("db", "tls", (backend.addr as Deno.NetAddr).port);
-    const port = (l: TcpListener) => l.addrs[0].port;
-    const header = (ip: string) =>
-      encodeProxyV2({
-        command: "PROXY",
-        transport: "tcp",
-        source: { address: ip, port: 4242 },
-        destination: { address: tailnet.node("gw").ipv4, port: 5432 },
-      });
-    /** Connects, sends `bytes`, and returns what came back before the proxy closed the connection. */
-    const exchange = async (l: TcpListener, bytes: Uint8Array, options: { hold?: boolean } = {}) => {
-      const c = await Deno.connect({ hostname: "127.0.0.1", port: port(l) });
-      if (bytes.length) await c.write(bytes);
-      if (!options.hold) await c.closeWrite();
-      const got = await readAll(c);
-      c.close();
-      return got;
-    };
-    const alice = tailnet.node("alice").ipv4;
-    try {
-      await t.step("HTTP garbage instead of a PROXY header", async () => {
-        const before = db.refused;
-        assert.equal(await exchange(db, enc.encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n")), "");
-        assert.equal(db.refused, before + 1);
-      });
-      await t.step("a truncated header, then EOF", async () => {
-        assert.equal(await exchange(db, header(alice).subarray(0, 10)), "");
-      });
-      await t.step("slowloris: part of a header, then silence, is cut at the deadline", async () => {
-        assert.equal(await exchange(db, header(alice).subarray(0, 14), { hold: true }), "");
-      });
-      await t.step("a LOCAL command carries no caller: refused", async () => {
-        const local = encodeProxyV2({ command: "LOCAL", transport: "unspec" });
-        assert.equal(await exchange(db, local, { hold: true }), "");
-      });
-      await t.step("a caller tailscaled does not know: refused", async () => {
-        assert.equal(await exchange(db, header("100.100.9.9"), { hold: true }), "");
-      });
-      await t.step("a backend that refuses: the caller is closed", async () => {
-        assert.equal(await exchange(refusing, header(alice), { hold: true }), "");
-      });
-      await t.step("a backend that hangs: the flow ends at the idle timeout", async () => {
-        assert.equal(await exchange(db, header(alice), { hold: true }), "");
-        await waitFor(() => flows.size === 0 ? true : undefined, { what: "no flow left", timeoutMs: 3000 });
-      });
-      await t.step("tls: garbage or a hello without SNI is refused", async () => {
-        const garbage = new Uint8Array([...header(alice), ...enc.encode("\x16\x03\x01\xff\xffjunk")]);
-        assert.equal(await exchange(tls, garbage), "");
-        assert.equal(await exchange(tls, new Uint8Array([...header(alice), 0x16, 0x03]), { hold: true }), "");
-      });
-      await t.step("after all that, a good caller is still served", async () => {
-        const seen = hanging.length;
-        const c = await Deno.connect({ hostname: "127.0.0.1", port: port(db) });
-        await c.write(new Uint8Array([...header(alice), ...enc.encode("hello")]));
-        const conn = await waitFor(() => hanging[seen], { what: "the backend to get the connection" });
-        const buf = new Uint8Array(16);
-        const n = await conn.read(buf);
-        assert.equal(dec.decode(buf.subarray(0, n!)), "hello");
+// The tests below share one set-up, open from the first of them to the end of the file.
+Deno.test.sanitizer({ ops: false, resources: false });
+
+/** A serve-mode listener set-up fed bad input: a backend that never answers and three listeners. */
+const serveListenersOnce = fixture(async (cleanup) => {
+  const tailnet = await acquireTailnet();
+  cleanup.defer(() => tailnet.release());
+  const api = new LocalApiClient(tailnet.node("gw").socket);
+  cleanup.defer(() => api.close());
+  const resolver = new IdentityResolver(api);
+  const flows = new FlowTable(resolver);
+  const backend = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const hanging: Deno.Conn[] = [];
+  cleanup.defer(() => {
+    backend.close();
+    for (const c of hanging) {
+      try {
         c.close();
-      });
-    } finally {
-      db.close();
-      refusing.close();
-      tls.close();
-      await flows.drain(0);
-      backend.close();
-      for (const c of hanging) {
-        try {
-          c.close();
-        } catch { /* closed */ }
-      }
-      await tailnet.release();
+      } catch { /* closed */ }
     }
-  },
+  });
+  (async () => {
+    for await (const c of backend) {
+      hanging.push(c); // accepts and never answers
+    }
+  })();
+  const closedPort = (() => {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    return port;
+  })();
+  cleanup.defer(() => flows.drain(0));
+  const make = async (name: string, protocol: "tcp" | "tls", backendPort: number) => {
+    const l = await TcpListener.start({
+      name,
+      protocol,
+      ingress: "serve",
+      bind: [{ hostname: "127.0.0.1", port: 0 }],
+      backend: `127.0.0.1:${backendPort}`,
+      routes: [{ hostname: "app.example.com", backend: `127.0.0.1:${backendPort}` }],
+    }, { resolver, flows, timeouts: { proxyHeader: 300, tlsHello: 300, dial: 1000, idle: 400 } });
+    cleanup.defer(() => l.close());
+    return l;
+  };
+  const header = (ip: string) =>
+    encodeProxyV2({
+      command: "PROXY",
+      transport: "tcp",
+      source: { address: ip, port: 4242 },
+      destination: { address: tailnet.node("gw").ipv4, port: 5432 },
+    });
+  return {
+    db: await make("db", "tcp", (backend.addr as Deno.NetAddr).port),
+    refusing: await make("db", "tcp", closedPort),
+    tls: await make("db", "tls", (backend.addr as Deno.NetAddr).port),
+    flows,
+    hanging,
+    header,
+    alice: tailnet.node("alice").ipv4,
+  };
+});
+
+/** Connects to `l`, sends `bytes`, and returns what came back before the proxy closed the connection. */
+async function exchange(l: TcpListener, bytes: Uint8Array, options: { hold?: boolean } = {}) {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: l.addrs[0].port });
+  if (bytes.length) await c.write(bytes);
+  if (!options.hold) await c.closeWrite();
+  const got = await readAll(c);
+  c.close();
+  return got;
+}
+
+const BAD_INPUT = "serve listener: bad input is refused without crashing or leaking:";
+
+Deno.test(`${BAD_INPUT} HTTP garbage instead of a PROXY header`, async () => {
+  const { db } = await serveListenersOnce();
+  const before = db.refused;
+  assert.equal(await exchange(db, enc.encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n")), "");
+  assert.equal(db.refused, before + 1);
+});
+
+Deno.test(`${BAD_INPUT} a truncated header, then EOF`, async () => {
+  const { db, header, alice } = await serveListenersOnce();
+  assert.equal(await exchange(db, header(alice).subarray(0, 10)), "");
+});
+
+Deno.test(`${BAD_INPUT} slowloris: part of a header, then silence, is cut at the deadline`, async () => {
+  const { db, header, alice } = await serveListenersOnce();
+  assert.equal(await exchange(db, header(alice).subarray(0, 14), { hold: true }), "");
+});
+
+Deno.test(`${BAD_INPUT} a LOCAL command carries no caller: refused`, async () => {
+  const { db } = await serveListenersOnce();
+  const local = encodeProxyV2({ command: "LOCAL", transport: "unspec" });
+  assert.equal(await exchange(db, local, { hold: true }), "");
+});
+
+Deno.test(`${BAD_INPUT} a caller tailscaled does not know: refused`, async () => {
+  const { db, header } = await serveListenersOnce();
+  assert.equal(await exchange(db, header("100.100.9.9"), { hold: true }), "");
+});
+
+Deno.test(`${BAD_INPUT} a backend that refuses: the caller is closed`, async () => {
+  const { refusing, header, alice } = await serveListenersOnce();
+  assert.equal(await exchange(refusing, header(alice), { hold: true }), "");
+});
+
+Deno.test(`${BAD_INPUT} a backend that hangs: the flow ends at the idle timeout`, async () => {
+  const { db, flows, header, alice } = await serveListenersOnce();
+  assert.equal(await exchange(db, header(alice), { hold: true }), "");
+  await waitFor(() => flows.size === 0 ? true : undefined, { what: "no flow left", timeoutMs: 3000 });
+});
+
+Deno.test(`${BAD_INPUT} tls: garbage or a hello without SNI is refused`, async () => {
+  const { tls, header, alice } = await serveListenersOnce();
+  const garbage = new Uint8Array([...header(alice), ...enc.encode("\x16\x03\x01\xff\xffjunk")]);
+  assert.equal(await exchange(tls, garbage), "");
+  assert.equal(await exchange(tls, new Uint8Array([...header(alice), 0x16, 0x03]), { hold: true }), "");
+});
+
+Deno.test(`${BAD_INPUT} after all that, a good caller is still served`, async () => {
+  const { db, hanging, header, alice } = await serveListenersOnce();
+  const seen = hanging.length;
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: db.addrs[0].port });
+  await c.write(new Uint8Array([...header(alice), ...enc.encode("hello")]));
+  const conn = await waitFor(() => hanging[seen], { what: "the backend to get the connection" });
+  const buf = new Uint8Array(16);
+  const n = await conn.read(buf);
+  assert.equal(dec.decode(buf.subarray(0, n!)), "hello");
+  c.close();
 });

@@ -8,8 +8,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { bridge } from "../../scripts/harness/clients.ts";
+import { fixture, tailnetFixture, tempDir } from "../../scripts/harness/fixture.ts";
 import { Proxy } from "../../scripts/harness/proxy.ts";
-import { acquireTailnet, CAP, defaultPolicy, type Policy, waitFor } from "../../scripts/harness/tailnet.ts";
+import { CAP, defaultPolicy, type Policy, waitFor } from "../../scripts/harness/tailnet.ts";
 
 const PORT = 17780;
 
@@ -69,93 +70,115 @@ async function openSocket(url: string) {
   return { ws, closed, echoes, isOpen: () => ws.readyState === WebSocket.OPEN };
 }
 
-Deno.test({
-  name: "L7 revocation: a revoked caller's WebSocket and streaming response are closed at the next re-check",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async (t) => {
-    const tailnet = await acquireTailnet();
-    const gw = tailnet.node("gw");
-    const backend = liveBackend();
-    const dir = await Deno.makeTempDir({ prefix: "tailvoy-revoke-" });
-    const file = join(dir, "live.yaml");
-    await Deno.writeTextFile(
-      file,
-      [
-        "tailscale:",
-        "  serviceMappings: {gw: [live]}",
-        "listeners:",
-        `  live: {port: ${PORT}, protocol: http, backend: "127.0.0.1:${backend.port}"}`,
-        "tailvoy:",
-        `  adminAddress: "127.0.0.1:0"`,
-        `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
-        "  timeouts: {recheck: 1s, whoisCacheTtl: 1s, drain: 1s}",
-        "",
-      ].join("\n"),
-    );
-    await tailnet.setPolicy(policy(true));
-    const proxy = new Proxy(file, gw.socket);
-    const alice = bridge(tailnet, "alice", gw.ipv4, PORT);
-    const ci = bridge(tailnet, "ci", gw.ipv4, PORT);
-    const sockets: WebSocket[] = [];
-    try {
-      await proxy.waitLog(/"message":"ready:/, "ready");
-      const aliceWs = await openSocket(`ws://127.0.0.1:${alice.port}/ws`);
-      const ciWs = await openSocket(`ws://127.0.0.1:${ci.port}/ws`);
-      sockets.push(aliceWs.ws, ciWs.ws);
-      const stream = await fetch(`http://127.0.0.1:${alice.port}/stream`);
-      assert.equal(stream.status, 200);
-      const reader = stream.body!.getReader();
-      assert.ok((await reader.read()).value, "the stream flows");
+Deno.test.sanitizer({ ops: false, resources: false });
 
-      await t.step("before: both callers' WebSockets echo, alice's stream flows", async () => {
-        assert.equal(await aliceWs.echoes("a1"), "echo:a1");
-        assert.equal(await ciWs.echoes("c1"), "echo:c1");
-      });
+const tailnetOnce = tailnetFixture();
 
-      await t.step("alice's grant removed: her WebSocket and stream are closed; ci's stays", async () => {
-        await tailnet.setPolicy(policy(false));
-        await aliceWs.closed; // the re-check (1 s) after WhoIs shows the change
-        let ended = false;
-        while (!ended) ended = (await reader.read().catch(() => ({ done: true }))).done;
-        assert.equal(await ciWs.echoes("c2"), "echo:c2", "an unaffected caller keeps its connection");
-        assert.ok(ciWs.isOpen());
-        await proxy.waitLog(
-          /closing flow .*live.*no tailvoy grant for listener \\"live\\" any more/,
-          "the reason",
-        );
-        const metrics = proxy.records().find((r) => r.logger === "tailvoy.admin");
-        const text = await (await fetch(`http://${metrics!.addr}/metrics`)).text();
-        assert.match(text, /tailvoy_flows_revoked_total\{listener="live"\} [1-9]/);
-        const close = proxy.records().find((r) =>
-          r.logger === "tailvoy.decision" && r.event === "close" && /access revoked/.test(r.reason ?? "")
-        );
-        assert.ok(close, "the decision log says why the flow closed");
-      });
-
-      await t.step(
-        "a reconnecting alice is judged afresh: denied now, allowed once her grant is back",
-        async () => {
-          await assert.rejects(openSocket(`ws://127.0.0.1:${alice.port}/ws`));
-          await tailnet.setPolicy(policy(true));
-          // Within the identity cache's TTL (1 s) of tailscaled having the grant again.
-          const again = await waitFor(() => openSocket(`ws://127.0.0.1:${alice.port}/ws`), {
-            what: "alice's WebSocket to open again",
-            timeoutMs: 10_000,
-            intervalMs: 250,
-          });
-          sockets.push(again.ws);
-          assert.equal(await again.echoes("a2"), "echo:a2");
-        },
-      );
-    } finally {
-      for (const ws of sockets) ws.close();
-      alice.close();
-      ci.close();
-      await proxy.stop();
-      await tailnet.setPolicy(defaultPolicy());
-      await backend.close();
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+/** The backend, the proxy, and local bridges into the tailnet as alice and as ci. */
+const gatewayOnce = fixture(async (cleanup) => {
+  const tailnet = await tailnetOnce();
+  await tailnet.usePolicy(policy(true));
+  const gw = tailnet.node("gw");
+  const backend = liveBackend();
+  cleanup.defer(() => backend.close());
+  const dir = await tempDir(cleanup, "tailvoy-revoke-");
+  const file = join(dir, "live.yaml");
+  await Deno.writeTextFile(
+    file,
+    [
+      "tailscale:",
+      "  serviceMappings: {gw: [live]}",
+      "listeners:",
+      `  live: {port: ${PORT}, protocol: http, backend: "127.0.0.1:${backend.port}"}`,
+      "tailvoy:",
+      `  adminAddress: "127.0.0.1:0"`,
+      `  envoyBinary: ${join(Deno.cwd(), ".peers", "bin", "envoy")}`,
+      "  timeouts: {recheck: 1s, whoisCacheTtl: 1s, drain: 1s}",
+      "",
+    ].join("\n"),
+  );
+  const proxy = new Proxy(file, gw.socket);
+  cleanup.defer(async () => void await proxy.stop());
+  const alice = bridge(tailnet, "alice", gw.ipv4, PORT);
+  cleanup.defer(() => alice.close());
+  const ci = bridge(tailnet, "ci", gw.ipv4, PORT);
+  cleanup.defer(() => ci.close());
+  const sockets: WebSocket[] = [];
+  cleanup.defer(() => sockets.forEach((ws) => ws.close()));
+  await proxy.waitLog(/"message":"ready:/, "ready");
+  /** A WebSocket to /ws through `via`'s bridge, closed at the end of the file. */
+  const socket = async (via: { port: number }) => {
+    const s = await openSocket(`ws://127.0.0.1:${via.port}/ws`);
+    sockets.push(s.ws);
+    return s;
+  };
+  /** alice's streaming response, once it flows. */
+  const stream = async () => {
+    const res = await fetch(`http://127.0.0.1:${alice.port}/stream`);
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    cleanup.defer(() => reader.cancel().catch(() => {}));
+    assert.ok((await reader.read()).value, "the stream flows");
+    return reader;
+  };
+  return { tailnet, proxy, alice, ci, socket, stream };
 });
+
+/** The running gateway, with alice's grant (`withAlice`) or without. */
+async function gateway(withAlice = true) {
+  const g = await gatewayOnce();
+  await g.tailnet.usePolicy(policy(withAlice));
+  return g;
+}
+
+Deno.test("L7 revocation: before: both callers' WebSockets echo, alice's stream flows", async () => {
+  const { alice, ci, socket, stream } = await gateway();
+  const aliceWs = await socket(alice);
+  const ciWs = await socket(ci);
+  await stream();
+  assert.equal(await aliceWs.echoes("a1"), "echo:a1");
+  assert.equal(await ciWs.echoes("c1"), "echo:c1");
+});
+
+Deno.test(
+  "L7 revocation: alice's grant removed: her WebSocket and stream are closed; ci's stays",
+  async () => {
+    const { tailnet, proxy, alice, ci, socket, stream } = await gateway();
+    const aliceWs = await socket(alice);
+    const ciWs = await socket(ci);
+    const reader = await stream();
+    await tailnet.usePolicy(policy(false));
+    await aliceWs.closed; // the re-check (1 s) after WhoIs shows the change
+    let ended = false;
+    while (!ended) ended = (await reader.read().catch(() => ({ done: true }))).done;
+    assert.equal(await ciWs.echoes("c2"), "echo:c2", "an unaffected caller keeps its connection");
+    assert.ok(ciWs.isOpen());
+    await proxy.waitLog(
+      /closing flow .*live.*no tailvoy grant for listener \\"live\\" any more/,
+      "the reason",
+    );
+    const metrics = proxy.records().find((r) => r.logger === "tailvoy.admin");
+    const text = await (await fetch(`http://${metrics!.addr}/metrics`)).text();
+    assert.match(text, /tailvoy_flows_revoked_total\{listener="live"\} [1-9]/);
+    const close = proxy.records().find((r) =>
+      r.logger === "tailvoy.decision" && r.event === "close" && /access revoked/.test(r.reason ?? "")
+    );
+    assert.ok(close, "the decision log says why the flow closed");
+  },
+);
+
+Deno.test(
+  "L7 revocation: a reconnecting alice is judged afresh: denied now, allowed once her grant is back",
+  async () => {
+    const { tailnet, alice, socket } = await gateway(false);
+    await assert.rejects(openSocket(`ws://127.0.0.1:${alice.port}/ws`));
+    await tailnet.usePolicy(policy(true));
+    // Within the identity cache's TTL (1 s) of tailscaled having the grant again.
+    const again = await waitFor(() => socket(alice), {
+      what: "alice's WebSocket to open again",
+      timeoutMs: 10_000,
+      intervalMs: 250,
+    });
+    assert.equal(await again.echoes("a2"), "echo:a2");
+  },
+);

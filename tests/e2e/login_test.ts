@@ -10,7 +10,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { Proxy, tcpEcho } from "../../scripts/harness/proxy.ts";
-import { acquireTailnet, type Tailnet } from "../../scripts/harness/tailnet.ts";
+import { fixture, tailnetFixture, tempDir } from "../../scripts/harness/fixture.ts";
+import { defaultPolicy, type Tailnet } from "../../scripts/harness/tailnet.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -58,115 +59,112 @@ function fakeTailscaleApi(tailnet: Tailnet, goodSecret: string) {
   return { base: `http://127.0.0.1:${server.addr.port}`, minted, close: () => server.shutdown() };
 }
 
-Deno.test({
-  name: "tailvoy logs tailscaled in",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async (t) => {
-    const tailnet = await acquireTailnet();
-    const dir = await Deno.makeTempDir({ prefix: "tailvoy-login-" });
-    const echo = tcpEcho();
-    try {
-      await t.step(
-        "TS_AUTHKEY: a fresh tailscaled is logged in with the config's tags and serves",
-        async () => {
-          const bare = await tailnet.startBareNode("gw-key");
-          using api = new LocalApiClient(bare.socket);
-          assert.equal((await api.status()).BackendState, "NeedsLogin");
-          const key = await tailnet.preauthKey({ tags: ["tag:gw"] });
-          const file = join(dir, "key.yaml");
-          await Deno.writeTextFile(
-            file,
-            configFor(tailnet, { hostname: "gw-key", port: 17632, backend: echo.port }),
-          );
-          const proxy = new Proxy(file, bare.socket, { env: { TS_AUTHKEY: key } });
-          try {
-            await proxy.waitLog(/"message":"ready:/, "ready after logging in");
-            const status = await api.status();
-            assert.equal(status.BackendState, "Running");
-            assert.deepEqual(status.Self?.Tags, ["tag:gw"]);
-            assert.equal(status.Self?.HostName, "gw-key");
-            const node = await tailnet.adoptNode("gw-key");
-            const conn = await tailnet.dial("alice", node.ipv4, 17632);
-            await conn.write(enc.encode("hi"));
-            const buf = new Uint8Array(64);
-            const n = await conn.read(buf);
-            assert.equal(dec.decode(buf.subarray(0, n!)), "echo:hi");
-            conn.close();
-            assert.ok(!proxy.output.includes(key), "the auth key never appears in the log");
-          } finally {
-            const code = await proxy.stop();
-            assert.equal(code, 0, proxy.lines.slice(-6).join("\n"));
-          }
-        },
-      );
+Deno.test.sanitizer({ ops: false, resources: false });
 
-      await t.step(
-        "OAuth: a rejected client secret exits non-zero with a clear error, secret not printed",
-        async () => {
-          const api = fakeTailscaleApi(tailnet, "good-secret");
-          const bare = await tailnet.startBareNode("gw-oauth-bad");
-          const file = join(dir, "bad.yaml");
-          await Deno.writeTextFile(
-            file,
-            configFor(tailnet, {
-              hostname: "gw-oauth-bad",
-              port: 17633,
-              backend: echo.port,
-              apiBase: api.base,
-            }),
-          );
-          const secret = "wrong-secret-4f9c2a";
-          const proxy = new Proxy(file, bare.socket, {
-            env: { TS_CLIENT_ID: "client-7", TS_CLIENT_SECRET: secret },
-          });
-          try {
-            assert.equal(await proxy.exited(), 1);
-            const out = proxy.output;
-            assert.match(out, /The OAuth client was rejected by http:\/\/127\.0\.0\.1:\d+ \(HTTP 401/);
-            assert.ok(!out.includes(secret), "the secret never appears in the output");
-          } finally {
-            await api.close();
-          }
-        },
-      );
+const tailnetOnce = tailnetFixture();
 
-      await t.step(
-        "OAuth: the client is exchanged for an ephemeral, pre-authorized, tagged key",
-        async () => {
-          const api = fakeTailscaleApi(tailnet, "good-secret");
-          const bare = await tailnet.startBareNode("gw-oauth");
-          const file = join(dir, "oauth.yaml");
-          await Deno.writeTextFile(
-            file,
-            configFor(tailnet, { hostname: "gw-oauth", port: 17634, backend: echo.port, apiBase: api.base }),
-          );
-          const proxy = new Proxy(file, bare.socket, {
-            env: { TS_CLIENT_ID: "client-7", TS_CLIENT_SECRET: "good-secret" },
-          });
-          try {
-            await proxy.waitLog(/"message":"ready:/, "ready after the OAuth login");
-            assert.deepEqual(api.minted, [{
-              reusable: false,
-              ephemeral: true,
-              preauthorized: true,
-              tags: ["tag:gw"],
-            }]);
-            using local = new LocalApiClient(bare.socket);
-            const status = await local.status();
-            assert.equal(status.BackendState, "Running");
-            assert.deepEqual(status.Self?.Tags, ["tag:gw"]);
-            assert.ok(!proxy.output.includes("good-secret"));
-          } finally {
-            assert.equal(await proxy.stop(), 0);
-            await api.close();
-          }
-        },
-      );
-    } finally {
-      echo.close();
-      await Deno.remove(dir, { recursive: true });
-      await tailnet.release();
-    }
-  },
+/** A directory for the configs and the backend every login test serves. */
+const setupOnce = fixture(async (cleanup) => {
+  const dir = await tempDir(cleanup, "tailvoy-login-");
+  const echo = tcpEcho();
+  cleanup.defer(() => echo.close());
+  return { dir, echo };
+});
+
+/** The set-up, and the tailnet with the default policy (alice may use listener db). */
+async function setup() {
+  const tailnet = await tailnetOnce();
+  await tailnet.usePolicy(defaultPolicy());
+  return { tailnet, ...await setupOnce() };
+}
+
+Deno.test("login: TS_AUTHKEY: a fresh tailscaled is logged in with the config's tags and serves", async () => {
+  const { tailnet, dir, echo } = await setup();
+  const bare = await tailnet.startBareNode("gw-key");
+  using api = new LocalApiClient(bare.socket);
+  assert.equal((await api.status()).BackendState, "NeedsLogin");
+  const key = await tailnet.preauthKey({ tags: ["tag:gw"] });
+  const file = join(dir, "key.yaml");
+  await Deno.writeTextFile(
+    file,
+    configFor(tailnet, { hostname: "gw-key", port: 17632, backend: echo.port }),
+  );
+  const proxy = new Proxy(file, bare.socket, { env: { TS_AUTHKEY: key } });
+  try {
+    await proxy.waitLog(/"message":"ready:/, "ready after logging in");
+    const status = await api.status();
+    assert.equal(status.BackendState, "Running");
+    assert.deepEqual(status.Self?.Tags, ["tag:gw"]);
+    assert.equal(status.Self?.HostName, "gw-key");
+    const node = await tailnet.adoptNode("gw-key");
+    const conn = await tailnet.dial("alice", node.ipv4, 17632);
+    await conn.write(enc.encode("hi"));
+    const buf = new Uint8Array(64);
+    const n = await conn.read(buf);
+    assert.equal(dec.decode(buf.subarray(0, n!)), "echo:hi");
+    conn.close();
+    assert.ok(!proxy.output.includes(key), "the auth key never appears in the log");
+  } finally {
+    const code = await proxy.stop();
+    assert.equal(code, 0, proxy.lines.slice(-6).join("\n"));
+  }
+});
+
+Deno.test("login: OAuth: a rejected client secret exits non-zero with a clear error, secret not printed", async () => {
+  const { tailnet, dir, echo } = await setup();
+  const api = fakeTailscaleApi(tailnet, "good-secret");
+  const bare = await tailnet.startBareNode("gw-oauth-bad");
+  const file = join(dir, "bad.yaml");
+  await Deno.writeTextFile(
+    file,
+    configFor(tailnet, {
+      hostname: "gw-oauth-bad",
+      port: 17633,
+      backend: echo.port,
+      apiBase: api.base,
+    }),
+  );
+  const secret = "wrong-secret-4f9c2a";
+  const proxy = new Proxy(file, bare.socket, {
+    env: { TS_CLIENT_ID: "client-7", TS_CLIENT_SECRET: secret },
+  });
+  try {
+    assert.equal(await proxy.exited(), 1);
+    const out = proxy.output;
+    assert.match(out, /The OAuth client was rejected by http:\/\/127\.0\.0\.1:\d+ \(HTTP 401/);
+    assert.ok(!out.includes(secret), "the secret never appears in the output");
+  } finally {
+    await api.close();
+  }
+});
+
+Deno.test("login: OAuth: the client is exchanged for an ephemeral, pre-authorized, tagged key", async () => {
+  const { tailnet, dir, echo } = await setup();
+  const api = fakeTailscaleApi(tailnet, "good-secret");
+  const bare = await tailnet.startBareNode("gw-oauth");
+  const file = join(dir, "oauth.yaml");
+  await Deno.writeTextFile(
+    file,
+    configFor(tailnet, { hostname: "gw-oauth", port: 17634, backend: echo.port, apiBase: api.base }),
+  );
+  const proxy = new Proxy(file, bare.socket, {
+    env: { TS_CLIENT_ID: "client-7", TS_CLIENT_SECRET: "good-secret" },
+  });
+  try {
+    await proxy.waitLog(/"message":"ready:/, "ready after the OAuth login");
+    assert.deepEqual(api.minted, [{
+      reusable: false,
+      ephemeral: true,
+      preauthorized: true,
+      tags: ["tag:gw"],
+    }]);
+    using local = new LocalApiClient(bare.socket);
+    const status = await local.status();
+    assert.equal(status.BackendState, "Running");
+    assert.deepEqual(status.Self?.Tags, ["tag:gw"]);
+    assert.ok(!proxy.output.includes("good-secret"));
+  } finally {
+    assert.equal(await proxy.stop(), 0);
+    await api.close();
+  }
 });
