@@ -23,7 +23,7 @@ import type { EgressEvent, Telemetry } from "../telemetry/mod.ts";
 import { writeAll } from "../util/bytes.ts";
 import { closeQuietly } from "../util/async.ts";
 import { errorMessage } from "../util/error.ts";
-import { type EgressUsers, loadEgressUsers } from "./credentials.ts";
+import { type EgressUsers, loadEgressUsers } from "./users.ts";
 import {
   type Aliases,
   applyAliases,

@@ -37,14 +37,19 @@ export class Proxy {
   readonly other: string[] = [];
   readonly child: Deno.ChildProcess;
   readonly #done: Promise<void>;
-  /** Starts `tailvoy --config configPath --socket socket`, with extra environment variables. */
+  /**
+   * Starts `tailvoy --config configPath --socket socket`, with extra environment variables; `prefix`
+   * runs it under another command (e.g. `ip netns exec NS`, which execs it: the pid stays the proxy's).
+   */
   constructor(
     configPath: string,
     socket: string,
-    options: { env?: Record<string, string>; args?: string[] } = {},
+    options: { env?: Record<string, string>; args?: string[]; prefix?: string[] } = {},
   ) {
-    this.child = new Deno.Command(Deno.execPath(), {
+    const [program, ...before] = [...options.prefix ?? [], Deno.execPath()];
+    this.child = new Deno.Command(program, {
       args: [
+        ...before,
         ...sourceRunArgs(join(PROJECT_ROOT, "main.ts")),
         "--config",
         configPath,

@@ -13,6 +13,7 @@ import { closeQuietly } from "../../lib/util/async.ts";
 import { readSome } from "../../scripts/harness/clients.ts";
 import { Proxy, tcpEcho } from "../../scripts/harness/proxy.ts";
 import { socks5Connect } from "../../scripts/harness/socks5.ts";
+import { fixture, tempDir } from "../../scripts/harness/fixture.ts";
 import { acquireTailnet, type Tailnet, waitFor } from "../../scripts/harness/tailnet.ts";
 
 const enc = new TextEncoder();
@@ -57,38 +58,39 @@ const RULES = (echo: number, web: number) =>
     `    - {name: alice-web, hosts: [alice.box.test], ports: [${web}], listeners: [proxy]}`,
   ].join("\n");
 
-let fixture: Promise<Fixture> | undefined;
+Deno.test.sanitizer({ ops: false, resources: false });
 
-function setUp(): Promise<Fixture> {
-  fixture ??= (async () => {
-    const tailnet = await acquireTailnet();
-    const aliceIp = tailnet.node("alice").ipv4;
-    const gwIp = tailnet.node("gw").ipv4;
-    const dir = await Deno.makeTempDir({ prefix: "tailvoy-egress-" });
-    const echo = tcpEcho();
-    const web = httpBackend();
-    const users = join(dir, "users");
-    await Deno.writeTextFile(users, "# proxy users\nci:s3cret\n");
-    const config = join(dir, "config.yaml");
-    await Deno.writeTextFile(
-      config,
-      configText({ echo: echo.port, web: web.port, aliceIp, users }, RULES(echo.port, web.port)),
-    );
-    const proxy = new Proxy(config, tailnet.node("gw").socket);
-    const ports: Record<string, number> = {};
-    await waitFor(() => {
-      for (const r of proxy.records()) {
-        if (r.logger === "tailvoy.egress" && r.name && r.addr) {
-          ports[r.name] = Number(r.addr.split(":").pop());
-        }
+const setUp = fixture<Fixture>(async (cleanup) => {
+  const tailnet = await acquireTailnet();
+  cleanup.defer(() => tailnet.release());
+  const aliceIp = tailnet.node("alice").ipv4;
+  const gwIp = tailnet.node("gw").ipv4;
+  const dir = await tempDir(cleanup, "tailvoy-egress-");
+  const echo = tcpEcho();
+  cleanup.defer(() => echo.close());
+  const web = httpBackend();
+  cleanup.defer(() => web.close());
+  const users = join(dir, "users");
+  await Deno.writeTextFile(users, "# proxy users\nci:s3cret\n");
+  const config = join(dir, "config.yaml");
+  await Deno.writeTextFile(
+    config,
+    configText({ echo: echo.port, web: web.port, aliceIp, users }, RULES(echo.port, web.port)),
+  );
+  const proxy = new Proxy(config, tailnet.node("gw").socket);
+  cleanup.defer(async () => void await proxy.stop());
+  const ports: Record<string, number> = {};
+  await waitFor(() => {
+    for (const r of proxy.records()) {
+      if (r.logger === "tailvoy.egress" && r.name && r.addr) {
+        ports[r.name] = Number(r.addr.split(":").pop());
       }
-      return Object.keys(ports).length === 4 ? true : undefined;
-    }, { what: "the egress listeners to start", timeoutMs: 30_000 });
-    const admin = proxy.records().find((r) => r.logger === "tailvoy.admin" && r.addr)?.addr;
-    return { tailnet, proxy, dir, config, echo, web, ports, aliceIp, gwIp, admin };
-  })();
-  return fixture;
-}
+    }
+    return Object.keys(ports).length === 4 ? true : undefined;
+  }, { what: "the egress listeners to start", timeoutMs: 30_000 });
+  const admin = proxy.records().find((r) => r.logger === "tailvoy.admin" && r.addr)?.addr;
+  return { tailnet, proxy, dir, config, echo, web, ports, aliceIp, gwIp, admin };
+});
 
 /** A plain HTTP backend answering `web:<path>` and the Host header it got. */
 function httpBackend(): { port: number; close: () => void } {
@@ -138,10 +140,7 @@ function egressRecords(proxy: Proxy): any[] {
   return proxy.records().filter((r) => r.logger === "tailvoy.decision" && r.event === "egress");
 }
 
-const OPTS = { sanitizeResources: false, sanitizeOps: false };
-
 Deno.test({
-  ...OPTS,
   name: "egress HTTP CONNECT by tailnet name, MagicDNS FQDN, IP and alias reaches alice's backend",
   fn: async () => {
     const f = await setUp();
@@ -173,7 +172,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress SOCKS5 by name, IP and alias; port-mapped listener; both on one port",
   fn: async () => {
     const f = await setUp();
@@ -196,7 +194,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress absolute-form GET is forwarded in origin form, without the proxy's headers",
   fn: async () => {
     const f = await setUp();
@@ -212,7 +209,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress refuses what no rule allows, off-tailnet, loopback, the node's own address and its own port",
   fn: async () => {
     const f = await setUp();
@@ -245,7 +241,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress credentials: 407 and RFC 1929 failure without the right password, through with it",
   fn: async () => {
     const f = await setUp();
@@ -295,7 +290,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress sources: a client outside the listener's sources is closed without a reply",
   fn: async () => {
     const f = await setUp();
@@ -312,7 +306,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress malformed handshakes get the protocol's own error and a closed connection",
   fn: async () => {
     const f = await setUp();
@@ -331,7 +324,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress metrics count flows by listener and result",
   fn: async () => {
     const f = await setUp();
@@ -342,7 +334,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress reload: new rules apply to new flows; open flows the new rules still allow keep going",
   fn: async () => {
     const f = await setUp();
@@ -374,7 +365,6 @@ Deno.test({
 });
 
 Deno.test({
-  ...OPTS,
   name: "egress SIGTERM: no new connections, open flows drained, exit 0 (last)",
   fn: async () => {
     const f = await setUp();
@@ -393,9 +383,6 @@ Deno.test({
       assert.equal(await f.proxy.exited(), 0);
     } finally {
       closeQuietly(open);
-      f.echo.close();
-      f.web.close();
-      await Deno.remove(f.dir, { recursive: true });
     }
   },
 });

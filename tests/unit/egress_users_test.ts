@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ConfigError } from "../../lib/config/mod.ts";
-import { EgressUsers, loadEgressUsers, parseEgressUsers } from "../../lib/egress/credentials.ts";
+import { EgressUsers, loadEgressUsers, parseEgressUsers } from "../../lib/egress/users.ts";
 
 const PATH = ["egress", "listeners", "proxy", "credentials"];
 // Every password in these tests contains this, so no message may.
