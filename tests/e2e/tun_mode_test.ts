@@ -115,7 +115,7 @@ Deno.test("TUN mode: egress dials alice with a plain connect through the kernel"
     .output();
   assert.ok(out.success, new TextDecoder().decode(out.stderr));
   const result = JSON.parse(new TextDecoder().decode(out.stdout));
-  assert.equal(result.head, "HTTP/1.1 200 Connection Established");
+  assert.equal(result.head, "HTTP/1.1 200 Connection established");
   assert.equal(result.body, "echo:tun");
   const record = await waitFor(
     () =>
