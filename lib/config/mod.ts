@@ -26,7 +26,6 @@ export {
   type EgressConfig,
   type EgressCredentialsConfig,
   type EgressListenerConfig,
-  type EgressProtocol,
   type EgressRuleConfig,
   type IdentityTokenConfig,
   type IngressMode,

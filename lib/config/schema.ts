@@ -375,8 +375,6 @@ export type IngressMode = ListenerConfig["ingress"];
 export type EgressConfig = NonNullable<Config["egress"]>;
 /** One parsed egress listener: a proxy (`protocols`) or port-mapped (`target`). */
 export type EgressListenerConfig = EgressConfig["listeners"][string];
-/** What an egress proxy listener speaks. */
-export type EgressProtocol = NonNullable<EgressListenerConfig["protocols"]>[number];
 /** Parsed `credentials:` of an egress listener: `file` or `env`. */
 export type EgressCredentialsConfig = NonNullable<EgressListenerConfig["credentials"]>;
 /** One parsed egress destination rule. */

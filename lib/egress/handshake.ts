@@ -37,6 +37,7 @@ import {
   type Socks5Result,
 } from "./socks5.ts";
 import { errorMessage } from "../util/error.ts";
+import type { EGRESS_PROTOCOLS } from "../config/constants.ts";
 
 /** Default deadline for the whole handshake, in ms. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -49,8 +50,8 @@ const MAX_DRAIN_BYTES = 64 * 1024;
 
 const LF = 0x0a;
 
-/** A proxy protocol an egress listener speaks. */
-export type EgressProtocol = "http" | "socks5";
+/** A proxy protocol an egress listener speaks (`egress.listeners[].protocols`). */
+export type EgressProtocol = typeof EGRESS_PROTOCOLS[number];
 
 /** The part of `Deno.Conn` the handshake needs. */
 export type HandshakeConn = Pick<Deno.Conn, "read" | "write" | "closeWrite" | "close">;
