@@ -33,7 +33,8 @@ import type { Identity, IdentityResolver } from "../identity/mod.ts";
 import type { TokenSigner } from "../identity_token/mod.ts";
 import { getLogger } from "../log.ts";
 import { own } from "../util/own.ts";
-import { type Decision, type DecisionCode, formatExplanation } from "../policy/mod.ts";
+import { type Decision, type DecisionCode, formatExplanation, unknownCallerDecision } from "../policy/mod.ts";
+import type { DecisionEvent } from "../telemetry/mod.ts";
 import { type AddressKind, classifyAddress, joinHostPort } from "../net/address.ts";
 import { forwardingHeaders, identityHeaders, identityTokenHeader, spoofedHeaders } from "./headers.ts";
 import { CheckRequestSchema, type CheckResponse, type HeaderValueOption } from "./schema.ts";
@@ -465,4 +466,26 @@ export function toCheckResponse(verdict: CheckAnswer, input: Pick<CheckInput, "g
 export async function evaluateCheck(request: unknown, deps: AuthzDeps): Promise<CheckResponse> {
   const input = checkInputFromRequest(request);
   return toCheckResponse(await judge(input, deps), input);
+}
+
+/** An ext_authz decision record as a telemetry event (metrics and decision log). */
+export function decisionEvent(record: DecisionRecord): DecisionEvent {
+  return {
+    layer: "l7",
+    listener: record.listener,
+    requestId: record.requestId,
+    caller: record.callerPort === undefined ? record.callerIp : `${record.callerIp}:${record.callerPort}`,
+    identity: record.identity,
+    host: record.host,
+    method: record.method,
+    path: record.path,
+    // Refused before the policy ran (bad secret, bad source, unknown listener): still a deny to count.
+    decision: record.decision ??
+      unknownCallerDecision("l7", { listener: record.listener, host: record.host }, {
+        reason: record.explanation,
+      }),
+    shadow: record.shadow,
+    code: record.code,
+    latencyMs: record.latencyMs,
+  };
 }

@@ -21,6 +21,7 @@ export {
   type CheckInput,
   checkInputFromRequest,
   CheckInputSchema,
+  decisionEvent,
   type DecisionRecord,
   DENY_BODY,
   DENY_MESSAGE,

@@ -8,7 +8,6 @@
  */
 
 import type { BackendProxyConfig, Config } from "../config/mod.ts";
-import { type EgressListenerSpec, EgressPlane, type EgressPolicy } from "../egress/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
 import type { Telemetry } from "../telemetry/mod.ts";
@@ -53,10 +52,7 @@ export interface DataPlaneDeps {
   resolver: IdentityResolver;
   /** tailscaled's status (own IPs; TUN or userspace). */
   status: Status;
-  /**
-   * tailscaled's LocalAPI: its socket's owner is the only user whose connections a serve port accepts;
-   * egress dials through it in userspace mode.
-   */
+  /** tailscaled's LocalAPI: its socket's owner is the only user whose connections a serve port accepts. */
   api: LocalApiClient;
   /** Metrics and decision log. */
   telemetry?: Telemetry;
@@ -91,7 +87,6 @@ export class DataPlane {
   readonly #directHosts: string[];
   readonly #settings: Config["tailvoy"];
   #sockDiag?: SockDiag;
-  #egress?: EgressPlane;
 
   private constructor(settings: Config["tailvoy"], deps: DataPlaneDeps) {
     this.#deps = deps;
@@ -135,26 +130,12 @@ export class DataPlane {
     return plane;
   }
 
-  /** The egress listeners, when the config has any. */
-  get egress(): EgressPlane | undefined {
-    return this.#egress;
-  }
-
   /**
-   * Runs exactly `specs` (and, with `egress`, those egress listeners under that policy): listeners whose
-   * spec did not change keep running (and their open connections with them); added ones start, removed
-   * ones stop accepting, changed ones are rebuilt. Open flows of removed or changed listeners are left to
-   * finish.
+   * Runs exactly `specs`: listeners whose spec did not change keep running (and their open connections
+   * with them); added ones start, removed ones stop accepting, changed ones are rebuilt. Open flows of
+   * removed or changed listeners are left to finish.
    */
-  async apply(
-    specs: readonly ListenerSpec[],
-    options: { egress?: { listeners: EgressListenerSpec[]; policy: EgressPolicy } } = {},
-  ): Promise<ReloadSummary> {
-    const egress = options.egress ?? { listeners: [], policy: undefined };
-    if (egress.policy) {
-      this.#egress ??= new EgressPlane({ ...this.#deps, flows: this.flows }, egress.policy);
-    }
-    await this.#egress?.apply(egress.listeners, egress.policy ?? this.#egress.policy);
+  async apply(specs: readonly ListenerSpec[]): Promise<ReloadSummary> {
     if (specs.some((s) => s.ingress === "serve" && s.protocol !== "udp")) await this.#ensureServePeerCheck();
     const summary: ReloadSummary = { added: [], removed: [], changed: [], kept: [] };
     const next = new Map<string, Entry>();
@@ -306,12 +287,14 @@ export class DataPlane {
     log.info("serve ingress accepts connections from tailscaled's user only (uid {uid})", { uid });
   }
 
-  /** Stops accepting and drains: open flows get `drainMs` to finish, then are closed. */
+  /**
+   * Stops accepting and drains: open flows (also those other planes registered in {@link flows}) get
+   * `drainMs` to finish, then are closed.
+   */
   async close(drainMs: number): Promise<void> {
     this.flows.stopRecheck();
     for (const e of this.#entries.values()) for (const s of e.services ?? []) s.tcp.close();
     for (const l of this.tcp) l.close();
-    this.#egress?.close();
     await this.flows.drain(drainMs);
     for (const l of this.udp) l.close();
     this.#sockDiag?.close();

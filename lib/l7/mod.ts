@@ -15,18 +15,12 @@ import {
   l7ListenerNames,
   renderBootstrap,
 } from "../envoy/mod.ts";
-import {
-  type DecisionRecord,
-  type HttpAuthzServer,
-  listenersFromConfig,
-  serveHttpAuthz,
-} from "../extauthz/mod.ts";
+import { decisionEvent, type HttpAuthzServer, listenersFromConfig, serveHttpAuthz } from "../extauthz/mod.ts";
 import type { IdentityResolver } from "../identity/mod.ts";
 import type { TokenSigner } from "../identity_token/mod.ts";
 import type { L7Target } from "../l4/mod.ts";
 import { getLogger } from "../log.ts";
-import { unknownCallerDecision } from "../policy/mod.ts";
-import type { DecisionEvent, Telemetry } from "../telemetry/mod.ts";
+import type { Telemetry } from "../telemetry/mod.ts";
 import { generateSecret, ServiceIndex } from "../wire.ts";
 
 export { EnvoyError } from "../envoy/mod.ts";
@@ -190,28 +184,6 @@ function l7Targets(
   return new Map(
     names.map((n) => [n, { hostname: "127.0.0.1", port: ports.get(n)!, secret, services: options.services }]),
   );
-}
-
-/** An ext_authz decision record as a telemetry event (metrics and decision log). */
-export function decisionEvent(record: DecisionRecord): DecisionEvent {
-  return {
-    layer: "l7",
-    listener: record.listener,
-    requestId: record.requestId,
-    caller: record.callerPort === undefined ? record.callerIp : `${record.callerIp}:${record.callerPort}`,
-    identity: record.identity,
-    host: record.host,
-    method: record.method,
-    path: record.path,
-    // Refused before the policy ran (bad secret, bad source, unknown listener): still a deny to count.
-    decision: record.decision ??
-      unknownCallerDecision("l7", { listener: record.listener, host: record.host }, {
-        reason: record.explanation,
-      }),
-    shadow: record.shadow,
-    code: record.code,
-    latencyMs: record.latencyMs,
-  };
 }
 
 /** Whether `err` is Envoy refusing the rendered config (the CLI exits 2 on it). */

@@ -25,9 +25,9 @@ import {
 } from "../discovery/mod.ts";
 import { type EnvoyAdminClient, EnvoySupervisor } from "../envoy/mod.ts";
 import { DEFAULT_AUTHZ_ADDRESS, GrpcAuthzProcess } from "../extauthz/grpc_process.ts";
-import { decisionEvent } from "../l7/mod.ts";
+import { decisionEvent } from "../extauthz/mod.ts";
 import { getLogger } from "../log.ts";
-import { TailnetListeners } from "./listeners.ts";
+import { Listeners } from "./listeners.ts";
 import { type Mode, type ModeDeps, StartError } from "./mod.ts";
 import { planDiscovered } from "./plan.ts";
 import { errorMessage } from "../util/error.ts";
@@ -46,7 +46,7 @@ const HTTP_SETTINGS = { protocol: "http", acceptAppCaps: false, shadow: false } 
 
 /** A running Envoy Gateway data plane. */
 export class GatewayMode implements Mode {
-  readonly tailnet: TailnetListeners;
+  readonly tailnet: Listeners;
   #config: Config;
   readonly #deps: GatewayDeps;
   readonly #authz: GrpcAuthzProcess;
@@ -74,7 +74,7 @@ export class GatewayMode implements Mode {
     config: Config,
     deps: GatewayDeps,
     parts: {
-      listeners: TailnetListeners;
+      listeners: Listeners;
       authz: GrpcAuthzProcess;
       envoy?: EnvoySupervisor;
       byPort: Map<number, string>;
@@ -109,7 +109,7 @@ export class GatewayMode implements Mode {
       onDecision: (record) => deps.telemetry?.decision(decisionEvent(record)),
     });
     let envoy: EnvoySupervisor | undefined;
-    let listeners: TailnetListeners | undefined;
+    let listeners: Listeners | undefined;
     let gateway: GatewayMode;
     try {
       if (deps.envoyArgs?.length) {
@@ -124,7 +124,7 @@ export class GatewayMode implements Mode {
         await envoy.startExternal();
         log.info("Envoy ready (pid {pid}, admin {admin})", { pid: envoy.pid, admin: envoy.adminAddress });
       }
-      listeners = await TailnetListeners.start(config.tailvoy, { ...deps, serve: true });
+      listeners = await Listeners.start(config.tailvoy, { ...deps, serve: true });
       gateway = new GatewayMode(config, deps, { listeners, authz, envoy, byPort });
     } catch (err) {
       await listeners?.close({ drain: 0, unadvertiseGrace: 0 });

@@ -11,7 +11,7 @@ import { l7ListenerNames } from "../envoy/mod.ts";
 import { tokenContext, tokensWanted } from "../identity_token/mod.ts";
 import type { L7Stack } from "../l7/mod.ts";
 import { getLogger } from "../log.ts";
-import { TailnetListeners } from "./listeners.ts";
+import { Listeners } from "./listeners.ts";
 import { type Mode, type ModeDeps, type ReloadSummary, StartError } from "./mod.ts";
 import { planListeners } from "./plan.ts";
 import { errorMessage } from "../util/error.ts";
@@ -21,10 +21,10 @@ const log = getLogger();
 /** Standalone mode; see the module doc. */
 export class StandaloneMode implements Mode {
   readonly #deps: ModeDeps;
-  readonly #listeners: TailnetListeners;
+  readonly #listeners: Listeners;
   #l7?: L7Stack;
 
-  private constructor(deps: ModeDeps, listeners: TailnetListeners, l7: L7Stack | undefined) {
+  private constructor(deps: ModeDeps, listeners: Listeners, l7: L7Stack | undefined) {
     this.#deps = deps;
     this.#listeners = listeners;
     this.#l7 = l7;
@@ -49,9 +49,9 @@ export class StandaloneMode implements Mode {
         { exitCode: isConfigRejected(err) ? 2 : 1, cause: err },
       );
     }
-    let listeners: TailnetListeners | undefined;
+    let listeners: Listeners | undefined;
     try {
-      listeners = await TailnetListeners.start(config.tailvoy, {
+      listeners = await Listeners.start(config.tailvoy, {
         ...deps,
         serve: Object.values(config.listeners).some((l) => l.ingress === "serve" && l.protocol !== "udp"),
       });
@@ -70,7 +70,7 @@ export class StandaloneMode implements Mode {
   }
 
   /** The running data plane (for tests). */
-  get listeners(): TailnetListeners {
+  get listeners(): Listeners {
     return this.#listeners;
   }
 

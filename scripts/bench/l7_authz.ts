@@ -17,7 +17,7 @@
 
 import { listenersFromConfig, serveHttpAuthz } from "../../lib/extauthz/mod.ts";
 import { IdentityResolver } from "../../lib/identity/mod.ts";
-import { decisionEvent } from "../../lib/l7/mod.ts";
+import { decisionEvent } from "../../lib/extauthz/mod.ts";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { setupLogging } from "../../lib/log.ts";
 import { Telemetry } from "../../lib/telemetry/mod.ts";
