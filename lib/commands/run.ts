@@ -78,8 +78,9 @@ export async function runProxy(initial: Config, options: RunOptions): Promise<nu
   const socket = options.socket ?? config.tailvoy.localApiSocket;
   const stop = options.stopSignal ?? signalled();
   using api = new LocalApiClient(socket, { timeoutMs: config.tailvoy.timeouts.whois });
-  log.info("starting: {listeners} listeners, LocalAPI {socket}", {
+  log.info("starting: {listeners} tailnet and {egress} egress listeners, LocalAPI {socket}", {
     listeners: Object.keys(config.listeners).length,
+    egress: Object.keys(config.egress?.listeners ?? {}).length,
     socket,
   });
   if (options.authzAddr && !config.discovery) {

@@ -183,7 +183,9 @@ export class EgressPlane {
         tailnetView(status, { localAddresses: localAddresses() })
       );
       // A failed snapshot is not reused: the next connection asks again.
-      view.catch(() => this.#view = undefined);
+      view.catch(() => {
+        if (this.#view?.view === view) this.#view = undefined;
+      });
       this.#view = { at: now, view };
     }
     return this.#view.view;
@@ -354,7 +356,7 @@ class EgressListener {
       listener: spec.name,
       requestId: `egress-${id}`,
       client,
-      protocol: spec.target ? "target" : "?",
+      protocol: spec.target ? "target" : spec.protocols!.join("+"),
       result: "allow",
       rule: "",
     };

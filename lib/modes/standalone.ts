@@ -65,7 +65,11 @@ export class StandaloneMode implements Mode {
       );
     }
     const plane = listeners.plane;
-    log.info("ready: {tcp} TCP and {udp} UDP listeners", { tcp: plane.tcp.length, udp: plane.udp.length });
+    log.info("ready: {tcp} TCP, {udp} UDP and {egress} egress listeners", {
+      tcp: plane.tcp.length,
+      udp: plane.udp.length,
+      egress: listeners.egress?.listeners.size ?? 0,
+    });
     return new StandaloneMode(deps, listeners, l7);
   }
 
