@@ -114,6 +114,24 @@ export async function runOk(cmd: string, args: string[], what: string): Promise<
   return dec.decode(out.stdout);
 }
 
+/** `tailscale up` against the box's headscale with `key`, no DNS or routes taken; `extra` flags appended. */
+export async function tailscaleUp(
+  socket: string,
+  options: { serverUrl: string; key: string; hostname: string; extra?: string[] },
+): Promise<void> {
+  await runOk(PEER_BINS.tailscale, [
+    `--socket=${socket}`,
+    "up",
+    `--login-server=${options.serverUrl}`,
+    `--auth-key=${options.key}`,
+    `--hostname=${options.hostname}`,
+    "--accept-dns=false",
+    "--accept-routes=false",
+    ...options.extra ?? [],
+    "--timeout=30s",
+  ], `tailscale up for ${options.hostname}`);
+}
+
 /** Polls `fn` every `intervalMs` until it returns a non-undefined value or `timeoutMs` passes. */
 export async function waitFor<T>(
   fn: () => Promise<T | undefined> | T | undefined,
@@ -281,16 +299,7 @@ async function launchNode(
     what: `tailscaled ${spec.name} socket ${socket}`,
     timeoutMs: 15_000,
   });
-  await runOk(PEER_BINS.tailscale, [
-    `--socket=${socket}`,
-    "up",
-    `--login-server=${control.serverUrl}`,
-    `--auth-key=${key}`,
-    `--hostname=${spec.name}`,
-    "--accept-dns=false",
-    "--accept-routes=false",
-    "--timeout=30s",
-  ], `tailscale up for ${spec.name}`);
+  await tailscaleUp(socket, { serverUrl: control.serverUrl, key, hostname: spec.name });
   const status = JSON.parse(
     await runOk(PEER_BINS.tailscale, [`--socket=${socket}`, "status", "--json", "--peers=false"], "status"),
   ) as { Self: { TailscaleIPs: string[]; DNSName: string } };

@@ -19,7 +19,15 @@ import { sourceRunArgs } from "./cache.ts";
 import { bridge } from "./netns_bridge.ts";
 import { PEER_BINS, PROJECT_ROOT } from "./peers.ts";
 import { isRunning } from "./procs.ts";
-import { runOk, spawnLogged, type Tailnet, type TailnetNode, tailscaledEnv, waitFor } from "./tailnet.ts";
+import {
+  runOk,
+  spawnLogged,
+  type Tailnet,
+  type TailnetNode,
+  tailscaledEnv,
+  tailscaleUp,
+  waitFor,
+} from "./tailnet.ts";
 
 /** Interfaces of this module: veth ends are `tvt<id>h` (suite side) and `tvt<id>n` (node side). */
 const IFACE_PREFIX = "tvt";
@@ -203,18 +211,13 @@ export async function startTunNode(tailnet: Tailnet, options: TunNodeOptions): P
       timeoutMs: 15_000,
     });
     const key = await tailnet.preauthKey({ user: options.user, tags: options.tags });
-    await runOk(PEER_BINS.tailscale, [
-      `--socket=${socket}`,
-      "up",
-      `--login-server=${desc.serverUrl}`,
-      `--auth-key=${key}`,
-      `--hostname=${options.name}`,
-      "--accept-dns=false",
-      "--accept-routes=false",
-      // No iptables/nftables here, and the namespace needs no firewall of its own.
-      "--netfilter-mode=off",
-      "--timeout=30s",
-    ], `tailscale up for the TUN node ${options.name}`);
+    // No iptables/nftables here, and the namespace needs no firewall of its own.
+    await tailscaleUp(socket, {
+      serverUrl: desc.serverUrl,
+      key,
+      hostname: options.name,
+      extra: ["--netfilter-mode=off"],
+    });
 
     using api = new LocalApiClient(socket, { timeoutMs: 3000 });
     const self = (await api.status()).Self;
