@@ -112,3 +112,25 @@ Deno.test("planListeners: the config's listeners, Services for serve ingress, L7
   assert.deepEqual(web.services, ["svc:web"]);
   assert.deepEqual(withEnvoy.warnings, []);
 });
+
+Deno.test("planListeners and planDiscovered: the egress block's listeners and compiled rules, in both modes", async () => {
+  const egress = [
+    "egress:",
+    "  aliases: {db.corp: pg}",
+    "  rules: [{name: db, hosts: [pg], ports: [5432]}, {}]",
+    "  listeners:",
+    '    proxy: {address: "127.0.0.1:1055", protocols: [http, socks5]}',
+    '    pg: {address: "127.0.0.1:5432", target: "pg:5432"}',
+  ].join("\n");
+  const standalone = planListeners(await parseConfig(egress, { env: {} }), {});
+  assert.deepEqual(standalone.specs, []);
+  assert.deepEqual(standalone.egress?.listeners.map((l) => [l.name, l.protocols, l.target]), [
+    ["proxy", ["http", "socks5"], undefined],
+    ["pg", undefined, { host: "pg", port: 5432 }],
+  ]);
+  assert.deepEqual(standalone.egress?.policy.rules.map((r) => r.name), ["db", "rules[1]"]);
+  assert.deepEqual(standalone.egress?.policy.aliases, { "db.corp": { host: "pg" } });
+  const gateway = planDiscovered(await discoveryConfig(egress), []);
+  assert.deepEqual(gateway.egress?.listeners.map((l) => l.name), ["proxy", "pg"]);
+  assert.equal(planListeners(await discoveryConfig(), {}).egress, undefined, "no block, no egress");
+});
