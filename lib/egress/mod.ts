@@ -135,20 +135,26 @@ export class EgressPlane {
   async apply(specs: readonly EgressListenerSpec[], policy: EgressPolicy): Promise<void> {
     this.#policy = policy;
     const next = new Map<string, { key: string; listener: EgressListener }>();
+    const wanted = new Set(specs.map((s) => s.name));
     try {
       for (const spec of specs) {
         const key = JSON.stringify(spec);
         const old = this.#listeners.get(spec.name);
         if (old?.key === key) {
-          await old.listener.loadUsers();
           next.set(spec.name, old);
+          await old.listener.loadUsers();
           continue;
         }
         old?.listener.close();
         next.set(spec.name, { key, listener: await EgressListener.start(spec, this) });
       }
     } finally {
-      for (const [name, old] of this.#listeners) if (!next.has(name)) old.listener.close();
+      for (const [name, old] of this.#listeners) {
+        // Part-way through a failed apply, listeners not reached yet keep running.
+        if (next.has(name)) continue;
+        if (wanted.has(name) && !old.listener.closed) next.set(name, old);
+        else old.listener.close();
+      }
       this.#listeners = next;
     }
     await this.#rejudge();
@@ -300,6 +306,11 @@ class EgressListener {
 
   get addrs(): Deno.NetAddr[] {
     return [this.#listener.addr];
+  }
+
+  /** Whether {@link close} was called. */
+  get closed(): boolean {
+    return this.#closed;
   }
 
   /** Reads the proxy users again (a reload picks up a changed users file). */
