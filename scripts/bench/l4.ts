@@ -24,9 +24,7 @@ import { cpuMs, FD_LIMIT, freePort, onPath, rssMiB, threadCount } from "./l4_pro
 import { sourceRunArgs } from "../harness/cache.ts";
 import { ensurePeers, PEER_BINS, PROJECT_ROOT } from "../harness/peers.ts";
 import { delay } from "../../lib/util/async.ts";
-
-/** Receives each figure: name, value, unit, and the name of the figure it is compared with. */
-export type RecordFigure = (name: string, value: number, unit: string, baseline?: string) => void;
+import { median, percentile, type RecordFigure, Report, ROW_NAME } from "./report.ts";
 
 /** Options of {@link benchL4}. */
 export interface BenchL4Options {
@@ -89,59 +87,6 @@ interface Target {
   proxy?: ProxyHeaderSpec;
   /** The loopback port of its `tls` listener (ours only). */
   tlsPort?: number;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
-}
-
-/** Width of the name column. */
-const ROW_NAME = 50;
-
-function formatValue(value: number, unit: string): string {
-  const digits = unit === "conn/s" ? 0 : unit === "ms" ? 3 : value >= 100 ? 0 : value >= 10 ? 1 : 2;
-  return `${value.toFixed(digits)} ${unit}`;
-}
-
-/** Prints figures with ratios against figures printed before, and hands them to `record`. */
-class Report {
-  readonly #values = new Map<string, number>();
-  readonly #record?: RecordFigure;
-  readonly goals: string[] = [];
-
-  constructor(record?: RecordFigure) {
-    this.#record = record;
-  }
-
-  get(name: string): number | undefined {
-    return this.#values.get(name);
-  }
-
-  /** One row; `baselines` are names of earlier rows (the first is passed to `record`). */
-  row(name: string, value: number, unit: string, baselines: string[] = [], note = ""): void {
-    this.#values.set(name, value);
-    // "x: label" rows are compared by label alone: "0.9x envoy tcp_proxy c1".
-    const ratios = baselines.flatMap((b) => {
-      const base = this.#values.get(b);
-      return base ? [`${(value / base).toFixed(2)}x ${b.slice(b.indexOf(": ") + 2)}`] : [];
-    });
-    const tail = [ratios.join(", "), note].filter(Boolean).join("  ");
-    console.log(`${name.padEnd(ROW_NAME)} ${formatValue(value, unit).padStart(14)}  ${tail}`);
-    this.#record?.(name, value, unit, baselines[0]);
-  }
-
-  /** A goal of the issue, with PASS/MISS, printed again in the summary. */
-  goal(text: string, measured: string, pass: boolean): void {
-    const line = `${pass ? "PASS" : "MISS"}  ${text.padEnd(44)} measured ${measured}`;
-    this.goals.push(line);
-    console.log(`  goal: ${line}`);
-  }
 }
 
 function envoyBootstrap(port: number, adminPort: number, backendPort: number): string {

@@ -9,8 +9,17 @@
 import { encodeProxyV2 } from "../../lib/proxy_protocol/mod.ts";
 import { closeQuietly } from "../../lib/util/async.ts";
 import { writeAll } from "../../lib/util/bytes.ts";
-import { type LoadCommand, type LoadResult, type ProxyHeaderSpec, REQ } from "./l4_protocol.ts";
+import {
+  type ConnectSpec,
+  type LoadCommand,
+  type LoadResult,
+  type ProxyHeaderSpec,
+  REQ,
+} from "./l4_protocol.ts";
 import { errorMessage } from "../../lib/util/error.ts";
+import { socks5Connect } from "../harness/socks5.ts";
+import { httpConnect } from "../harness/http_connect.ts";
+import { delay } from "../../lib/util/async.ts";
 
 /** Size of each write of the throughput rows: large, so per-op overhead is not what we measure. */
 const WRITE_SIZE = 256 * 1024;
@@ -38,19 +47,25 @@ function request(proxy: ProxyHeaderSpec | undefined, body: Uint8Array): Uint8Arr
   return out;
 }
 
-async function connect(port: number): Promise<Deno.TcpConn> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+/** A connection to `to.port`, through the proxy handshake of `to.tunnel` when there is one. */
+async function connect(to: ConnectSpec): Promise<Deno.TcpConn> {
+  const proxy = { hostname: "127.0.0.1", port: to.port };
+  const conn = to.tunnel?.kind === "socks5"
+    ? await socks5Connect(proxy, to.tunnel)
+    : to.tunnel?.kind === "http"
+    ? await httpConnect(proxy, to.tunnel)
+    : await Deno.connect(proxy);
   conn.setNoDelay(true);
   return conn;
 }
 
-async function stream(port: number, bytes: number, proxy?: ProxyHeaderSpec): Promise<void> {
-  const conn = await connect(port);
+async function stream(to: ConnectSpec, bytes: number): Promise<void> {
+  const conn = await connect(to);
   try {
     const head = new Uint8Array(9);
     head[0] = REQ.sink;
     new DataView(head.buffer).setBigUint64(1, BigInt(bytes));
-    await writeAll(conn, request(proxy, head));
+    await writeAll(conn, request(to.proxy, head));
     let left = bytes;
     while (left > 0) {
       const n = await conn.write(left >= WRITE_SIZE ? payload : payload.subarray(0, left));
@@ -62,15 +77,19 @@ async function stream(port: number, bytes: number, proxy?: ProxyHeaderSpec): Pro
   }
 }
 
-/** One "new connection": connect, request byte (after the PROXY header), response byte, close. */
-async function ping(port: number, proxy?: ProxyHeaderSpec): Promise<number> {
+/**
+ * One "new connection": connect (and proxy handshake), request byte (after the PROXY header), response
+ * byte, close (see {@link ConnectSpec.callerCloses} for which side first).
+ */
+async function ping(to: ConnectSpec): Promise<number> {
   const t0 = performance.now();
-  const conn = await connect(port);
+  const conn = await connect(to);
   const buf = new Uint8Array(16);
   try {
-    await writeAll(conn, request(proxy, new Uint8Array([REQ.ping])));
+    await writeAll(conn, request(to.proxy, new Uint8Array([to.callerCloses ? REQ.hold : REQ.ping])));
     await readByte(conn, buf);
     const ms = performance.now() - t0;
+    if (to.callerCloses) return ms;
     // The server closes first (its side keeps TIME_WAIT, not our ephemeral ports): wait for its FIN.
     while (await conn.read(buf) !== null) { /* nothing more expected */ }
     return ms;
@@ -81,45 +100,83 @@ async function ping(port: number, proxy?: ProxyHeaderSpec): Promise<number> {
 
 const held: Deno.Conn[] = [];
 
+/** `count` 1-byte round trips on one open echo connection per target, interleaved; see the command. */
+async function roundTrips(targets: ConnectSpec[], count: number, intervalMs: number): Promise<number[][]> {
+  const conns: Deno.TcpConn[] = [];
+  try {
+    const buf = new Uint8Array(1);
+    for (const to of targets) {
+      const conn = await connect(to);
+      conns.push(conn);
+      await writeAll(conn, request(to.proxy, new Uint8Array([REQ.echo, 0x2e])));
+      await readByte(conn, buf); // the path is open end to end
+    }
+    const latenciesMs: number[][] = targets.map(() => []);
+    for (let i = 0; i < count; i++) {
+      for (let j = 0; j < conns.length; j++) {
+        const k = (i + j) % conns.length;
+        const t0 = performance.now();
+        await writeAll(conns[k], buf);
+        await readByte(conns[k], buf);
+        latenciesMs[k].push(performance.now() - t0);
+      }
+      await delay(intervalMs);
+    }
+    return latenciesMs;
+  } finally {
+    for (const conn of conns) closeQuietly(conn);
+  }
+}
+
 async function run(cmd: LoadCommand): Promise<LoadResult> {
   switch (cmd.op) {
     case "throughput": {
       const t0 = performance.now();
-      await Promise.all(Array.from({ length: cmd.streams }, () => stream(cmd.port, cmd.bytes, cmd.proxy)));
+      await Promise.all(Array.from({ length: cmd.streams }, () => stream(cmd, cmd.bytes)));
       return { ok: true, op: "throughput", ms: performance.now() - t0, bytes: cmd.bytes * cmd.streams };
     }
     case "latency": {
       const latenciesMs: number[][] = cmd.targets.map(() => []);
       const errors = cmd.targets.map(() => 0);
+      const firstErrors: (string | null)[] = cmd.targets.map(() => null);
       for (let i = 0; i < cmd.count; i++) {
         for (let j = 0; j < cmd.targets.length; j++) {
           // Rotate who goes first, so no target always follows the same one.
           const k = (i + j) % cmd.targets.length;
           try {
-            latenciesMs[k].push(await ping(cmd.targets[k].port, cmd.targets[k].proxy));
-          } catch {
+            latenciesMs[k].push(await ping(cmd.targets[k]));
+          } catch (err) {
             errors[k]++;
+            firstErrors[k] ??= errorMessage(err);
           }
         }
       }
-      return { ok: true, op: "latency", latenciesMs, errors };
+      return { ok: true, op: "latency", latenciesMs, errors, firstErrors };
     }
+    case "roundtrip":
+      return {
+        ok: true,
+        op: "roundtrip",
+        latenciesMs: await roundTrips(cmd.targets, cmd.count, cmd.intervalMs),
+      };
     case "rate": {
       let done = 0;
       let errors = 0;
+      let firstError: string | undefined;
       const t0 = performance.now();
       const deadline = t0 + cmd.durationMs;
       await Promise.all(Array.from({ length: cmd.concurrency }, async () => {
         while (performance.now() < deadline) {
           try {
-            await ping(cmd.port, cmd.proxy);
+            await ping(cmd);
             done++;
-          } catch {
+          } catch (err) {
             errors++;
+            firstError ??= errorMessage(err);
           }
         }
       }));
-      return { ok: true, op: "rate", ms: performance.now() - t0, done, errors };
+      return { ok: true, op: "rate", ms: performance.now() - t0, done, errors, firstError };
     }
     case "hold": {
       let errors = 0;
@@ -132,7 +189,7 @@ async function run(cmd: LoadCommand): Promise<LoadResult> {
           next++;
           let conn: Deno.TcpConn | undefined;
           try {
-            conn = await connect(cmd.port);
+            conn = await connect(cmd);
             await writeAll(conn, request(cmd.proxy, new Uint8Array([REQ.hold])));
             // The backend answered: the whole path is open. A proxy that stopped accepting must not
             // hang the bench: give up on this connection after a while.

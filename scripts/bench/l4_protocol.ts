@@ -14,6 +14,8 @@ export const REQ = {
   ping: 0x50, // "P"
   /** Answer 1 byte, then hold the connection open until the caller closes it. */
   hold: 0x48, // "H"
+  /** Echo every byte that follows until the caller closes (round trips on an open connection). */
+  echo: 0x45, // "E"
 } as const;
 
 /** What the load generator puts in front of every connection: the PROXY v2 header tailscaled sends. */
@@ -25,20 +27,50 @@ export interface ProxyHeaderSpec {
   destinationPort: number;
 }
 
+/**
+ * A proxy handshake the load generator makes before its request (the egress bench): SOCKS5 CONNECT or
+ * HTTP CONNECT through the proxy listening on the command's port, to `host:port`.
+ */
+export interface TunnelSpec {
+  kind: "socks5" | "http";
+  host: string;
+  port: number;
+}
+
+/** Where one connection goes: a loopback port, with a PROXY header or a proxy handshake first. */
+export interface ConnectSpec {
+  port: number;
+  proxy?: ProxyHeaderSpec;
+  tunnel?: TunnelSpec;
+  /**
+   * A new-connection ping closes from our side once answered (the backend holds until then), instead of
+   * waiting for the backend to close first. Needed through userspace tailscaleds: the dialing node's
+   * netstack picks ephemeral ports at random, and one that is still in TIME_WAIT on the node that closed
+   * first stalls that dial for seconds (after a few hundred connections).
+   */
+  callerCloses?: boolean;
+}
+
 /** One command to the load generator (one JSON line on its stdin). */
 export type LoadCommand =
-  | { op: "throughput"; port: number; streams: number; bytes: number; proxy?: ProxyHeaderSpec }
+  | ({ op: "throughput"; streams: number; bytes: number } & ConnectSpec)
   /** `count` sequential connections to each target, interleaved so that noise hits all alike. */
-  | { op: "latency"; targets: { port: number; proxy?: ProxyHeaderSpec }[]; count: number }
-  | { op: "rate"; port: number; durationMs: number; concurrency: number; proxy?: ProxyHeaderSpec }
-  | { op: "hold"; port: number; count: number; concurrency: number; proxy?: ProxyHeaderSpec }
+  | { op: "latency"; targets: ConnectSpec[]; count: number }
+  /**
+   * One open connection per target (echo request); `count` rounds of a 1-byte round trip on each, the
+   * targets interleaved, `intervalMs` between rounds (a low request rate, not a saturating one).
+   */
+  | { op: "roundtrip"; targets: ConnectSpec[]; count: number; intervalMs: number }
+  | ({ op: "rate"; durationMs: number; concurrency: number } & ConnectSpec)
+  | ({ op: "hold"; count: number; concurrency: number } & ConnectSpec)
   | { op: "release" };
 
 /** The load generator's answer (one JSON line on its stdout). */
 export type LoadResult =
   | { ok: true; op: "throughput"; ms: number; bytes: number }
-  | { ok: true; op: "latency"; latenciesMs: number[][]; errors: number[] }
-  | { ok: true; op: "rate"; ms: number; done: number; errors: number }
+  | { ok: true; op: "latency"; latenciesMs: number[][]; errors: number[]; firstErrors: (string | null)[] }
+  | { ok: true; op: "roundtrip"; latenciesMs: number[][] }
+  | { ok: true; op: "rate"; ms: number; done: number; errors: number; firstError?: string }
   | { ok: true; op: "hold"; ms: number; open: number; errors: number; firstError?: string }
   | { ok: true; op: "release"; closed: number }
   | { ok: false; error: string };

@@ -1,7 +1,8 @@
 /**
  * The L4 bench's backend, in its own process: listens on 127.0.0.1 (an ephemeral port, printed as
  * `{"port":N}` on stdout) and serves the requests of {@link REQ} — a sink that discards a announced
- * number of bytes and acknowledges them, a one-byte ping, and a hold for the open-connections row.
+ * number of bytes and acknowledges them, a one-byte ping, a hold for the open-connections row, and an
+ * echo for round trips on an open connection.
  * Runs until killed.
  *
  * @module
@@ -29,6 +30,13 @@ async function serve(conn: Deno.TcpConn): Promise<void> {
     while ((n = await conn.read(first)) !== null) { /* discard until the caller closes */ }
     return;
   }
+  if (first[0] === REQ.echo) {
+    // Bytes after the request byte in the same read are echoed too.
+    if (n > 1) await writeAll(conn, first.subarray(1, n));
+    const buf = new Uint8Array(4096);
+    while ((n = await conn.read(buf)) !== null) await writeAll(conn, buf.subarray(0, n));
+    return;
+  }
   if (first[0] !== REQ.sink) throw new Error(`unknown request byte ${first[0]}`);
   let got = n;
   while (got < HEADER) {
@@ -45,6 +53,8 @@ async function serve(conn: Deno.TcpConn): Promise<void> {
     left -= m;
   }
   await writeAll(conn, new Uint8Array([0x6b]));
+  // The caller closes first (see ConnectSpec.callerCloses: TIME_WAIT stays on the dialing side).
+  while (await conn.read(buf) !== null) { /* nothing more expected */ }
 }
 
 if (import.meta.main) {

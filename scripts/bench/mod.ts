@@ -16,6 +16,8 @@
  *   warm baseline, and after an idle wait; PASS/MISS for fds back to baseline and RSS flat across
  *   passes (see scripts/bench/soak.ts).
  * - token: what `identityToken` adds to an allowed check, cached and amortised (see scripts/bench/token.ts).
+ * - egress: throughput, new connections/s and latency of the egress proxy vs tailscaled's own SOCKS5 and
+ *   HTTP proxies on the same node (see scripts/bench/egress.ts).
  * - peer: the serve-ingress peer check (kernel socket diagnostics by 4-tuple) with 10k connections open, vs
  *   one read of `/proc/net/tcp` (see scripts/bench/peer.ts).
  *
@@ -28,6 +30,7 @@ import { IdentityResolver } from "../../lib/identity/mod.ts";
 import { LocalApiClient } from "../../lib/localapi/mod.ts";
 import { decideL4, decideL7, parseCapRules } from "../../lib/policy/mod.ts";
 import { Tailnet } from "../harness/tailnet.ts";
+import { benchEgress } from "./egress.ts";
 import { benchL4 } from "./l4.ts";
 import { benchL7 } from "./l7.ts";
 import { benchPeer } from "./peer.ts";
@@ -173,6 +176,7 @@ if (import.meta.main) {
     soak: () => benchSoak({ quick }),
     token: () => benchToken({ quick }),
     peer: () => benchPeer({ quick }),
+    egress: () => benchEgress({ quick }),
   };
   const named = Deno.args.filter((a) => !a.startsWith("--"));
   const wanted = named.length ? named : Object.keys(sections);

@@ -28,15 +28,19 @@ export interface BenchSession {
   close(): Promise<void>;
 }
 
-/** Opens a session; children get `fdLimit` open files when given. */
+/**
+ * Opens a session; children get `fdLimit` open files when given; `httpProxy`: the tailscaleds also serve
+ * their outbound HTTP proxy (on their SOCKS5 port).
+ */
 export async function openBenchSession(
   name: string,
-  options: { fdLimit?: number } = {},
+  options: { fdLimit?: number; httpProxy?: boolean } = {},
 ): Promise<BenchSession> {
   const dir = await Deno.makeTempDir({ prefix: `tailvoy-bench-${name}-` });
   const children: Child[] = [];
   const tailnet = Tailnet.start({
     nodes: [{ name: "gw", tags: ["tag:gw"] }, { name: "alice", user: "alice" }],
+    httpProxy: options.httpProxy,
   });
   tailnet.catch(() => {});
   const spawn: Spawn = (child, argv, stdin = false) => {

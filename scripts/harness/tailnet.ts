@@ -44,7 +44,7 @@ export interface TailnetNode {
   tags: string[];
   /** LocalAPI unix socket of this node's tailscaled. */
   socket: string;
-  /** tailscaled's SOCKS5 listener on 127.0.0.1. */
+  /** tailscaled's SOCKS5 listener on 127.0.0.1 (also its HTTP proxy when the tailnet has `httpProxy`). */
   socksPort: number;
   ipv4: string;
   ipv6: string;
@@ -64,6 +64,8 @@ export interface TailnetDescription {
   pids: number[];
   /** Milliseconds from start to all nodes seeing each other. */
   startupMs: number;
+  /** Whether every tailscaled also serves its outbound HTTP proxy on its SOCKS5 port. */
+  httpProxy?: boolean;
 }
 
 /** Tailnet policy (HuJSON subset: plain JSON), as headscale reads it. */
@@ -264,15 +266,23 @@ interface ControlInfo {
   dir: string;
   serverUrl: string;
   headscaleConfig: string;
+  httpProxy?: boolean;
 }
 
-function tailscaledArgs(nodeDir: string, socket: string, socksPort: number): string[] {
+function tailscaledArgs(
+  nodeDir: string,
+  socket: string,
+  options: { socksPort: number; httpProxy?: boolean },
+): string[] {
+  const proxy = `127.0.0.1:${options.socksPort}`;
   return [
     "--tun=userspace-networking",
     `--statedir=${nodeDir}`,
     `--socket=${socket}`,
     "--port=0",
-    `--socks5-server=127.0.0.1:${socksPort}`,
+    `--socks5-server=${proxy}`,
+    // The same address: tailscaled serves both on one port, told apart by the first byte.
+    ...options.httpProxy ? [`--outbound-http-proxy-listen=${proxy}`] : [],
     "--no-logs-no-support",
   ];
 }
@@ -291,7 +301,8 @@ async function launchNode(
   await Deno.mkdir(nodeDir, { recursive: true });
   const socket = join(nodeDir, "tailscaled.sock");
   const socksPort = freePort();
-  const child = spawnLogged(children, PEER_BINS.tailscaled, tailscaledArgs(nodeDir, socket, socksPort), {
+  const args = tailscaledArgs(nodeDir, socket, { socksPort, httpProxy: control.httpProxy });
+  const child = spawnLogged(children, PEER_BINS.tailscaled, args, {
     env: tailscaledEnv(nodeDir),
     logFile: join(nodeDir, "tailscaled.log"),
   });
@@ -372,10 +383,11 @@ export class Tailnet {
 
   /**
    * Starts headscale and one tailscaled per node, logs the nodes in, and waits until every node sees
-   * every other node. On any failure everything started so far is torn down.
+   * every other node. On any failure everything started so far is torn down. `httpProxy`: every
+   * tailscaled also serves `--outbound-http-proxy-listen` on its SOCKS5 port (for the egress bench).
    */
   static async start(
-    options: { nodes?: NodeSpec[]; policy?: Policy; log?: (msg: string) => void } = {},
+    options: { nodes?: NodeSpec[]; policy?: Policy; httpProxy?: boolean; log?: (msg: string) => void } = {},
   ): Promise<Tailnet> {
     const t0 = performance.now();
     const specs = options.nodes ?? DEFAULT_NODES;
@@ -403,7 +415,12 @@ export class Tailnet {
       });
       log(`headscale up in ${Math.round(performance.now() - t0)} ms`);
 
-      const control = { dir, serverUrl, headscaleConfig: configPath };
+      const control: ControlInfo = {
+        dir,
+        serverUrl,
+        headscaleConfig: configPath,
+        httpProxy: options.httpProxy,
+      };
       // Users first: concurrent creation of the same user would race.
       for (const user of new Set(specs.flatMap((s) => s.user ? [s.user] : []))) {
         await userId(configPath, user);
@@ -463,7 +480,7 @@ export class Tailnet {
     const child = spawnLogged(
       this.#children,
       PEER_BINS.tailscaled,
-      tailscaledArgs(nodeDir, socket, socksPort),
+      tailscaledArgs(nodeDir, socket, { socksPort, httpProxy: this.#desc.httpProxy }),
       {
         env: tailscaledEnv(nodeDir),
         logFile: join(nodeDir, "tailscaled.log"),
@@ -519,7 +536,7 @@ export class Tailnet {
     const child = spawnLogged(
       this.#children,
       PEER_BINS.tailscaled,
-      tailscaledArgs(nodeDir, node.socket, node.socksPort),
+      tailscaledArgs(nodeDir, node.socket, { socksPort: node.socksPort, httpProxy: this.#desc.httpProxy }),
       {
         env: tailscaledEnv(nodeDir),
         logFile: join(nodeDir, "tailscaled.log"),
