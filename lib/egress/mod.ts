@@ -10,7 +10,6 @@
  * @module
  */
 
-import type { EgressConfig } from "../config/mod.ts";
 import type { FlowTable } from "../l4/flows.ts";
 import { relay, type RelayConn } from "../l4/relay.ts";
 import type { LocalApiClient, Status } from "../localapi/mod.ts";
@@ -25,66 +24,19 @@ import { closeQuietly } from "../util/async.ts";
 import { errorMessage } from "../util/error.ts";
 import { type EgressUsers, loadEgressUsers } from "./users.ts";
 import {
-  type Aliases,
   applyAliases,
-  type CompiledRule,
-  compileRules,
   judge,
   resolveHost,
   type TailnetView,
   tailnetView,
   type Verdict,
 } from "./destination.ts";
-import {
-  closeWithReply,
-  type EgressProtocol,
-  type Handshake,
-  HandshakeError,
-  readHandshake,
-} from "./handshake.ts";
+import { closeWithReply, type Handshake, HandshakeError, readHandshake } from "./handshake.ts";
+import type { EgressListenerSpec, EgressPolicy } from "./plan.ts";
+
+export { type EgressListenerSpec, type EgressPolicy, planEgress } from "./plan.ts";
 import { CONNECT_ESTABLISHED, forwardHead, renderHttpResponse } from "./http_proxy.ts";
 import { renderSocks5Reply, SOCKS5_REPLY, type Socks5ReplyCode } from "./socks5.ts";
-
-/** One egress listener, as planned from `egress.listeners`. */
-export interface EgressListenerSpec {
-  name: string;
-  /** `host:port` to bind (an empty host: every interface). */
-  address: string;
-  /** A proxy: the protocols it speaks. */
-  protocols?: EgressProtocol[];
-  /** Port-mapped: where every connection goes. */
-  target?: { host: string; port: number };
-  /** Client prefixes allowed to connect. */
-  sources: string[];
-  /** Where the proxy users are read from (again on each apply). */
-  credentials?: { file?: string; env?: string };
-}
-
-/** The config-wide part of egress: aliases, rules and limits (swapped on reload). */
-export interface EgressPolicy {
-  aliases: Aliases;
-  rules: CompiledRule[];
-  timeouts: { dial: number; handshake: number; idle: number; lifetime: number };
-}
-
-/** The egress listeners and policy of a config (`undefined` without an `egress:` block). */
-export function planEgress(
-  egress: EgressConfig | undefined,
-): { listeners: EgressListenerSpec[]; policy: EgressPolicy } | undefined {
-  if (!egress) return undefined;
-  const listeners = Object.entries(egress.listeners).map(([name, l]) => ({
-    name,
-    address: l.address,
-    protocols: "protocols" in l ? l.protocols : undefined,
-    target: "target" in l ? l.target : undefined,
-    sources: l.sources,
-    credentials: l.credentials,
-  }));
-  return {
-    listeners,
-    policy: { aliases: egress.aliases, rules: compileRules(egress.rules), timeouts: egress.timeouts },
-  };
-}
 
 /** What the egress plane needs from the rest of the process. */
 export interface EgressDeps {

@@ -7,7 +7,7 @@
  */
 
 import type { Config } from "../config/mod.ts";
-import { EgressPlane } from "../egress/mod.ts";
+import type { EgressPlane } from "../egress/mod.ts";
 import { DataPlane, type DataPlaneDeps, type ReloadSummary } from "../l4/mod.ts";
 import { getLogger } from "../log.ts";
 import { Publisher } from "../serve/publish.ts";
@@ -44,8 +44,10 @@ export class Listeners {
     const warn = options.warn ??
       ((listener, message) => getLogger("l4").error("listener {listener}: {message}", { listener, message }));
     for (const w of plan.warnings) warn(w.listener, w.message);
-    if (plan.egress) {
-      this.egress ??= new EgressPlane({ ...this.#deps, flows: this.plane.flows }, plan.egress.policy);
+    if (plan.egress && !this.egress) {
+      // Loaded only with an egress block: an ingress-only proxy does not pay for the parsers.
+      const { EgressPlane } = await import("../egress/mod.ts");
+      this.egress = new EgressPlane({ ...this.#deps, flows: this.plane.flows }, plan.egress.policy);
     }
     // Without an egress block any more: its listeners stop (open flows finish under the old policy).
     await this.egress?.apply(plan.egress?.listeners ?? [], plan.egress?.policy ?? this.egress.policy);

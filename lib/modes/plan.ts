@@ -8,7 +8,7 @@
 
 import { type Config, createServiceMatcher, L7_PROTOCOLS } from "../config/mod.ts";
 import type { DiscoveredListener } from "../discovery/mod.ts";
-import { planEgress } from "../egress/mod.ts";
+import { planEgress } from "../egress/plan.ts";
 import type { L7Target, ListenerSpec } from "../l4/mod.ts";
 import { joinHostPort } from "../net/address.ts";
 
