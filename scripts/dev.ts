@@ -149,6 +149,9 @@ export function tryCommands(tailnet: Tailnet): TryCommand[] {
     `printf '\\0\\0\\0\\0\\0' | curl -s --http2-prior-knowledge --socks5-hostname 127.0.0.1:${
       tailnet.node(who).socksPort
     } -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- -D - -o /dev/null http://${gw.ipv4}:50051/grpc.health.v1.Health/Check | tr -d '\\r' | sed -n 's/^grpc-status: //p'`;
+  // Egress: this machine into the tailnet through the example's proxy (127.0.0.1:1055), by alias and by
+  // an address its rules never allow (loopback).
+  const egress = (url: string) => `curl -s -o /dev/null -w '%{http_code}\\n' -x http://127.0.0.1:1055 ${url}`;
   const check = (who: string, rest: string) =>
     `deno task start check --socket ${gw.socket} --config examples/config.yaml --as ${
       tailnet.node(who).ipv4
@@ -161,6 +164,8 @@ export function tryCommands(tailnet: Tailnet): TryCommand[] {
     { who: "bob", command: grpc("bob"), expect: "7" },
     { who: "alice", command: check("alice", "--listener db"), expect: "ALLOW" },
     { who: "bob", command: check("bob", "--listener db"), expect: "DENY" },
+    { who: "egress", command: egress("http://web.corp.internal:8080/api/users"), expect: "200" },
+    { who: "egress", command: egress("http://127.0.0.1:8080/api/users"), expect: "403" },
   ];
 }
 
@@ -215,7 +220,7 @@ function printIntro(tailnet: Tailnet): void {
     "",
     "Try, in another terminal:",
     ...tryCommands(tailnet).map((c) => `  # ${c.who}: expect ${c.expect}\n  ${c.command}`),
-    "(grpc-status 0 is OK, 7 is PERMISSION_DENIED; backends: HTTP echo on 127.0.0.1:8080, gRPC health on 127.0.0.1:50052, TCP echo on 127.0.0.1:15432; the tls and dns ones in examples/config.yaml are not started)",
+    "(grpc-status 0 is OK, 7 is PERMISSION_DENIED; backends: HTTP echo on 127.0.0.1:8080, gRPC health on 127.0.0.1:50052, TCP echo on 127.0.0.1:15432; the tls and dns ones in examples/config.yaml are not started; egress: the example's proxy on 127.0.0.1:1055 reaches alice's port 8080, which alice's tailscaled forwards to the HTTP echo)",
     "",
   ];
   console.error(lines.join("\n"));

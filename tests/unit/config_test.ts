@@ -289,11 +289,13 @@ Deno.test("examples/config.yaml parses to the listeners the dev task uses", asyn
 
 Deno.test("examples/config.yaml: the commented examples are valid once uncommented", async () => {
   const text = await Deno.readTextFile(EXAMPLE);
-  const egressAt = text.indexOf("\n# egress:\n");
-  assert.ok(egressAt > 0, "the example has a commented egress block");
+  const egressAt = text.indexOf("\negress:\n");
+  assert.ok(egressAt > 0, "the example has an egress block");
   const options = /^(\s*)# ((?:acceptAppCaps|keepHeaders|identityToken|proxyProtocol|servePeerCheck): )/gm;
+  // In the egress block every indented `# key` line is an option to try, `# - ` a rule.
+  const egressOptions = /^(\s+)# (?=[-"a-z])/gm;
   const uncommented = text.slice(0, egressAt).replace(options, "$1$2") +
-    text.slice(egressAt).replace(/^# ?/gm, "");
+    text.slice(egressAt).replace(egressOptions, "$1");
   const config = parseConfig(uncommented, { env: {} });
   const { web, db } = config.listeners;
   assert.deepEqual(web.acceptAppCaps, ["example.com/cap/web"]);
@@ -306,11 +308,21 @@ Deno.test("examples/config.yaml: the commented examples are valid once uncomment
     algorithm: "ES256",
   });
   assert.deepEqual(Object.keys(config.egress?.listeners ?? {}), ["proxy", "postgres"]);
-  assert.deepEqual(config.egress?.rules.map((rule) => rule.name), ["databases", undefined]);
+  assert.deepEqual(config.egress?.rules.map((rule) => rule.name), ["web-on-alice", undefined]);
+  assert.deepEqual(config.egress?.rules[0].listeners, ["proxy", "postgres"]);
+  assert.deepEqual(config.egress?.aliases["api.corp.internal:443"], { host: "100.64.0.7", port: 8443 });
   assert.deepEqual(config.egress?.listeners.postgres, {
     address: "127.0.0.1:15433",
-    target: { host: "pg-primary", port: 5432 },
+    target: { host: "alice", port: 5432 },
     sources: ["127.0.0.0/8", "::1/128"],
+  });
+  assert.deepEqual(config.egress?.listeners.proxy.credentials, { env: "TAILVOY_EGRESS_USERS" });
+  // dial comes from tailvoy.timeouts.dial.
+  assert.deepEqual(config.egress?.timeouts, {
+    dial: config.tailvoy.timeouts.dial,
+    handshake: 10_000,
+    idle: 3_600_000,
+    lifetime: 0,
   });
 });
 
