@@ -307,9 +307,9 @@ Deno.test("examples/config.yaml: the commented examples are valid once uncomment
     keyFile: "/etc/tailvoy/token-key.pem",
     algorithm: "ES256",
   });
-  assert.deepEqual(Object.keys(config.egress?.listeners ?? {}), ["proxy", "postgres"]);
-  assert.deepEqual(config.egress?.rules.map((rule) => rule.name), ["web-on-alice", undefined]);
-  assert.deepEqual(config.egress?.rules[0].listeners, ["proxy", "postgres"]);
+  assert.deepEqual(Object.keys(config.egress?.listeners ?? {}), ["postgres", "proxy"]);
+  assert.deepEqual(config.egress?.rules.map((rule) => rule.name), [undefined, "web-on-alice"]);
+  assert.deepEqual(config.egress?.rules[1].listeners, ["proxy", "postgres"]);
   assert.deepEqual(config.egress?.aliases["api.corp.internal:443"], { host: "100.64.0.7", port: 8443 });
   assert.deepEqual(config.egress?.listeners.postgres, {
     address: "127.0.0.1:15433",
