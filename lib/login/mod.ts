@@ -75,24 +75,34 @@ export async function mintAuthKey(credentials: Credentials, options: MintOptions
     token = JSON.parse(tokenText).access_token;
   } catch { /* reported below */ }
   if (!token) throw new LoginError(`The token endpoint of ${base} answered without an access_token`);
-  const keyRes = await fetch(`${base}/api/v2/tailnet/-/keys`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-    body: JSON.stringify({
-      capabilities: {
-        devices: {
-          create: {
-            reusable: false,
-            ephemeral: options.ephemeral ?? true,
-            preauthorized: options.preauthorized ?? true,
-            tags: options.tags,
+  let keyRes: Response;
+  let keyText: string;
+  try {
+    keyRes = await fetch(`${base}/api/v2/tailnet/-/keys`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        capabilities: {
+          devices: {
+            create: {
+              reusable: false,
+              ephemeral: options.ephemeral ?? true,
+              preauthorized: options.preauthorized ?? true,
+              tags: options.tags,
+            },
           },
         },
-      },
-    }),
-    signal: timeout(),
-  });
-  const keyText = await keyRes.text();
+      }),
+      signal: timeout(),
+    });
+    keyText = await keyRes.text();
+  } catch (err) {
+    throw new LoginError(
+      `Cannot create an auth key: the Tailscale API at ${base} did not answer (${
+        scrub(String(err), [...secrets, token])
+      }); check that it is reachable, then restart`,
+    );
+  }
   if (!keyRes.ok) {
     throw new LoginError(
       `Creating an auth key at ${base} failed (HTTP ${keyRes.status}: ${

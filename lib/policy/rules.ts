@@ -175,7 +175,7 @@ function compile(
       label,
       matched: `${label}: matched ${ref.json}`,
       l4Caveat: skippedAtL4.length > 0
-        ? `${label}: its ${skippedAtL4.join(" and ")} restriction is not checked at L4 (as tailvoy)`
+        ? `${label}: its ${skippedAtL4.join(" and ")} restriction is not checked at L4 (as in the Go tailvoy)`
         : undefined,
       listeners: JSON.stringify(rule.listeners ?? []),
       hostnames: JSON.stringify(rule.hostnames ?? []),
@@ -222,7 +222,7 @@ export function parseCapRules(capMap: CapMap | null | undefined, options: ParseO
           index,
           json,
           reason: emptyList === "unrestricted"
-            ? `"${d}": [] is treated as unrestricted (as tailvoy); omit it, or list values`
+            ? `"${d}": [] is treated as unrestricted (as in the Go tailvoy); omit it, or list values`
             : `"${d}": [] matches nothing, so this rule never grants`,
         }));
       result.rules.push({ capName, index, json, rule: parsed.data, ref, matcher });

@@ -172,6 +172,32 @@ Deno.test("mintAuthKey: an API that cannot be reached is a LoginError naming it"
   );
 });
 
+Deno.test("mintAuthKey: a keys answer cut off mid-body is a LoginError, without the token", async () => {
+  await withApi(
+    (path) =>
+      path === "/api/v2/oauth/token"
+        ? Response.json({ access_token: "access-SECRET-TOKEN", token_type: "Bearer" })
+        : new Response(
+          new ReadableStream({
+            start(c) {
+              c.enqueue(new TextEncoder().encode('{"key": "tskey-au'));
+              c.error(new Error("connection cut"));
+            },
+          }),
+        ),
+    async (base) => {
+      await assert.rejects(
+        mintAuthKey(CLIENT, { baseUrl: base, tags: ["tag:gw"] }),
+        isLoginError(
+          /^Cannot create an auth key: the Tailscale API at .* did not answer/,
+          "SECRET-TOKEN",
+          "SECRETSECRET",
+        ),
+      );
+    },
+  );
+});
+
 /** A stub LocalAPI: `states` are the BackendStates status() returns in turn (the last one repeats). */
 function stubApi(states: string[], options: { tags?: string[] } = {}) {
   const calls: { method: string; args: unknown[] }[] = [];

@@ -250,7 +250,7 @@ Deno.test("AND within a rule, OR across rules, omitted dimensions unrestricted",
   }
 });
 
-Deno.test("L4: listener + SNI only; routes and methods are not checked (as tailvoy)", async (t) => {
+Deno.test("L4: listener + SNI only; routes and methods are not checked (as in the Go tailvoy)", async (t) => {
   const table: [name: string, r: ParsedRule[], listener: string, sni: string | undefined, want: boolean][] = [
     ["{} with no SNI", rules({}), "tcp", undefined, true],
     ["listener match", rules({ listeners: ["https"] }), "https", "", true],
@@ -284,7 +284,7 @@ Deno.test("L4: listener + SNI only; routes and methods are not checked (as tailv
     const d = decideL4(rules({ routes: ["/api/*"], methods: ["GET"] }), { listener: "postgres" });
     assert.deepEqual(d.reasons, [
       'rule 0: matched {"routes":["/api/*"],"methods":["GET"]}',
-      "rule 0: its routes and methods restriction is not checked at L4 (as tailvoy)",
+      "rule 0: its routes and methods restriction is not checked at L4 (as in the Go tailvoy)",
     ]);
   });
 });
