@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { closeQuietly } from "../../lib/util/async.ts";
+import { closeQuietly, delay } from "../../lib/util/async.ts";
 import { readSome } from "../../scripts/harness/clients.ts";
 import { Proxy, tcpEcho } from "../../scripts/harness/proxy.ts";
 import { socks5Connect } from "../../scripts/harness/socks5.ts";
@@ -361,6 +361,31 @@ Deno.test({
       closeQuietly(kept);
       closeQuietly(web.conn);
     }
+  },
+});
+
+Deno.test({
+  name: "egress fails closed when tailscaled does not answer: 503 / SOCKS general failure, nothing dialed",
+  fn: async () => {
+    const f = await setUp();
+    const pid = f.tailnet.node("gw").pid;
+    Deno.kill(pid, "SIGSTOP");
+    try {
+      // Past the 1 s the last view of the tailnet is reused: the next connection must ask tailscaled.
+      await delay(1200);
+      const { text, conn } = await connectVia(f.ports.proxy, `alice:${f.echo.port}`);
+      closeQuietly(conn);
+      assert.match(text, /^HTTP\/1\.1 503 /, text);
+      await assert.rejects(
+        socks5Connect({ hostname: "127.0.0.1", port: f.ports.proxy }, { host: "alice", port: f.echo.port }),
+        /general failure/,
+      );
+    } finally {
+      Deno.kill(pid, "SIGCONT");
+    }
+    const refused = egressRecords(f.proxy).filter((r) => /view of the tailnet is unavailable/.test(r.rule));
+    assert.ok(refused.length >= 2, "both refusals are logged with the reason");
+    assert.ok(refused.every((r) => r.resolved === null), "nothing was resolved or dialed");
   },
 });
 
